@@ -1,0 +1,170 @@
+"""``OpenAIBackend``: queries through the official ``openai`` SDK, the way most users call a model.
+
+One ``openai.AsyncOpenAI`` per backend, on the SDK's aiohttp transport (``DefaultAioHttpClient``)
+with connection limits sized to the orchestrator's concurrency and the SDK's own retries off
+(``max_retries=0``: the orchestrator is the only retry loop).  Non-streamed answers are read with
+``with_raw_response`` and decoded with orjson, which skips building pydantic models per call;
+streamed answers go through the SDK's own SSE parser.
+
+For ``mode="threads"`` the backend also holds a synchronous ``openai.OpenAI`` client that worker
+threads share: the seeds' legacy pattern, kept as a baseline.  A thread cannot be cancelled, so in
+that mode a timeout or an interrupt abandons the call instead of stopping it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import httpx2
+import openai
+import orjson
+
+from hybrid.backends.base import Backend, StreamAssembler, completion_from_body, error_for_status, error_message
+from hybrid.errors import ConnectionFailed, InvalidResponse, QueryError
+from hybrid.query import Completion, Query
+
+Transport = Literal["aiohttp", "httpx"]
+
+#: Only the connect phase has an HTTP-level timeout; the per-query timeout is the orchestrator's scope.
+_HTTP_TIMEOUT = httpx2.Timeout(None, connect=30.0)
+
+
+def translate(exc: Exception, *, received_chunks: int = 0) -> QueryError:
+    """The kit's error for anything the SDK or its transport raised."""
+    if isinstance(exc, QueryError):
+        return exc
+    if isinstance(exc, openai.APIStatusError):
+        try:
+            message = error_message(orjson.loads(exc.response.content), exc.status_code)
+        except (orjson.JSONDecodeError, httpx2.ResponseNotRead):
+            message = f"HTTP {exc.status_code}: {exc.message}"
+        return error_for_status(exc.status_code, message, exc.response.headers)
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError | orjson.JSONDecodeError | ValueError):
+        return InvalidResponse(f"The server's answer could not be parsed: {exc}")
+    if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
+        if received_chunks or _is_truncated_body(exc):
+            return InvalidResponse(f"The answer was cut off midway ({type(exc).__name__}).")
+        return ConnectionFailed(f"Connection failed: {_root_cause(exc)}")
+    return InvalidResponse(f"Unexpected {type(exc).__name__} from the client: {exc}")
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _is_truncated_body(exc: BaseException) -> bool:
+    """Whether the chain holds aiohttp's "payload is not completed" (headers came, the body did not)."""
+    current: BaseException | None = exc
+    while current is not None:
+        if type(current).__name__ in ("ClientPayloadError", "ContentLengthError", "TransferEncodingError"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class OpenAIBackend(Backend):
+    """Queries through ``openai.AsyncOpenAI`` (and ``openai.OpenAI`` for the threads baseline).
+
+    With no arguments it reads ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_MODEL``, like
+    the SDK.  ``transport="httpx"`` uses the SDK's default transport instead of aiohttp.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        transport: Transport = "aiohttp",
+    ) -> None:
+        super().__init__(base_url=base_url, api_key=api_key, model=model)
+        if transport not in ("aiohttp", "httpx"):
+            raise ValueError("transport must be 'aiohttp' or 'httpx'")
+        self.transport = transport
+        self._client: openai.AsyncOpenAI | None = None
+        self._sync_client: openai.OpenAI | None = None
+
+    async def _connect(self) -> None:
+        if self._client is not None:
+            return
+        limits = httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+        http_client: httpx2.AsyncClient = (
+            openai.DefaultAioHttpClient(limits=limits, timeout=_HTTP_TIMEOUT)
+            if self.transport == "aiohttp"
+            else openai.DefaultAsyncHttpxClient(limits=limits, timeout=_HTTP_TIMEOUT)
+        )
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=self._api_key, max_retries=0, http_client=http_client
+        )
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            raise QueryError("The backend is not open: use it inside `async with Orchestrator(...)`.")
+        return self._client
+
+    async def complete(self, query: Query) -> Completion:
+        body = self.request_body(query)
+        if query.stream:
+            return await self._complete_streamed(query, body)
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(**body)
+            return completion_from_body(query, orjson.loads(raw.http_response.content), body["model"])
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    async def _complete_streamed(self, query: Query, body: dict[str, Any]) -> Completion:
+        assembler = StreamAssembler(query, body["model"])
+        try:
+            stream = await self.client.chat.completions.create(**body)
+            async with stream:
+                async for chunk in stream:
+                    _feed(assembler, chunk)
+        except Exception as exc:
+            raise translate(exc, received_chunks=assembler.chunks) from exc
+        return assembler.result()
+
+    def complete_blocking(self, query: Query) -> Completion:
+        """The same call on the synchronous client, for ``mode="threads"``."""
+        if self._sync_client is None:
+            limits = httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+            self._sync_client = openai.OpenAI(
+                base_url=self.base_url,
+                api_key=self._api_key,
+                max_retries=0,
+                http_client=openai.DefaultHttpxClient(limits=limits, timeout=_HTTP_TIMEOUT),
+            )
+        body = self.request_body(query)
+        assembler = StreamAssembler(query, body["model"])
+        try:
+            if not query.stream:
+                raw = self._sync_client.chat.completions.with_raw_response.create(**body)
+                return completion_from_body(query, orjson.loads(raw.http_response.content), body["model"])
+            with self._sync_client.chat.completions.create(**body) as stream:
+                for chunk in stream:
+                    _feed(assembler, chunk)
+        except Exception as exc:
+            raise translate(exc, received_chunks=assembler.chunks) from exc
+        return assembler.result()
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        sync_client, self._sync_client = self._sync_client, None
+        if client is not None:
+            await client.close()
+        if sync_client is not None:
+            sync_client.close()
+
+
+def _feed(assembler: StreamAssembler, chunk: Any) -> None:
+    usage = chunk.usage
+    if chunk.choices:
+        choice = chunk.choices[0]
+        assembler.feed(choice.delta.content, choice.finish_reason, None)
+    if usage is not None:
+        assembler.feed(None, None, (usage.prompt_tokens, usage.completion_tokens))

@@ -1,0 +1,125 @@
+"""The command line: ``hybrid demo``, ``hybrid bench``, ``hybrid sim``.
+
+This module is an edge of the kit, so it may start event loops (``asyncio.run``); the library
+below it is async end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hybrid.sim.config import PROFILES, Faults, SimConfig
+
+
+def _sim_config(args: argparse.Namespace) -> SimConfig:
+    config = SimConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else SimConfig()
+    changes: dict[str, object] = {}
+    for name in ("seed", "time_scale", "slots", "max_queue", "rpm", "tpm", "host", "port"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    if args.profile:
+        unknown = [p for p in args.profile if p not in config.profiles]
+        if unknown:
+            raise SystemExit(f"hybrid sim: unknown profile(s) {unknown}; choose from {sorted(config.profiles)}")
+        changes["profiles"] = {name: config.profiles[name] for name in args.profile}
+    fault_changes = {kind: getattr(args, f"fault_{kind}") for kind in Faults.KINDS if getattr(args, f"fault_{kind}") is not None}
+    if args.fail_first is not None:
+        fault_changes["fail_first"] = args.fail_first
+    if fault_changes:
+        import dataclasses
+
+        changes["faults"] = dataclasses.replace(config.faults, **fault_changes)
+    api_key = args.api_key or os.environ.get("HYBRID_SIM_API_KEY")
+    if api_key:
+        changes["api_key"] = api_key
+    return config.with_changes(**changes)
+
+
+async def _serve_forever(config: SimConfig, quiet: bool) -> None:
+    from hybrid.sim.serve import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(config) as server:
+        print(server.url, flush=True)
+        if not quiet:
+            print(
+                f"hybrid sim: OpenAI-compatible simulator, models {', '.join(config.profiles)}, seed {config.seed}, "
+                f"time scale {config.time_scale}. Stats at {server.root}/sim/stats. Ctrl-C stops.",
+                file=sys.stderr,
+                flush=True,
+            )
+        await stop.wait()
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    asyncio.run(_serve_forever(_sim_config(args), args.quiet))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hybrid.demo import run_demo
+
+    return asyncio.run(run_demo(out_dir=Path(args.out), time_scale=args.time_scale, seed=args.seed))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hybrid.bench import run_suites
+
+    return asyncio.run(run_suites(args.suite, out_dir=Path(args.out), quick=args.quick))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybrid", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("sim", help="run the OpenAI-compatible simulator (prints its base URL first)")
+    sim.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, help="port (default: any free port)")
+    sim.add_argument("--api-key", help="require this key (or set HYBRID_SIM_API_KEY)")
+    sim.add_argument("--seed", type=int)
+    sim.add_argument("--time-scale", type=float, help="multiply simulated durations (0 = no waiting)")
+    sim.add_argument("--profile", action="append", help=f"serve only these models ({', '.join(PROFILES)})")
+    sim.add_argument("--config", help="a JSON file of SimConfig fields")
+    sim.add_argument("--slots", type=int, help="requests served at once")
+    sim.add_argument("--max-queue", type=int, help="requests waiting beyond the slots before 503")
+    sim.add_argument("--rpm", type=int, help="requests per minute before 429")
+    sim.add_argument("--tpm", type=int, help="tokens per minute before 429")
+    for kind in Faults.KINDS:
+        sim.add_argument(f"--fault-{kind.replace('_', '-')}", type=float, metavar="RATE", help=f"probability of {kind}")
+    sim.add_argument("--fail-first", type=int, help="fail the first N attempts of every request")
+    sim.add_argument("--quiet", action="store_true", help="print only the URL")
+    sim.set_defaults(func=cmd_sim)
+
+    demo = sub.add_parser("demo", help="legacy (6 prompts, 3 stages) vs hybrid (2 prompts, gathered)")
+    demo.add_argument("--out", default="out/demo", help="folder for summary.json and the plots")
+    demo.add_argument("--time-scale", type=float, default=0.1, help="simulated time compression")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="run benchmark suites against a simulator in its own process")
+    bench.add_argument("suite", nargs="*", default=["scenario", "sweep", "peers"])
+    bench.add_argument("--out", default="benchmarks/results")
+    bench.add_argument("--quick", action="store_true", help="small workloads (seconds, for smoke tests)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Every error the kit raises, in one tree rooted at :class:`HybridError`.
+
+Errors from the HTTP layer (the ``openai`` SDK, ``httpx2``, ``aiohttp``) are translated once, at
+the backend boundary, with ``raise ... from exc``; nothing above a backend sees a foreign
+exception type.  Two families hang from the root:
+
+::
+
+    HybridError
+    ├── ConfigError            bad input, raised before any request is sent
+    │   └── TemplateError      a pipeline placeholder that cannot be filled safely
+    ├── QueryError             one query failed; stored on QueryResult.error, never lost
+    │   ├── RateLimited        429           retryable, carries retry_after_s
+    │   ├── ServerError        5xx           retryable
+    │   ├── ConnectionFailed   refused/reset retryable
+    │   ├── InvalidResponse    garbage body, truncated stream   retryable
+    │   ├── BadRequest         400/404/422   not retryable
+    │   ├── AuthenticationFailed 401/403     not retryable
+    │   ├── QueryTimeout       the per-query timeout (one scope over all attempts)
+    │   ├── DependencyFailed   a pipeline query whose input query failed (never sent)
+    │   └── Cancelled          the run was cancelled before this query finished
+    └── AllQueriesFailed       every query of a run failed; carries the RunResult
+
+``QueryError.retryable`` is what the retry loop reads; it is a class attribute so the decision
+lives with the error kind, not in the retry code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from hybrid.results import RunResult
+
+
+class HybridError(Exception):
+    """Root of every exception the kit raises."""
+
+
+class ConfigError(HybridError, ValueError):
+    """Invalid input or settings, detected before anything is sent; the message says what to do."""
+
+
+class TemplateError(ConfigError):
+    """A pipeline prompt placeholder that is not a plain name of an earlier query."""
+
+
+class QueryError(HybridError):
+    """One query failed.  Stored on :attr:`QueryResult.error`; a run never loses the row."""
+
+    retryable: ClassVar[bool] = False
+    kind: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class RateLimited(QueryError):
+    """The server said 429; ``retry_after_s`` is its Retry-After, when it sent one."""
+
+    retryable = True
+    kind = "rate_limited"
+
+    def __init__(self, message: str, *, status: int | None = 429, retry_after_s: float | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class ServerError(QueryError):
+    """The server answered 5xx."""
+
+    retryable = True
+    kind = "server_error"
+
+
+class ConnectionFailed(QueryError):
+    """The connection could not be made, or was dropped before a full answer arrived."""
+
+    retryable = True
+    kind = "connection_failed"
+
+
+class InvalidResponse(QueryError):
+    """The server answered, but not with a usable completion (malformed JSON, truncated stream)."""
+
+    retryable = True
+    kind = "invalid_response"
+
+
+class BadRequest(QueryError):
+    """The server rejected the request itself (400, 404 unknown model, 422): retrying cannot help."""
+
+    kind = "bad_request"
+
+
+class AuthenticationFailed(QueryError):
+    """401/403: the API key is missing, wrong, or not allowed to do this."""
+
+    kind = "authentication"
+
+
+class QueryTimeout(QueryError):
+    """The per-query timeout expired; it covers every attempt and every backoff of the query."""
+
+    kind = "timeout"
+
+
+class DependencyFailed(QueryError):
+    """A pipeline query was not sent because a query it names in its prompt failed."""
+
+    kind = "dependency_failed"
+
+
+class Cancelled(QueryError):
+    """The run was cancelled (task cancel, notebook interrupt) before this query finished."""
+
+    kind = "cancelled"
+
+
+class AllQueriesFailed(HybridError):
+    """Every query of a run failed.  ``.run`` holds the RunResult with each query's error."""
+
+    def __init__(self, run: RunResult) -> None:
+        kinds = sorted({r.error.kind for r in run.results if r.error is not None})
+        first = next((r for r in run.results if r.error is not None), None)
+        detail = f" First error ({first.name}): {first.error}" if first is not None else ""
+        super().__init__(
+            f"All {len(run.results)} queries failed ({', '.join(kinds)}).{detail} "
+            "Inspect `exc.run.to_frame()` for every error."
+        )
+        self.run = run

@@ -1,0 +1,122 @@
+"""Run metrics, defined once (see DESIGN.md, "Metrics, defined once").
+
+* ``wall_s``: first query submitted to last result.
+* ``parallel_efficiency = sum(latency_s) / wall_s`` — the seeds' figure; 1.0 means no overlap,
+  2.0 means two queries' worth of waiting fitted in one query's time.
+* ``ideal_efficiency``: the same ratio for a perfect scheduler with the same per-query latencies
+  and the same concurrency limit, stage by stage (longest-first list scheduling, which is what a
+  semaphore-fed pool achieves at best; for unlimited concurrency it is ``sum / max``).
+* ``percent_of_ideal = parallel_efficiency / ideal_efficiency``.
+* client CPU per call: process CPU seconds during the run divided by the calls made (attempts).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hybrid.query import QueryResult
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def ideal_wall(latencies: Sequence[float], concurrency: int) -> float:
+    """Makespan of the latencies on ``concurrency`` workers, longest first (LPT list scheduling)."""
+    if not latencies:
+        return 0.0
+    workers = [0.0] * max(1, min(concurrency, len(latencies)))
+    for latency in sorted(latencies, reverse=True):
+        heapq.heapreplace(workers, workers[0] + latency)
+    return max(workers)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunMetrics:
+    """Aggregate numbers of one run; every field is derived from the per-query results."""
+
+    queries: int
+    succeeded: int
+    failed: int
+    wall_s: float
+    sum_latency_s: float
+    parallel_efficiency: float
+    ideal_efficiency: float
+    percent_of_ideal: float
+    concurrency: int
+    p50_latency_s: float
+    p95_latency_s: float
+    p99_latency_s: float
+    max_latency_s: float
+    mean_queue_s: float
+    mean_ttft_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    tokens_estimated: bool
+    attempts: int
+    retries: int
+    cpu_s: float
+    cpu_per_call_ms: float
+    throughput_qps: float
+    cost_usd: float | None
+
+    @classmethod
+    def compute(
+        cls,
+        results: Sequence[QueryResult],
+        *,
+        wall_s: float,
+        cpu_s: float,
+        concurrency: int,
+    ) -> RunMetrics:
+        sent = [r for r in results if r.attempts > 0]
+        latencies = [r.latency_s for r in sent]
+        total = sum(latencies)
+        stages: dict[int | None, list[float]] = {}
+        for r in sent:
+            stages.setdefault(r.stage, []).append(r.latency_s)
+        ideal_s = sum(ideal_wall(stage, concurrency) for stage in stages.values())
+        efficiency = total / wall_s if wall_s > 0 else 0.0
+        ideal = total / ideal_s if ideal_s > 0 else 0.0
+        ttfts = [r.ttft_s for r in sent if r.ttft_s is not None]
+        attempts = sum(r.attempts for r in results)
+        costs = [r.cost_usd for r in results if r.cost_usd is not None]
+        succeeded = sum(r.ok for r in results)
+        return cls(
+            queries=len(results),
+            succeeded=succeeded,
+            failed=len(results) - succeeded,
+            wall_s=wall_s,
+            sum_latency_s=total,
+            parallel_efficiency=efficiency,
+            ideal_efficiency=ideal,
+            percent_of_ideal=efficiency / ideal if ideal > 0 else 0.0,
+            concurrency=concurrency,
+            p50_latency_s=percentile(latencies, 50),
+            p95_latency_s=percentile(latencies, 95),
+            p99_latency_s=percentile(latencies, 99),
+            max_latency_s=max(latencies, default=math.nan),
+            mean_queue_s=sum(r.queue_s for r in sent) / len(sent) if sent else math.nan,
+            mean_ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
+            prompt_tokens=sum(r.usage.prompt_tokens for r in results),
+            completion_tokens=sum(r.usage.completion_tokens for r in results),
+            total_tokens=sum(r.usage.total_tokens for r in results),
+            tokens_estimated=any(r.usage.estimated for r in results if r.ok),
+            attempts=attempts,
+            retries=sum(r.retries for r in results),
+            cpu_s=cpu_s,
+            cpu_per_call_ms=cpu_s / attempts * 1000.0 if attempts else math.nan,
+            throughput_qps=succeeded / wall_s if wall_s > 0 else 0.0,
+            cost_usd=sum(costs) if costs else None,
+        )

@@ -1,0 +1,174 @@
+"""What to ask (:class:`Query`) and what came back for one query (:class:`QueryResult`).
+
+A :class:`Query` is validated when it is built, so a bad prompt or setting fails in the cell that
+wrote it, before any request is sent.  A :class:`QueryResult` exists for every query of a run,
+whatever happened: ``ok`` tells whether ``text`` or ``error`` is the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
+
+from hybrid.errors import ConfigError, QueryError
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One prompt to send.  ``name`` labels the row and lets pipeline prompts refer to the answer."""
+
+    name: str
+    prompt: str
+    _: KW_ONLY
+    system: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stream: bool = False
+    json_mode: bool = False
+    metadata: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"Query name must be a non-empty string, got {self.name!r}: give each query a label.")
+        if not isinstance(self.prompt, str):
+            raise ConfigError(
+                f"Query {self.name!r}: prompt must be a string, got {type(self.prompt).__name__}; "
+                "format it into text first."
+            )
+        if not self.prompt.strip():
+            raise ConfigError(f"Query {self.name!r}: prompt is empty; write what the model should answer.")
+        if self.system is not None and not isinstance(self.system, str):
+            raise ConfigError(f"Query {self.name!r}: system must be a string or None.")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ConfigError(f"Query {self.name!r}: model must be a non-empty string or None (backend default).")
+        if self.max_tokens is not None and (
+            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens <= 0
+        ):
+            raise ConfigError(f"Query {self.name!r}: max_tokens must be a positive integer, got {self.max_tokens!r}.")
+        if self.temperature is not None and (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, int | float)
+            or not 0.0 <= float(self.temperature) <= 2.0
+        ):
+            raise ConfigError(f"Query {self.name!r}: temperature must be a number from 0 to 2, got {self.temperature!r}.")
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat messages this query sends."""
+        messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        messages.append({"role": "user", "content": self.prompt})
+        return messages
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """Token counts of one completion.  ``estimated`` is true when the server sent none."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            estimated=self.estimated or other.estimated,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Completion:
+    """What a backend returns for one successful attempt."""
+
+    text: str
+    usage: Usage
+    model: str
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Price:
+    """US dollars per million tokens, prompt and completion, for one model."""
+
+    prompt_per_mtok: float
+    completion_per_mtok: float
+
+    def __post_init__(self) -> None:
+        for value in (self.prompt_per_mtok, self.completion_per_mtok):
+            if not isinstance(value, int | float) or value < 0 or math.isnan(value):
+                raise ConfigError("Prices must be non-negative numbers of dollars per million tokens.")
+
+    def cost(self, usage: Usage) -> float:
+        return (usage.prompt_tokens * self.prompt_per_mtok + usage.completion_tokens * self.completion_per_mtok) / 1e6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryResult:
+    """The outcome of one query: an answer or an error, with its timings and usage.
+
+    Times are seconds.  ``started_s``/``finished_s`` are offsets from the start of the run;
+    ``queue_s`` is the wait for a concurrency slot (and rate limiter) before the first byte was
+    sent; ``latency_s`` runs from the first byte sent to the last byte received, retries and
+    backoff included; ``ttft_s`` is the first token of the successful attempt, when streamed.
+    """
+
+    query: Query
+    index: int
+    text: str | None = None
+    error: QueryError | None = None
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+    finish_reason: str | None = None
+    latency_s: float = 0.0
+    queue_s: float = 0.0
+    ttft_s: float | None = None
+    attempts: int = 0
+    started_s: float = 0.0
+    finished_s: float = 0.0
+    stage: int | None = None
+    cost_usd: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def name(self) -> str:
+        return self.query.name
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - 1)
+
+    def as_row(self) -> dict[str, Any]:
+        """One flat row for a DataFrame or JSON export (no secrets, no Python objects)."""
+        return {
+            "name": self.name,
+            "index": self.index,
+            "stage": self.stage,
+            "ok": self.ok,
+            "text": self.text,
+            "error_kind": None if self.error is None else self.error.kind,
+            "error": None if self.error is None else str(self.error),
+            "model": self.model,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "total_tokens": self.usage.total_tokens,
+            "tokens_estimated": self.usage.estimated,
+            "cost_usd": self.cost_usd,
+            "latency_s": self.latency_s,
+            "queue_s": self.queue_s,
+            "ttft_s": self.ttft_s,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "started_s": self.started_s,
+            "finished_s": self.finished_s,
+        }

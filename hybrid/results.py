@@ -1,0 +1,107 @@
+"""The outcome of a whole run: one :class:`QueryResult` per query in input order, plus metrics.
+
+``RunResult`` is what ``await orch.run(...)`` returns and what ``AllQueriesFailed.run`` carries.
+It renders itself in a notebook (``_repr_html_``), turns into a DataFrame (:meth:`to_frame`) and
+into JSON (:meth:`to_json`); none of them include anything but results and metrics, so no secret
+can travel with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from hybrid.metrics import RunMetrics
+from hybrid.query import QueryResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    """Results in input order (exactly one per query), metrics, and warnings about partial failure.
+
+    ``cancelled`` is true for the partial result a cancelled run leaves on ``Orchestrator.last_run``:
+    finished queries keep their answers, the others carry a :class:`~hybrid.errors.Cancelled` error.
+    """
+
+    results: tuple[QueryResult, ...]
+    metrics: RunMetrics
+    mode: str
+    warnings: tuple[str, ...] = ()
+    cancelled: bool = False
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, name: str) -> QueryResult:
+        """The result of the query called ``name`` (the first, if names repeat)."""
+        for result in self.results:
+            if result.name == name:
+                return result
+        raise KeyError(f"No query named {name!r}; names: {[r.name for r in self.results]}")
+
+    @property
+    def ok(self) -> bool:
+        return self.metrics.failed == 0
+
+    def texts(self) -> dict[str, str | None]:
+        """Answer text by query name (None for failed queries)."""
+        return {r.name: r.text for r in self.results}
+
+    def to_frame(self) -> pd.DataFrame:
+        """A pandas DataFrame, one row per query, in input order."""
+        import pandas as pd
+
+        return pd.DataFrame([r.as_row() for r in self.results])
+
+    def to_dict(self) -> dict[str, Any]:
+        metrics = {k: _finite(v) for k, v in dataclasses.asdict(self.metrics).items()}
+        return {
+            "mode": self.mode,
+            "cancelled": self.cancelled,
+            "warnings": list(self.warnings),
+            "metrics": metrics,
+            "results": [{k: _finite(v) for k, v in r.as_row().items()} for r in self.results],
+        }
+
+    def to_json(self) -> str:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2).decode()
+
+    def summary(self) -> str:
+        """One line: how many succeeded, wall, efficiency against the ideal, tokens, retries."""
+        m = self.metrics
+        return (
+            f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({self.mode}); parallel efficiency "
+            f"{m.parallel_efficiency:.0%} ({m.percent_of_ideal:.0%} of ideal {m.ideal_efficiency:.0%}); "
+            f"{m.total_tokens} tokens; {m.retries} retries"
+        )
+
+    def __repr__(self) -> str:
+        return f"<RunResult {self.summary()}>"
+
+    def _repr_html_(self) -> str:
+        frame = self.to_frame()[
+            ["name", "ok", "text", "error", "total_tokens", "latency_s", "queue_s", "attempts"]
+        ].copy()
+        frame["text"] = frame["text"].map(lambda t: t if t is None or len(t) <= 120 else t[:117] + "...")
+        warnings = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+        return (
+            f"<div><p><b>{html.escape(self.summary())}</b></p>"
+            + (f"<ul>{warnings}</ul>" if warnings else "")
+            + frame.to_html(index=False, float_format=lambda x: f"{x:.3f}")
+            + "</div>"
+        )
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null in JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

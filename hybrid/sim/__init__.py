@@ -1,0 +1,23 @@
+"""The embedded OpenAI-compatible simulator: a real HTTP server for offline, deterministic runs.
+
+>>> async with sim.serve(sim.SimConfig(seed=7)) as server:
+...     backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
+"""
+
+from hybrid.sim.app import Simulator
+from hybrid.sim.config import PROFILES, Faults, ModelProfile, Script, SimConfig
+from hybrid.sim.serve import SimServer, new_api_key, serve, serve_in_thread, serve_process
+
+__all__ = [
+    "PROFILES",
+    "Faults",
+    "ModelProfile",
+    "Script",
+    "SimConfig",
+    "SimServer",
+    "Simulator",
+    "new_api_key",
+    "serve",
+    "serve_in_thread",
+    "serve_process",
+]

@@ -1,0 +1,187 @@
+"""The simulator's settings: model profiles, faults, capacity, rate limits, scripted replies.
+
+Everything is a frozen dataclass with JSON round-tripping (:meth:`SimConfig.to_dict` /
+:meth:`SimConfig.from_dict`), so the same config can start a server in this loop, in a thread,
+or in another process (``hybrid sim --config FILE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybrid.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelProfile:
+    """How fast one simulated model answers, in unscaled seconds.
+
+    A request takes ``ttft_s + prompt_tokens / prompt_tps`` to its first token, then
+    ``completion_tokens / completion_tps`` to stream the rest; the whole is multiplied by a seeded
+    log-normal jitter of spread ``jitter``.  ``contention`` slows decoding when requests share the
+    server: with ``k`` requests in their slots, each decodes at ``completion_tps / (1 + contention
+    * (k - 1))`` (0 = perfectly parallel server, 1 = one shared decoder).
+    """
+
+    ttft_s: float
+    prompt_tps: float
+    completion_tps: float
+    jitter: float = 0.05
+    contention: float = 0.0
+    min_completion_tokens: int = 24
+    max_completion_tokens: int = 96
+
+    def __post_init__(self) -> None:
+        if self.ttft_s < 0 or self.prompt_tps <= 0 or self.completion_tps <= 0:
+            raise ConfigError("ModelProfile needs ttft_s >= 0 and positive prompt_tps / completion_tps.")
+        if self.jitter < 0 or self.contention < 0:
+            raise ConfigError("ModelProfile jitter and contention must be >= 0.")
+        if not 1 <= self.min_completion_tokens <= self.max_completion_tokens:
+            raise ConfigError("ModelProfile needs 1 <= min_completion_tokens <= max_completion_tokens.")
+
+
+#: Shipped profiles.  ``sim-small`` is a fast hosted small model; ``sim-large`` a slow large one
+#: (0.4 s to first token, 50 completion tokens/s, as large hosted models measure).
+PROFILES: Mapping[str, ModelProfile] = {
+    "sim-small": ModelProfile(ttft_s=0.15, prompt_tps=8000.0, completion_tps=150.0, jitter=0.05),
+    "sim-large": ModelProfile(ttft_s=0.4, prompt_tps=2500.0, completion_tps=50.0, jitter=0.08),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Faults:
+    """Injected faults, each with its own probability per attempt (seeded, so reproducible).
+
+    ``rate_limit`` answers 429 with Retry-After headers (``retry_after_s``, real seconds);
+    ``rate_limit_bare`` answers 429 without them; ``server_error`` 500; ``unavailable`` 503;
+    ``hang`` never answers (until the client gives up, or ``hang_s``); ``drop`` closes the
+    connection without an answer; ``malformed`` sends a 200 whose JSON is cut; ``truncate`` cuts
+    the stream (or body) midway; ``no_usage`` omits usage.  ``fail_first`` fails the first N
+    attempts of each distinct request with ``fail_first_status``, so retry tests are exact.
+    """
+
+    rate_limit: float = 0.0
+    rate_limit_bare: float = 0.0
+    server_error: float = 0.0
+    unavailable: float = 0.0
+    hang: float = 0.0
+    drop: float = 0.0
+    malformed: float = 0.0
+    truncate: float = 0.0
+    no_usage: float = 0.0
+    fail_first: int = 0
+    fail_first_status: int = 500
+    retry_after_s: float = 1.0
+    hang_s: float = 3600.0
+
+    KINDS = (
+        "rate_limit",
+        "rate_limit_bare",
+        "server_error",
+        "unavailable",
+        "hang",
+        "drop",
+        "malformed",
+        "truncate",
+        "no_usage",
+    )
+
+    def __post_init__(self) -> None:
+        rates = [getattr(self, kind) for kind in self.KINDS]
+        if any(not 0.0 <= rate <= 1.0 for rate in rates) or sum(rates) > 1.0 + 1e-9:
+            raise ConfigError("Fault rates must each be in [0, 1] and add up to at most 1.")
+        if self.fail_first < 0 or self.fail_first_status not in (429, 500, 502, 503, 504):
+            raise ConfigError("fail_first must be >= 0 and fail_first_status one of 429, 500, 502, 503, 504.")
+        if self.retry_after_s < 0 or self.hang_s <= 0:
+            raise ConfigError("retry_after_s must be >= 0 and hang_s > 0.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Script:
+    """A scripted reply: when ``pattern`` (a regular expression) is found in the prompt, answer ``reply``.
+
+    A dict reply is sent as JSON text, which is what scenarios that parse answers want.
+    """
+
+    pattern: str
+    reply: str | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig:
+    """Everything that shapes a simulator.
+
+    ``time_scale`` multiplies every simulated duration (0 = answer at once, 0.1 = ten times
+    faster than the profile).  ``slots`` requests are served at once; up to ``max_queue`` more
+    wait for a slot (``None`` = unbounded), beyond that the server answers 503.  ``rpm``/``tpm``
+    are per-key limits over a sliding ``limit_window_s`` (real seconds), answered with 429 and
+    OpenAI's ``x-ratelimit-*`` headers.
+    """
+
+    seed: int = 0
+    time_scale: float = 1.0
+    profiles: Mapping[str, ModelProfile] = field(default_factory=lambda: dict(PROFILES))
+    slots: int = 128
+    max_queue: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    limit_window_s: float = 60.0
+    faults: Faults = field(default_factory=Faults)
+    scripts: tuple[Script, ...] = ()
+    api_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int):
+            raise ConfigError("seed must be an integer.")
+        if not (self.time_scale >= 0 and math.isfinite(self.time_scale)):
+            raise ConfigError("time_scale must be a finite number >= 0 (0 = no waiting at all).")
+        if not self.profiles:
+            raise ConfigError("SimConfig needs at least one model profile.")
+        if self.slots < 1 or (self.max_queue is not None and self.max_queue < 0):
+            raise ConfigError("slots must be >= 1 and max_queue >= 0 (or None for unbounded).")
+        for limit in (self.rpm, self.tpm):
+            if limit is not None and limit < 1:
+                raise ConfigError("rpm and tpm must be positive integers, or None for no limit.")
+        if self.limit_window_s <= 0:
+            raise ConfigError("limit_window_s must be > 0.")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port must be 0 (any free port) to 65535.")
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.profiles))
+
+    def with_changes(self, **changes: Any) -> SimConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data.  The API key is left out: pass it separately (flag or env var)."""
+        data = dataclasses.asdict(self)
+        data.pop("api_key")
+        data["scripts"] = [dataclasses.asdict(script) for script in self.scripts]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
+        """Build a config from :meth:`to_dict` output or a hand-written JSON file."""
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"Unknown simulator settings {sorted(unknown)}; known: {sorted(known)}.")
+        if "profiles" in data:
+            data["profiles"] = {name: ModelProfile(**p) for name, p in data["profiles"].items()}
+        if "faults" in data:
+            data["faults"] = Faults(**data["faults"])
+        if "scripts" in data:
+            data["scripts"] = tuple(Script(**s) for s in data["scripts"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"Bad simulator config: {exc}") from exc

@@ -1,0 +1,158 @@
+"""The simulator's deterministic model: what a request answers, how long it takes, which fault hits it.
+
+Every random choice comes from a ``random.Random`` seeded with the config seed and a digest of the
+request (model, messages, temperature, and for faults the attempt number of that exact request).
+The same request therefore gets the same answer, timing and fault in any order and under any
+concurrency, which is what notebook regression tests and exact retry tests rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from hybrid.sim.config import Faults, ModelProfile, Script
+from hybrid.tokens import count_tokens, truncate_tokens
+
+_WORDS = (
+    "the model reads each prompt and answers with a short grounded note about the data it was "
+    "given while queries run together so the wall time is close to the slowest one rather than "
+    "the sum latency throughput tokens budget retry window slot queue answer result risk cost "
+    "plan check review summary detail estimate value measure report table stage batch parallel "
+    "sequential concurrent request response server client seed signal noise trend sample"
+).split()
+
+
+def digest(*parts: object) -> int:
+    """A stable 64-bit integer from ``parts`` (Python's ``hash`` is salted per process)."""
+    text = "\x1f".join(repr(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+def generated_text(rng: random.Random, n_tokens: int) -> str:
+    """Exactly ``n_tokens`` tokens of plausible filler: words, with a full stop every 8-16 words."""
+    pieces: list[str] = []
+    words_in_sentence = 0
+    sentence_length = rng.randint(8, 16)
+    for i in range(n_tokens):
+        is_last = i == n_tokens - 1
+        if i > 0 and words_in_sentence > 0 and (words_in_sentence >= sentence_length or is_last):
+            pieces.append(".")
+            words_in_sentence = 0
+            sentence_length = rng.randint(8, 16)
+            continue
+        word = rng.choice(_WORDS)
+        if words_in_sentence == 0:
+            word = word.capitalize()
+        pieces.append(" " + word if pieces else word)
+        words_in_sentence += 1
+    return "".join(pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The simulated answer to one request (before timing and faults)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def prompt_text(messages: list[dict[str, Any]]) -> str:
+    """All message text of a request, for script matching."""
+    parts: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "\n".join(parts)
+
+
+class ReplyModel:
+    """Answers for one simulator: scripted replies first, then seeded filler (JSON in json mode)."""
+
+    def __init__(self, seed: int, scripts: tuple[Script, ...]) -> None:
+        self._seed = seed
+        self._scripts = [
+            (re.compile(s.pattern), s.reply if isinstance(s.reply, str) else orjson.dumps(s.reply).decode())
+            for s in scripts
+        ]
+        self.reply = lru_cache(maxsize=4096)(self._reply)
+
+    def _reply(
+        self,
+        model: str,
+        text: str,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        temperature: float,
+        json_mode: bool,
+        profile: ModelProfile,
+    ) -> Reply:
+        for pattern, scripted in self._scripts:
+            if pattern.search(text):
+                full = scripted
+                break
+        else:
+            rng = random.Random(digest(self._seed, model, text, temperature))
+            n = rng.randint(profile.min_completion_tokens, profile.max_completion_tokens)
+            body = generated_text(rng, n)
+            full = orjson.dumps({"answer": body}).decode() if json_mode else body
+        n_full = count_tokens(full)
+        if max_tokens is not None and n_full > max_tokens:
+            return Reply(truncate_tokens(full, max_tokens), prompt_tokens, max_tokens, "length")
+        return Reply(full, prompt_tokens, n_full, "stop")
+
+
+def durations(
+    profile: ModelProfile, reply: Reply, *, seed: int, key: int, time_scale: float, sharing: int
+) -> tuple[float, float]:
+    """(time to first token, decode time) in real seconds for one request.
+
+    ``sharing`` is how many requests hold a slot at the start of this one (itself included).
+    """
+    if time_scale == 0:
+        return 0.0, 0.0
+    rng = random.Random(digest(seed, "latency", key))
+    factor = rng.lognormvariate(0.0, profile.jitter) if profile.jitter else 1.0
+    ttft = profile.ttft_s + reply.prompt_tokens / profile.prompt_tps
+    rate = profile.completion_tps / (1.0 + profile.contention * max(0, sharing - 1))
+    decode = reply.completion_tokens / rate
+    return ttft * factor * time_scale, decode * factor * time_scale
+
+
+class FaultPlan:
+    """Decides, per attempt, which fault (if any) a request meets, and counts what it injected."""
+
+    def __init__(self, faults: Faults, seed: int) -> None:
+        self.faults = faults
+        self._seed = seed
+        self._attempts: Counter[int] = Counter()
+        self.injected: Counter[str] = Counter()
+
+    def draw(self, request_key: int, *, stream: bool) -> str | None:
+        attempt = self._attempts[request_key]
+        self._attempts[request_key] = attempt + 1
+        if attempt < self.faults.fail_first:
+            kind: str | None = "fail_first"
+        else:
+            u = random.Random(digest(self._seed, "fault", request_key, attempt)).random()
+            kind = None
+            for name in Faults.KINDS:
+                u -= getattr(self.faults, name)
+                if u < 0:
+                    kind = name
+                    break
+        if kind is not None:
+            self.injected[kind] += 1
+        return kind

@@ -1,0 +1,177 @@
+"""Three ways to run the simulator: in the caller's loop, in a background thread, in its own process.
+
+* :func:`serve` — ``async with sim.serve(config) as server`` in the running loop: what tests and
+  notebooks use; the cheapest, and ``server.stats()`` reads the live counters.
+* :func:`serve_in_thread` — a plain ``with`` block that runs the server on its own loop in a daemon
+  thread, for synchronous code (scripts, the threads baseline) that has no loop to share.
+* :func:`serve_process` — ``async with`` a child ``hybrid sim`` process, for benchmarks: the
+  simulator's CPU is then not charged to the client being measured.
+
+The thread and process runners start their own event loops; that is the simulator running a
+server, not the library bridging a call, which the design allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import sys
+import tempfile
+import threading
+import urllib.request
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from hybrid.errors import HybridError
+from hybrid.sim.app import Simulator
+from hybrid.sim.config import SimConfig
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_PLACEHOLDER_KEY = "sim-no-key-required"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimServer:
+    """A running simulator.  ``url`` is the OpenAI base URL (``.../v1``), ``api_key`` the key to send."""
+
+    url: str
+    root: str
+    api_key: str = field(repr=False)
+    simulator: Simulator | None = field(default=None, repr=False)
+
+    def stats(self) -> dict[str, Any]:
+        """Requests seen, in flight now, peak in flight, counts by status, disconnects, injected faults.
+
+        For a server in this process the counters are read directly; for one in another process
+        this is a short blocking GET on loopback (use :meth:`fetch_stats` inside a busy loop).
+        """
+        if self.simulator is not None:
+            return self.simulator.stats()
+        with urllib.request.urlopen(self.root + "/sim/stats", timeout=10) as response:
+            data: dict[str, Any] = json.load(response)
+            return data
+
+    async def fetch_stats(self) -> dict[str, Any]:
+        """Like :meth:`stats`, without blocking the event loop for an out-of-process server."""
+        if self.simulator is not None:
+            return self.simulator.stats()
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session, session.get(self.root + "/sim/stats") as response:
+            data: dict[str, Any] = await response.json()
+            return data
+
+
+def _warn_if_exposed(host: str) -> None:
+    if host not in LOOPBACK:
+        warnings.warn(
+            f"The simulator is binding {host!r}, reachable from other machines. It is a test server: "
+            "bind 127.0.0.1 unless you mean it, and set an api_key.",
+            stacklevel=3,
+        )
+
+
+@contextlib.asynccontextmanager
+async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
+    """Serve the simulator in the running event loop until the block exits."""
+    config = config or SimConfig()
+    _warn_if_exposed(config.host)
+    simulator = Simulator(config)
+    runner = web.AppRunner(simulator.app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
+    try:
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        host = f"[{host}]" if ":" in host else host
+        root = f"http://{host}:{port}"
+        yield SimServer(
+            url=root + "/v1", root=root, api_key=config.api_key or _PLACEHOLDER_KEY, simulator=simulator
+        )
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.contextmanager
+def serve_in_thread(config: SimConfig | None = None, *, start_timeout: float = 10.0) -> Iterator[SimServer]:
+    """Serve the simulator on its own loop in a daemon thread, for synchronous callers."""
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def main() -> None:
+        state["loop"] = asyncio.get_running_loop()
+        state["stop"] = stop = asyncio.Event()
+        try:
+            async with serve(config) as server:
+                state["server"] = server
+                ready.set()
+                await stop.wait()
+        except BaseException as exc:
+            state["error"] = exc
+            ready.set()
+            raise
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), name="hybrid-sim", daemon=True)
+    thread.start()
+    if not ready.wait(start_timeout) or "error" in state:
+        raise HybridError(f"The simulator thread did not start: {state.get('error', 'timed out')}")
+    try:
+        yield state["server"]
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    config: SimConfig | None = None, *, start_timeout: float = 30.0
+) -> AsyncIterator[SimServer]:
+    """Run ``hybrid sim`` as a child process with ``config``; stop it when the block exits.
+
+    The config travels as a JSON file; the API key (if any) through the environment, never argv.
+    """
+    config = config or SimConfig()
+    _warn_if_exposed(config.host)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(config.to_dict(), handle)
+        path = handle.name
+    env = dict(os.environ)
+    env.pop("HYBRID_SIM_API_KEY", None)
+    if config.api_key is not None:
+        env["HYBRID_SIM_API_KEY"] = config.api_key
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hybrid", "sim", "--config", path, "--quiet",
+        stdout=asyncio.subprocess.PIPE, stderr=None, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), start_timeout)
+        except TimeoutError:
+            raise HybridError("The simulator process did not report its address in time.") from None
+        text = line.decode().strip()
+        if not text.startswith("http"):
+            raise HybridError(f"The simulator process failed to start (it printed {text!r}).")
+        root = text.removesuffix("/v1")
+        yield SimServer(url=root + "/v1", root=root, api_key=config.api_key or _PLACEHOLDER_KEY)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        os.unlink(path)
+
+
+def new_api_key() -> str:
+    """A random key for a simulator that should enforce one."""
+    return "sk-sim-" + secrets.token_hex(16)

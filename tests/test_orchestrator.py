@@ -1,0 +1,434 @@
+"""The async core against the simulator over loopback, for both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from hybrid import (
+    AllQueriesFailed,
+    AuthenticationFailed,
+    BadRequest,
+    Cancelled,
+    ConfigError,
+    ConnectionFailed,
+    DependencyFailed,
+    HTTPBackend,
+    InvalidResponse,
+    OpenAIBackend,
+    Orchestrator,
+    Price,
+    Query,
+    QueryFinished,
+    QueryStarted,
+    QueryTimeout,
+    RateLimited,
+    Retry,
+    RunFinished,
+    ServerError,
+    TemplateError,
+    sim,
+)
+from hybrid.sim import Faults, ModelProfile, SimConfig
+
+from .conftest import orchestrated
+
+QUERIES = [Query(f"q{i}", f"Question number {i}: what is {i} squared?") for i in range(12)]
+
+# One simulated second per query, unjittered, decoding instantly: latency is exactly the TTFT.
+STEADY = {"sim-small": ModelProfile(ttft_s=1.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+
+
+async def test_results_come_back_in_input_order_one_per_query(backend_kind: str) -> None:
+    async with orchestrated(backend_kind) as (orch, _):
+        run = await orch.run(QUERIES)
+    assert [r.name for r in run.results] == [q.name for q in QUERIES]
+    assert [r.index for r in run.results] == list(range(len(QUERIES)))
+    assert all(r.ok and r.text for r in run.results)
+    assert run.metrics.succeeded == 12 and run.metrics.failed == 0
+    frame = run.to_frame()
+    assert list(frame["name"]) == [q.name for q in QUERIES] and len(frame) == 12
+
+
+async def test_answers_match_between_backends_and_modes() -> None:
+    texts = []
+    for kind in ("openai", "http"):
+        async with orchestrated(kind) as (orch, _):
+            texts.append((await orch.run(QUERIES)).texts())
+            texts.append((await orch.run(QUERIES, mode="sequential")).texts())
+    assert all(t == texts[0] for t in texts)
+
+
+async def test_partial_failure_keeps_every_row_and_warns(backend_kind: str) -> None:
+    config = SimConfig(seed=7, time_scale=0, faults=Faults(server_error=0.5))
+    async with orchestrated(backend_kind, config=config, retry=Retry.never()) as (orch, server):
+        run = await orch.run(QUERIES)
+    failed = [r for r in run.results if not r.ok]
+    assert 0 < len(failed) < len(QUERIES)
+    assert len(failed) == server.stats()["faults"]["server_error"]
+    assert all(isinstance(r.error, ServerError) and r.text is None for r in failed)
+    assert run.warnings[0].startswith(f"{len(failed)} of 12 queries failed")
+    assert all(any(r.name in w for w in run.warnings) for r in failed)
+
+
+async def test_total_failure_raises_with_the_run(backend_kind: str) -> None:
+    config = SimConfig(time_scale=0, faults=Faults(unavailable=1.0))
+    async with orchestrated(backend_kind, config=config, retry=Retry.never()) as (orch, _):
+        with pytest.raises(AllQueriesFailed) as info:
+            await orch.run(QUERIES[:3])
+    assert len(info.value.run.results) == 3
+    assert all(isinstance(r.error, ServerError) for r in info.value.run.results)
+    assert "server_error" in str(info.value)
+
+
+async def test_retries_recover_and_are_counted(backend_kind: str) -> None:
+    config = SimConfig(time_scale=0, faults=Faults(fail_first=2))
+    async with orchestrated(backend_kind, config=config, retry=Retry(attempts=3, base=0.001)) as (orch, server):
+        run = await orch.run(QUERIES[:4])
+    assert run.ok and all(r.attempts == 3 for r in run.results)
+    assert run.metrics.retries == 8 and run.metrics.attempts == 12
+    assert server.stats()["by_status"] == {"200": 4, "500": 8}
+
+
+async def test_non_retryable_errors_are_not_retried(backend_kind: str) -> None:
+    async with sim.serve(SimConfig(time_scale=0, api_key="sk-real")) as server:
+        backend = (OpenAIBackend if backend_kind == "openai" else HTTPBackend)(
+            base_url=server.url, api_key="sk-wrong", model="sim-small"
+        )
+        async with Orchestrator(backend, retry=Retry(attempts=5, base=0.001)) as orch:
+            with pytest.raises(AllQueriesFailed) as info:
+                await orch.run(QUERIES[:2])
+            bad_model = await _run_allowing_failure(orch, [Query("m", "hi", model="no-such-model")])
+    assert all(isinstance(r.error, AuthenticationFailed) and r.attempts == 1 for r in info.value.run.results)
+    assert isinstance(bad_model.results[0].error, AuthenticationFailed)
+    assert server.stats()["by_status"] == {"401": 3}
+
+
+async def _run_allowing_failure(orch: Orchestrator, queries: list[Query]) -> Any:
+    try:
+        return await orch.run(queries)
+    except AllQueriesFailed as exc:
+        return exc.run
+
+
+@pytest.mark.parametrize(
+    ("faults", "stream", "error"),
+    [
+        (Faults(rate_limit=1.0, retry_after_s=0.0), False, RateLimited),
+        (Faults(server_error=1.0), False, ServerError),
+        (Faults(drop=1.0), False, ConnectionFailed),
+        (Faults(malformed=1.0), False, InvalidResponse),
+        (Faults(malformed=1.0), True, InvalidResponse),
+        (Faults(truncate=1.0), True, InvalidResponse),
+        (Faults(truncate=1.0), False, InvalidResponse),
+    ],
+)
+async def test_each_fault_becomes_its_error_kind(
+    backend_kind: str, faults: Faults, stream: bool, error: type[Exception]
+) -> None:
+    config = SimConfig(time_scale=0, faults=faults)
+    async with orchestrated(backend_kind, config=config, retry=Retry(attempts=2, base=0.001)) as (orch, server):
+        run = await _run_allowing_failure(orch, [Query("a", "hello", stream=stream)])
+        stats = server.stats()
+    result = run.results[0]
+    assert isinstance(result.error, error), result.error
+    assert result.attempts == 2  # each of these is retryable
+    assert stats["requests"] == 2
+
+
+async def test_bad_request_is_not_retried(backend_kind: str) -> None:
+    async with orchestrated(backend_kind, retry=Retry(attempts=4, base=0.001)) as (orch, server):
+        run = await _run_allowing_failure(orch, [Query("a", "hello", model="gpt-404")])
+    assert isinstance(run.results[0].error, BadRequest) and run.results[0].error.status == 404
+    assert run.results[0].attempts == 1 and server.stats()["requests"] == 1
+
+
+async def test_missing_usage_is_estimated_and_flagged(backend_kind: str) -> None:
+    config = SimConfig(time_scale=0, faults=Faults(no_usage=1.0))
+    async with orchestrated(backend_kind, config=config) as (orch, _):
+        run = await orch.run([Query("a", "hello"), Query("b", "hello", stream=True)])
+    for result in run.results:
+        assert result.usage.estimated and result.usage.completion_tokens > 0
+    assert run.metrics.tokens_estimated
+
+
+async def test_retry_after_is_honoured(backend_kind: str) -> None:
+    config = SimConfig(time_scale=0, faults=Faults(fail_first=1, fail_first_status=429, retry_after_s=0.3))
+    retry = Retry(attempts=2, base=0.0, jitter=0.0)
+    async with orchestrated(backend_kind, config=config, retry=retry) as (orch, _):
+        run = await orch.run([Query("a", "hello")])
+    assert run.results[0].ok and run.results[0].attempts == 2
+    assert 0.3 <= run.results[0].latency_s < 0.5
+
+
+async def test_timeout_is_one_scope_over_all_attempts(backend_kind: str) -> None:
+    # Every attempt fails fast with Retry-After 0.2 s; five attempts would take 0.8 s, the timeout is 0.5 s.
+    config = SimConfig(time_scale=0, faults=Faults(rate_limit=1.0, retry_after_s=0.2))
+    retry = Retry(attempts=5, jitter=0.0)
+    async with orchestrated(backend_kind, config=config, retry=retry, timeout=0.5) as (orch, server):
+        start = time.perf_counter()
+        run = await _run_allowing_failure(orch, [Query("a", "hello")])
+        elapsed = time.perf_counter() - start
+    result = run.results[0]
+    assert isinstance(result.error, QueryTimeout)
+    assert result.attempts == 3 and server.stats()["requests"] == 3
+    assert 0.5 <= elapsed < 0.7
+
+
+async def test_hung_request_times_out_and_leaves_nothing_in_flight(backend_kind: str) -> None:
+    config = SimConfig(time_scale=0, faults=Faults(hang=1.0))
+    async with orchestrated(backend_kind, config=config, timeout=0.2) as (orch, server):
+        run = await _run_allowing_failure(orch, QUERIES[:5])
+        await _settle(server)
+        stats = server.stats()
+    assert all(isinstance(r.error, QueryTimeout) for r in run.results)
+    assert stats["in_flight"] == 0 and stats["disconnects"] == 5
+
+
+def client_tasks() -> set[asyncio.Task[Any]]:
+    """Pending tasks, less the simulator's own connection handlers (it shares this loop)."""
+    return {t for t in asyncio.all_tasks() if "RequestHandler" not in t.get_coro().__qualname__}  # type: ignore[union-attr]
+
+
+async def _settle(server: sim.SimServer) -> None:
+    """Give the server's event loop a moment to see the client's closed connections."""
+    for _ in range(200):
+        if server.stats()["in_flight"] == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results(backend_kind: str) -> None:
+    profiles = {
+        "sim-small": ModelProfile(ttft_s=0.05, prompt_tps=1e9, completion_tps=1e9, jitter=0.0),
+        "sim-large": ModelProfile(ttft_s=30.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0),
+    }
+    config = SimConfig(time_scale=1.0, profiles=profiles)
+    queries = [Query(f"fast{i}", f"f{i}") for i in range(3)] + [
+        Query(f"slow{i}", f"s{i}", model="sim-large") for i in range(3)
+    ]
+    async with orchestrated(backend_kind, config=config) as (orch, server):
+        before = asyncio.all_tasks()
+        task = asyncio.create_task(orch.run(queries))
+        await asyncio.sleep(0.4)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _settle(server)
+        stats = server.stats()
+        assert client_tasks() <= before | {asyncio.current_task()}
+        partial = orch.last_run
+        assert partial is not None and partial.cancelled
+        again = await orch.run(queries[:3])  # the orchestrator stays usable
+    assert stats["in_flight"] == 0 and stats["disconnects"] == 3
+    assert [r.ok for r in partial.results] == [True] * 3 + [False] * 3
+    assert all(isinstance(r.error, Cancelled) for r in partial.results[3:])
+    assert again.ok
+
+
+async def test_gather_overlaps_and_metrics_follow_their_definitions() -> None:
+    config = SimConfig(time_scale=0.1, profiles=STEADY)
+    async with orchestrated("http", config=config, max_concurrency=4) as (orch, _):
+        run = await orch.run(QUERIES[:8])
+        seq = await orch.run(QUERIES[:3], mode="sequential")
+    m = run.metrics
+    latencies = [r.latency_s for r in run.results]
+    assert m.sum_latency_s == pytest.approx(sum(latencies))
+    assert m.parallel_efficiency == pytest.approx(sum(latencies) / m.wall_s)
+    # 8 queries of 0.1 s on 4 slots: two waves, ideal efficiency 0.8 / 0.2 = 4.
+    assert m.ideal_efficiency == pytest.approx(4.0, rel=0.1)
+    assert m.percent_of_ideal == pytest.approx(m.parallel_efficiency / m.ideal_efficiency)
+    assert 0.8 < m.percent_of_ideal <= 1.05
+    assert 0.2 <= m.wall_s < 0.35
+    assert sorted(r.queue_s > 0.05 for r in run.results) == [False] * 4 + [True] * 4
+    assert m.p50_latency_s <= m.p95_latency_s <= m.p99_latency_s <= m.max_latency_s
+    assert m.total_tokens == sum(r.usage.total_tokens for r in run.results)
+    assert m.cpu_per_call_ms > 0
+    assert seq.metrics.parallel_efficiency == pytest.approx(1.0, abs=0.1) and seq.metrics.ideal_efficiency == 1.0
+
+
+async def test_streaming_reports_ttft_and_usage(backend_kind: str) -> None:
+    config = SimConfig(time_scale=0.1, seed=3)
+    async with orchestrated(backend_kind, config=config) as (orch, _):
+        run = await orch.run([Query("s", "stream me", stream=True), Query("p", "stream me")])
+    streamed, plain = run.results
+    assert streamed.text == plain.text and streamed.usage == plain.usage and not streamed.usage.estimated
+    assert streamed.ttft_s is not None and 0.01 < streamed.ttft_s < streamed.latency_s
+    assert plain.ttft_s is None
+
+
+async def test_threads_mode_uses_the_sync_client_and_matches() -> None:
+    async with orchestrated("openai", config=SimConfig(time_scale=0.05, seed=1)) as (orch, _):
+        threaded = await orch.run(QUERIES[:6], mode="threads")
+        gathered = await orch.run(QUERIES[:6])
+    assert threaded.texts() == gathered.texts()
+    assert threaded.metrics.parallel_efficiency > 2.0
+
+
+async def test_threads_mode_needs_a_sync_client() -> None:
+    async with orchestrated("http") as (orch, server):
+        with pytest.raises(ConfigError, match="threads"):
+            await orch.run(QUERIES[:1], mode="threads")
+    assert server.stats()["requests"] == 0
+
+
+async def test_stream_yields_started_finished_then_the_run() -> None:
+    async with orchestrated("http") as (orch, _):
+        events = [event async for event in orch.stream(QUERIES[:4])]
+    started = [e for e in events if isinstance(e, QueryStarted)]
+    finished = [e for e in events if isinstance(e, QueryFinished)]
+    assert len(started) == 4 and len(finished) == 4
+    assert isinstance(events[-1], RunFinished) and len(events[-1].run.results) == 4
+    for event in finished:
+        first_start = next(i for i, e in enumerate(events) if isinstance(e, QueryStarted) and e.index == event.result.index)
+        assert first_start < events.index(event)
+
+
+async def test_stream_raises_after_run_finished_when_all_failed() -> None:
+    config = SimConfig(time_scale=0, faults=Faults(server_error=1.0))
+    seen: list[object] = []
+    async with orchestrated("http", config=config, retry=Retry.never()) as (orch, _):
+        with pytest.raises(AllQueriesFailed):
+            async for event in orch.stream(QUERIES[:2]):
+                seen.append(event)
+    assert isinstance(seen[-1], RunFinished)
+
+
+async def test_pipeline_runs_stages_in_order_and_fills_templates(backend_kind: str) -> None:
+    stages = [
+        [Query("facts", "List facts about {concrete}.")],
+        [Query("risks", "Given {{facts}}, list risks."), Query("costs", "Given {{ facts }}, estimate costs.")],
+        [Query("report", "Merge {{risks}} and {{costs}}.")],
+    ]
+    async with orchestrated(backend_kind) as (orch, _):
+        run = await orch.pipeline(stages)
+    facts = run["facts"].text
+    assert facts and run["risks"].query.prompt == f"Given {facts}, list risks."
+    assert run["costs"].query.prompt == f"Given {facts}, estimate costs."
+    assert "{concrete}" in run["facts"].query.prompt  # single braces are left alone
+    assert [r.stage for r in run.results] == [0, 1, 1, 2]
+    assert run["facts"].finished_s <= min(run["risks"].started_s, run["costs"].started_s)
+    assert max(run["risks"].finished_s, run["costs"].finished_s) <= run["report"].started_s
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([[Query("a", "x {{b}}")], [Query("b", "y")]], "not a query of an earlier stage"),
+        ([[Query("a", "x")], [Query("b", "{{a.__class__}}")]], "plain query name"),
+        ([[Query("a", "x")], [Query("b", "{{a[0]}}")]], "plain query name"),
+        ([[Query("a", "x")], [Query("a", "y")]], "appears twice"),
+        ([], "at least one stage"),
+    ],
+)
+async def test_pipeline_bad_input_fails_before_anything_is_sent(stages: Any, message: str) -> None:
+    async with orchestrated("http") as (orch, server):
+        with pytest.raises(ConfigError, match=message):
+            await orch.pipeline(stages)
+    assert server.stats()["requests"] == 0
+
+
+async def test_pipeline_skips_queries_whose_input_failed() -> None:
+    config = SimConfig(time_scale=0, faults=Faults(fail_first=1, fail_first_status=500))
+    async with orchestrated("http", config=config, retry=Retry.never()) as (orch, server):
+        with pytest.raises(AllQueriesFailed) as info:
+            await orch.pipeline([[Query("a", "x")], [Query("b", "use {{a}}")]])
+    run = info.value.run
+    assert isinstance(run["a"].error, ServerError) and isinstance(run["b"].error, DependencyFailed)
+    assert run["b"].attempts == 0 and server.stats()["requests"] == 1
+
+
+def test_template_error_is_a_config_error() -> None:
+    assert issubclass(TemplateError, ConfigError)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Query("a", ""),
+        lambda: Query("a", "   "),
+        lambda: Query("a", 42),
+        lambda: Query("", "x"),
+        lambda: Query("a", "x", max_tokens=0),
+        lambda: Query("a", "x", temperature=3),
+        lambda: Retry(attempts=0),
+        lambda: Retry(jitter=2),
+        lambda: Price(prompt_per_mtok=-1, completion_per_mtok=1),
+    ],
+)
+def test_bad_queries_and_settings_say_what_to_do(make: Any) -> None:
+    with pytest.raises(ConfigError):
+        make()
+
+
+async def test_bad_orchestrator_settings_and_modes_fail_before_sending() -> None:
+    async with sim.serve(SimConfig(time_scale=0)) as server:
+        backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
+        for kwargs in ({"max_concurrency": 0}, {"timeout": 0}, {"timeout": -1}, {"rpm": 0}):
+            with pytest.raises(ConfigError):
+                Orchestrator(backend, **kwargs)
+        async with Orchestrator(backend) as orch:
+            with pytest.raises(ConfigError, match="Unknown mode"):
+                await orch.run(QUERIES[:1], mode="parallel")  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="No queries"):
+                await orch.run([])
+            with pytest.raises(ConfigError, match="not a Query"):
+                await orch.run(["what is 2+2?"])  # type: ignore[list-item]
+        with pytest.raises(ConfigError, match="not open"):
+            await Orchestrator(backend).run(QUERIES[:1])
+        assert server.stats()["requests"] == 0
+
+
+async def test_unreachable_base_url_and_missing_key_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = OpenAIBackend(base_url="http://127.0.0.1:9/v1", api_key="sk-test", model="m")
+    with pytest.raises(ConfigError, match="Cannot reach"):
+        async with Orchestrator(backend):
+            pass
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        OpenAIBackend(base_url="https://api.example.com/v1", model="m")
+    with pytest.raises(ConfigError, match="http"):
+        HTTPBackend(base_url="api.example.com", api_key="k", model="m")
+
+
+async def test_backend_reads_the_sdk_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with sim.serve(SimConfig(time_scale=0, seed=2)) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+        monkeypatch.setenv("OPENAI_MODEL", "sim-large")
+        async with Orchestrator(OpenAIBackend()) as orch:
+            run = await orch.run(QUERIES[:1])
+    assert run.results[0].model == "sim-large"
+
+
+async def test_prices_give_a_cost_column() -> None:
+    prices = {"sim-small": Price(prompt_per_mtok=1.0, completion_per_mtok=2.0)}
+    async with orchestrated("http", prices=prices) as (orch, _):
+        run = await orch.run(QUERIES[:2])
+    for r in run.results:
+        assert r.cost_usd == pytest.approx((r.usage.prompt_tokens + 2 * r.usage.completion_tokens) / 1e6)
+    assert run.metrics.cost_usd == pytest.approx(sum(r.cost_usd or 0 for r in run.results))
+
+
+async def test_client_side_rpm_limit_spaces_requests() -> None:
+    async with orchestrated("http", rpm=120) as (orch, server):
+        start = time.perf_counter()
+        run = await orch.run(QUERIES[:4])
+        elapsed = time.perf_counter() - start
+    # aiolimiter admits a burst up to the bucket then meters; no 429 ever reaches the server.
+    assert run.ok and server.stats()["by_status"] == {"200": 4} and elapsed < 5
+
+
+async def test_json_export_and_html_repr() -> None:
+    import json
+
+    async with orchestrated("http") as (orch, _):
+        run = await orch.run(QUERIES[:3])
+    data = json.loads(run.to_json())
+    assert [r["name"] for r in data["results"]] == ["q0", "q1", "q2"]
+    assert data["metrics"]["succeeded"] == 3
+    html = run._repr_html_()
+    assert "<table" in html and "q2" in html and "3/3 ok" in html

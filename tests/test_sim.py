@@ -1,0 +1,340 @@
+"""The simulator, driven by real clients over loopback: the openai SDK (sync, async, streaming),
+raw aiohttp for what an SDK would refuse to send, and langchain-openai."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import openai
+import pytest
+
+from hybrid import sim
+from hybrid.sim import Faults, ModelProfile, Script, SimConfig
+
+MESSAGES = [{"role": "user", "content": "Name three risks of a foundation pour."}]
+
+
+def client(server: sim.SimServer) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.url, api_key=server.api_key, max_retries=0)
+
+
+async def test_async_sdk_gets_completion_with_usage() -> None:
+    async with sim.serve(SimConfig(seed=1, time_scale=0)) as server:
+        async with client(server) as c:
+            reply = await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+    assert reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+async def test_streaming_sends_text_then_a_usage_chunk_with_empty_choices() -> None:
+    async with sim.serve(SimConfig(seed=1, time_scale=0)) as server:
+        async with client(server) as c:
+            plain = await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+            stream = await c.chat.completions.create(
+                model="sim-small", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+            chunks = [chunk async for chunk in stream]
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens  # type: ignore[union-attr]
+    assert all(ch.usage is None for ch in chunks[:-1])
+
+
+async def test_stream_without_include_usage_has_no_usage_chunk() -> None:
+    async with sim.serve(SimConfig(time_scale=0)) as server:
+        async with client(server) as c:
+            stream = await c.chat.completions.create(model="sim-small", messages=MESSAGES, stream=True)
+            chunks = [chunk async for chunk in stream]
+    assert all(ch.choices for ch in chunks) and all(ch.usage is None for ch in chunks)
+
+
+def test_sync_sdk_against_a_server_in_a_thread() -> None:
+    with sim.serve_in_thread(SimConfig(seed=3, time_scale=0)) as server:
+        with openai.OpenAI(base_url=server.url, api_key=server.api_key, max_retries=0) as c:
+            reply = c.chat.completions.create(model="sim-large", messages=MESSAGES)
+            models = [m.id for m in c.models.list()]
+        assert server.stats()["by_status"] == {"200": 2}
+    assert reply.choices[0].message.content
+    assert models == ["sim-small", "sim-large"]
+
+
+async def test_same_seed_same_answer_and_tokens_other_seed_differs() -> None:
+    answers = []
+    for seed in (5, 5, 6):
+        async with sim.serve(SimConfig(seed=seed, time_scale=0)) as server:
+            async with client(server) as c:
+                r = await c.chat.completions.create(model="sim-small", messages=MESSAGES, temperature=0)
+                answers.append((r.choices[0].message.content, r.usage.completion_tokens))  # type: ignore[union-attr]
+    assert answers[0] == answers[1]
+    assert answers[0] != answers[2]
+
+
+async def test_max_tokens_truncates_with_finish_reason_length() -> None:
+    async with sim.serve(SimConfig(time_scale=0)) as server:
+        async with client(server) as c:
+            r = await c.chat.completions.create(model="sim-small", messages=MESSAGES, max_tokens=5)
+    assert r.usage.completion_tokens == 5  # type: ignore[union-attr]
+    assert r.choices[0].finish_reason == "length"
+
+
+async def test_scripted_reply_and_json_mode() -> None:
+    config = SimConfig(time_scale=0, scripts=(Script(pattern=r"audit", reply={"verdict": "ok", "issues": 2}),))
+    async with sim.serve(config) as server:
+        async with client(server) as c:
+            scripted = await c.chat.completions.create(
+                model="sim-small", messages=[{"role": "user", "content": "Please audit this."}]
+            )
+            as_json = await c.chat.completions.create(
+                model="sim-small", messages=MESSAGES, response_format={"type": "json_object"}
+            )
+    import json
+
+    assert json.loads(scripted.choices[0].message.content or "") == {"verdict": "ok", "issues": 2}
+    assert isinstance(json.loads(as_json.choices[0].message.content or "")["answer"], str)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+        (b'{"model": "sim-small"}', 400, "messages"),
+        (b'{"model": "sim-small", "messages": "hi"}', 400, "messages"),
+        (b'{"model": "sim-small", "messages": [{"role": "robot", "content": "hi"}]}', 400, "messages[0].role"),
+        (b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}', 400, "max_tokens"),
+        (b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}', 400, "temperature"),
+        (b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "n"),
+        (b'{"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}', 404, "model"),
+    ],
+)
+async def test_bad_requests_get_openai_shaped_errors(body: bytes, status: int, param: str | None) -> None:
+    async with sim.serve(SimConfig(time_scale=0)) as server:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server.url + "/chat/completions", data=body) as response:
+                payload = await response.json()
+                assert response.status == status
+        assert server.stats()["by_status"] == {str(status): 1}
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert payload["error"]["param"] == param
+    assert "Traceback" not in payload["error"]["message"]
+
+
+async def test_api_key_is_enforced_when_configured() -> None:
+    async with sim.serve(SimConfig(time_scale=0, api_key="sk-right")) as server:
+        async with openai.AsyncOpenAI(base_url=server.url, api_key="sk-wrong", max_retries=0) as c:
+            with pytest.raises(openai.AuthenticationError) as info:
+                await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+        async with openai.AsyncOpenAI(base_url=server.url, api_key="sk-right", max_retries=0) as c:
+            ok = await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+    assert info.value.status_code == 401 and "sk-wrong" not in str(info.value)
+    assert ok.choices[0].message.content
+
+
+async def test_rate_limits_answer_429_with_retry_after_and_ratelimit_headers() -> None:
+    config = SimConfig(time_scale=0, rpm=2, limit_window_s=0.5)
+    async with sim.serve(config) as server:
+        async with aiohttp.ClientSession() as session:
+            statuses, headers = [], []
+            for _ in range(3):
+                body = {"model": "sim-small", "messages": MESSAGES}
+                async with session.post(server.url + "/chat/completions", json=body) as r:
+                    statuses.append(r.status)
+                    headers.append(r.headers)
+            await asyncio.sleep(0.55)
+            async with session.post(server.url + "/chat/completions", json=body) as r:
+                after_window = r.status
+    assert statuses == [200, 200, 429]
+    assert headers[0]["x-ratelimit-limit-requests"] == "2"
+    assert headers[0]["x-ratelimit-remaining-requests"] == "1"
+    assert headers[2]["x-ratelimit-remaining-requests"] == "0"
+    assert 0 < int(headers[2]["retry-after-ms"]) <= 500 and headers[2]["retry-after"] == "1"
+    assert after_window == 200
+
+
+async def test_token_limit_answers_429() -> None:
+    async with sim.serve(SimConfig(time_scale=0, tpm=150, limit_window_s=60)) as server:
+        async with client(server) as c:
+            await c.chat.completions.create(model="sim-small", messages=MESSAGES, max_tokens=100)
+            with pytest.raises(openai.RateLimitError) as info:
+                await c.chat.completions.create(model="sim-small", messages=MESSAGES, max_tokens=100)
+    assert info.value.response.headers["x-ratelimit-limit-tokens"] == "150"
+    assert "tokens" in str(info.value)
+
+
+FAULT_EXPECTATIONS = [
+    ("rate_limit", openai.RateLimitError),
+    ("rate_limit_bare", openai.RateLimitError),
+    ("server_error", openai.InternalServerError),
+    ("unavailable", openai.InternalServerError),
+    ("drop", openai.APIConnectionError),
+]
+
+
+@pytest.mark.parametrize(("fault", "error"), FAULT_EXPECTATIONS)
+async def test_each_status_fault_is_seen_by_the_sdk(fault: str, error: type[Exception]) -> None:
+    config = SimConfig(time_scale=0, faults=Faults(**{fault: 1.0}, retry_after_s=2.5))
+    async with sim.serve(config) as server:
+        async with client(server) as c:
+            with pytest.raises(error) as info:
+                await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+        stats = server.stats()
+    assert stats["faults"] == {fault: 1}
+    assert stats["in_flight"] == 0
+    if fault == "rate_limit":
+        assert info.value.response.headers["retry-after-ms"] == "2500"  # type: ignore[attr-defined]
+    if fault == "rate_limit_bare":
+        assert "retry-after" not in info.value.response.headers  # type: ignore[attr-defined]
+
+
+async def test_malformed_truncated_and_missing_usage_faults() -> None:
+    async with sim.serve(SimConfig(time_scale=0, faults=Faults(malformed=1.0))) as server:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(server.url + "/chat/completions", json={"model": "sim-small", "messages": MESSAGES}) as r:
+                assert r.status == 200
+                with pytest.raises(ValueError):
+                    await r.json()
+    async with sim.serve(SimConfig(time_scale=0, faults=Faults(truncate=1.0))) as server:
+        async with client(server) as c:
+            stream = await c.chat.completions.create(model="sim-small", messages=MESSAGES, stream=True)
+            received = []
+            with pytest.raises(openai.APIConnectionError):
+                async for chunk in stream:
+                    received.append(chunk)
+            assert received and not any(ch.choices and ch.choices[0].finish_reason for ch in received)
+    async with sim.serve(SimConfig(time_scale=0, faults=Faults(no_usage=1.0))) as server:
+        async with client(server) as c:
+            reply = await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+            stream = await c.chat.completions.create(
+                model="sim-small", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+            chunks = [chunk async for chunk in stream]
+    assert reply.usage is None and reply.choices[0].message.content
+    assert all(ch.usage is None for ch in chunks) and chunks[-1].choices[0].finish_reason == "stop"
+
+
+async def test_hang_until_client_gives_up_counts_a_disconnect_and_leaves_nothing_in_flight() -> None:
+    async with sim.serve(SimConfig(time_scale=0, faults=Faults(hang=1.0))) as server:
+        async with client(server) as c:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+        for _ in range(100):
+            if server.stats()["in_flight"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        stats = server.stats()
+    assert stats["in_flight"] == 0 and stats["disconnects"] == 1 and stats["peak_in_flight"] == 1
+
+
+async def test_cancelled_slow_request_is_a_disconnect() -> None:
+    slow = {"sim-small": ModelProfile(ttft_s=5.0, prompt_tps=1000, completion_tps=10)}
+    async with sim.serve(SimConfig(time_scale=1.0, profiles=slow)) as server:
+        async with client(server) as c:
+            task = asyncio.create_task(c.chat.completions.create(model="sim-small", messages=MESSAGES))
+            while server.stats()["in_flight"] == 0:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for _ in range(100):
+            if server.stats()["in_flight"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.stats()["disconnects"] == 1 and server.stats()["in_flight"] == 0
+
+
+async def test_fail_first_n_attempts_of_each_request() -> None:
+    async with sim.serve(SimConfig(time_scale=0, faults=Faults(fail_first=2, fail_first_status=503))) as server:
+        async with client(server) as c:
+            for _ in range(2):
+                with pytest.raises(openai.InternalServerError):
+                    await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+            ok = await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+            with pytest.raises(openai.InternalServerError):  # a different request starts its own count
+                await c.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": "other"}])
+    assert ok.choices[0].message.content
+    assert server.stats()["by_status"] == {"200": 1, "503": 3}
+
+
+async def test_capacity_queues_requests_beyond_the_slots() -> None:
+    profile = {"sim-small": ModelProfile(ttft_s=0.2, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+
+    async def wall(n: int, slots: int) -> float:
+        async with sim.serve(SimConfig(time_scale=1.0, profiles=profile, slots=slots)) as server:
+            async with client(server) as c:
+                start = time.perf_counter()
+                await asyncio.gather(
+                    *(c.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": f"q{i}"}]) for i in range(n))
+                )
+                elapsed = time.perf_counter() - start
+            assert server.stats()["peak_in_flight"] == n
+        return elapsed
+
+    within = await wall(4, slots=4)
+    queued = await wall(8, slots=4)
+    assert 0.2 <= within < 0.35
+    assert 0.4 <= queued < 0.6  # two waves of 0.2 s: the model says 8 / 4 slots x 0.2 s
+
+
+async def test_time_scale_zero_does_not_wait_and_scaled_profile_does() -> None:
+    async with sim.serve(SimConfig(time_scale=0)) as server:
+        async with client(server) as c:
+            start = time.perf_counter()
+            await asyncio.gather(*(c.chat.completions.create(model="sim-large", messages=MESSAGES) for _ in range(20)))
+            instant = time.perf_counter() - start
+    async with sim.serve(SimConfig(time_scale=0.1, seed=2)) as server:
+        async with client(server) as c:
+            start = time.perf_counter()
+            r = await c.chat.completions.create(model="sim-large", messages=MESSAGES)
+            scaled = time.perf_counter() - start
+    large = sim.PROFILES["sim-large"]
+    expected = 0.1 * (large.ttft_s + r.usage.completion_tokens / large.completion_tps)  # type: ignore[union-attr]
+    assert instant < 1.0
+    assert expected * 0.7 < scaled < expected * 1.5 + 0.05
+
+
+async def test_server_in_its_own_process_reports_stats_over_http() -> None:
+    async with sim.serve_process(SimConfig(seed=4, time_scale=0, api_key="sk-proc")) as server:
+        async with openai.AsyncOpenAI(base_url=server.url, api_key="sk-proc", max_retries=0) as c:
+            r = await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+        stats = await server.fetch_stats()
+    assert r.choices[0].message.content and stats["by_status"] == {"200": 1} and stats["in_flight"] == 0
+
+
+def test_binding_elsewhere_than_loopback_warns() -> None:
+    with pytest.warns(UserWarning, match="bind 127.0.0.1"):
+        with sim.serve_in_thread(SimConfig(host="0.0.0.0", time_scale=0)):
+            pass
+
+
+def test_config_round_trips_through_json_without_the_key() -> None:
+    config = SimConfig(seed=3, faults=Faults(drop=0.1), scripts=(Script(pattern="x", reply={"a": 1}),), api_key="sk-x")
+    data = config.to_dict()
+    assert "api_key" not in data
+    assert SimConfig.from_dict(data) == config.with_changes(api_key=None)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"time_scale": -1}, {"slots": 0}, {"rpm": 0}, {"faults": {"drop": 2.0}}, {"bogus": 1}],
+)
+def test_bad_config_is_rejected_with_a_clear_error(changes: dict[str, object]) -> None:
+    from hybrid import ConfigError
+
+    with pytest.raises(ConfigError):
+        SimConfig.from_dict(changes)
+
+
+async def test_langchain_openai_works_unchanged() -> None:
+    langchain_openai = pytest.importorskip("langchain_openai", reason="the peers extra is not installed")
+    async with sim.serve(SimConfig(seed=1, time_scale=0)) as server:
+        llm = langchain_openai.ChatOpenAI(base_url=server.url, api_key=server.api_key, model="sim-small", max_retries=0)
+        replies = await llm.abatch(["one", "two"])
+        streamed = [chunk.content async for chunk in llm.astream("three")]
+    assert all(r.content for r in replies) and "".join(streamed)
