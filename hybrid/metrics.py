@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from hybrid.query import QueryResult
 
 
-def percentile(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float, *, is_sorted: bool = False) -> float:
     """The ``q``-th percentile (0-100) with linear interpolation; NaN for no values."""
     if not values:
         return math.nan
-    ordered = sorted(values)
+    ordered = values if is_sorted else sorted(values)
     position = (len(ordered) - 1) * q / 100.0
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
@@ -81,7 +81,7 @@ class RunMetrics:
         concurrency: int,
     ) -> RunMetrics:
         sent = [r for r in results if r.attempts > 0]
-        latencies = [r.latency_s for r in sent]
+        latencies = sorted(r.latency_s for r in sent)
         total = sum(latencies)
         stages: dict[int | None, list[float]] = {}
         for r in sent:
@@ -103,9 +103,9 @@ class RunMetrics:
             ideal_efficiency=ideal,
             percent_of_ideal=efficiency / ideal if ideal > 0 else 0.0,
             concurrency=concurrency,
-            p50_latency_s=percentile(latencies, 50),
-            p95_latency_s=percentile(latencies, 95),
-            p99_latency_s=percentile(latencies, 99),
+            p50_latency_s=percentile(latencies, 50, is_sorted=True),
+            p95_latency_s=percentile(latencies, 95, is_sorted=True),
+            p99_latency_s=percentile(latencies, 99, is_sorted=True),
             max_latency_s=max(latencies, default=math.nan),
             mean_queue_s=sum(r.queue_s for r in sent) / len(sent) if sent else math.nan,
             mean_ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,

@@ -92,7 +92,7 @@ class _RunState:
         self.mode = mode
         self.concurrency = concurrency
         self.results: list[QueryResult | None] = [None] * len(self.queries)
-        self.t0 = time.perf_counter()
+        self.t0 = self.stage_started = time.perf_counter()
         self.cpu0 = time.process_time()
 
     def now(self) -> float:
@@ -248,6 +248,7 @@ class Orchestrator:
                     else:
                         items.append((index, replace(query, prompt=render(query.prompt, answers))))
                     index += 1
+                state.stage_started = time.perf_counter()
                 await self._fan_out(state, items, mode, call, emit, bar)
                 for result in state.results:
                     if result is not None and result.ok and result.text is not None:
@@ -337,19 +338,35 @@ class Orchestrator:
         emit: Emit | None,
         bar: Any,
     ) -> None:
-        if mode == "sequential":
-            for index, query in items:
+        """Run ``items`` one at a time (sequential) or with up to ``max_concurrency`` in flight.
+
+        Concurrent modes start ``min(len(items), max_concurrency)`` workers that take the next query
+        as each one finishes, rather than one task per query all waiting on the semaphore: the same
+        schedule, without tens of thousands of parked tasks (the semaphore still bounds runs that
+        share this orchestrator).
+        """
+        pending = iter(items)
+
+        async def worker() -> None:
+            for index, query in pending:
                 await self._one(state, index, query, call, emit, bar)
+
+        if mode.endswith("sequential"):
+            await worker()
             return
         async with asyncio.TaskGroup() as group:
-            for index, query in items:
-                group.create_task(self._one(state, index, query, call, emit, bar))
+            for _ in range(min(len(items), self.max_concurrency)):
+                group.create_task(worker())
 
     async def _one(
         self, state: _RunState, index: int, query: Query, call: Call, emit: Emit | None, bar: Any
     ) -> None:
-        """Run one query to a result: wait for a slot, then attempts and backoffs in one timeout scope."""
-        submitted = time.perf_counter()
+        """Run one query to a result: wait for a slot, then attempts and backoffs in one timeout scope.
+
+        Queue time counts from the start of the run (every query of a batch is submitted at once)
+        or of its pipeline stage.
+        """
+        submitted = state.stage_started
         async with self._slots:
             if self.limits.active:
                 await self.limits.acquire(query)

@@ -39,12 +39,14 @@ _PLACEHOLDER_KEY = "sim-no-key-required"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimServer:
-    """A running simulator.  ``url`` is the OpenAI base URL (``.../v1``), ``api_key`` the key to send."""
+    """A running simulator.  ``url`` is the OpenAI base URL (``.../v1``), ``api_key`` the key to send,
+    ``pid`` the server's process when it runs in its own (:func:`serve_process`)."""
 
     url: str
     root: str
     api_key: str = field(repr=False)
     simulator: Simulator | None = field(default=None, repr=False)
+    pid: int | None = None
 
     def stats(self) -> dict[str, Any]:
         """Requests seen, in flight now, peak in flight, counts by status, disconnects, injected faults.
@@ -160,7 +162,7 @@ async def serve_process(
         if not text.startswith("http"):
             raise HybridError(f"The simulator process failed to start (it printed {text!r}).")
         root = text.removesuffix("/v1")
-        yield SimServer(url=root + "/v1", root=root, api_key=config.api_key or _PLACEHOLDER_KEY)
+        yield SimServer(url=root + "/v1", root=root, api_key=config.api_key or _PLACEHOLDER_KEY, pid=process.pid)
     finally:
         if process.returncode is None:
             process.terminate()

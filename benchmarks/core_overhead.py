@@ -1,0 +1,141 @@
+"""The async core, measured side by side against what a user would write by hand.
+
+Run with the simulator in its own process:
+
+1. Calls/s at time scale 0, concurrency 64 (alternating, median of repeats):
+   ``OpenAIBackend`` through the orchestrator vs a raw ``AsyncOpenAI()`` + semaphore + gather
+   (goal >= 1.5x); ``HTTPBackend`` through the orchestrator vs a raw aiohttp POST loop (goal >= 0.8x).
+2. Orchestration CPU per query, with a backend that answers instantly (goal <= 50 us).
+3. Percent of ideal at 0.2 s simulated latency, 1,000 queries, ``max_concurrency=256`` (ideal wall
+   0.8 s) for both backends and the raw SDK (goal: HTTPBackend >= 75%).
+4. 10,000 queries at 1 s simulated latency, ``max_concurrency=1000``: no loss, no pool or connect
+   timeouts.
+
+    .venv/bin/python benchmarks/core_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Sequence
+
+import openai
+
+from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Query, sim
+from hybrid.backends import Backend
+from hybrid.bench import make_queries, peers
+from hybrid.metrics import ideal_wall
+from hybrid.provenance import machine_info
+from hybrid.query import Completion, Usage
+from hybrid.sim import ModelProfile, SimConfig
+
+
+class InstantBackend(Backend):
+    """Answers at once without I/O, so what remains is the orchestrator's own cost."""
+
+    _ANSWER = Completion(text="ok", usage=Usage(prompt_tokens=1, completion_tokens=1), model="instant")
+
+    def __init__(self) -> None:
+        super().__init__(base_url="http://127.0.0.1:9/v1", api_key="none", model="instant")
+
+    async def open(self, *, max_connections: int = 100, check: bool = True) -> None:
+        return None
+
+    async def complete(self, query: Query) -> Completion:
+        return self._ANSWER
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def calls_per_second(requests: int, repeats: int) -> None:
+    async with sim.serve_process(SimConfig(seed=1, time_scale=0.0)) as server:
+        frame = await peers(
+            server.url, server.api_key, "sim-small", make_queries(requests), concurrency=64, repeats=repeats,
+            only=["kit OpenAIBackend", "raw AsyncOpenAI (httpx)", "kit HTTPBackend", "raw aiohttp loop"],
+        )  # fmt: skip
+    table = frame.groupby("peer", sort=False)[["calls_per_s", "cpu_per_call_ms"]].median()
+    print(table.round(3).to_string())
+    sdk = table.loc["kit OpenAIBackend", "calls_per_s"] / table.loc["raw AsyncOpenAI (httpx)", "calls_per_s"]
+    http = table.loc["kit HTTPBackend", "calls_per_s"] / table.loc["raw aiohttp loop", "calls_per_s"]
+    print(f"OpenAIBackend / raw AsyncOpenAI() = {sdk:.2f}x (goal >= 1.5x: {'met' if sdk >= 1.5 else 'MISSED'})")
+    print(f"HTTPBackend / raw aiohttp loop    = {http:.2f}x (goal >= 0.8x: {'met' if http >= 0.8 else 'MISSED'})")
+
+
+async def orchestration_cpu(n: int) -> None:
+    async with Orchestrator(InstantBackend(), max_concurrency=64, timeout=30.0) as orch:
+        queries = make_queries(n)
+        await orch.run(queries[:1000])
+        cpu0 = time.process_time()
+        run = await orch.run(queries)
+        cpu = time.process_time() - cpu0
+    per_query_us = cpu / n * 1e6
+    print(f"orchestration CPU per query: {per_query_us:.1f} us over {n:,} queries "
+          f"(goal <= 50 us: {'met' if per_query_us <= 50 else 'MISSED'}); {run.metrics.succeeded:,} ok")  # fmt: skip
+
+
+async def raw_sdk_percent_of_ideal(url: str, key: str, queries: Sequence[Query], c: int) -> float:
+    async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as client:
+        semaphore = asyncio.Semaphore(c)
+        latencies: list[float] = []
+
+        async def one(q: Query) -> None:
+            async with semaphore:
+                t0 = time.perf_counter()
+                await client.chat.completions.create(model="sim-small", messages=q.messages())  # type: ignore[arg-type]
+                latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(q) for q in queries))
+        wall = time.perf_counter() - start
+    return (sum(latencies) / wall) / (sum(latencies) / ideal_wall(latencies, c))
+
+
+async def percent_of_ideal(n: int) -> None:
+    profile = {"sim-small": ModelProfile(ttft_s=0.2, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+    config = SimConfig(seed=1, time_scale=1.0, slots=4096, profiles=profile)
+    queries = make_queries(n)
+    async with sim.serve_process(config) as server:
+        for name, cls in (("HTTPBackend", HTTPBackend), ("OpenAIBackend", OpenAIBackend)):
+            backend = cls(base_url=server.url, api_key=server.api_key, model="sim-small")
+            async with Orchestrator(backend, max_concurrency=256, timeout=60.0) as orch:
+                run = await orch.run(queries)
+            m = run.metrics
+            print(f"{name:<14} wall {m.wall_s:.2f}s, {m.percent_of_ideal:.0%} of ideal "
+                  f"(efficiency {m.parallel_efficiency:.0f}x of ideal {m.ideal_efficiency:.0f}x), {m.succeeded} ok, "
+                  f"CPU {m.cpu_per_call_ms:.2f} ms/call")  # fmt: skip
+        raw = await raw_sdk_percent_of_ideal(server.url, server.api_key, queries, 256)
+        print(f"{'raw AsyncOpenAI':<14} {raw:.0%} of ideal")
+
+
+async def ten_thousand(n: int, concurrency: int) -> None:
+    profile = {"sim-small": ModelProfile(ttft_s=1.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.05)}
+    config = SimConfig(seed=1, time_scale=1.0, slots=concurrency * 2, profiles=profile)
+    async with sim.serve_process(config) as server:
+        backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
+        async with Orchestrator(backend, max_concurrency=concurrency, timeout=120.0) as orch:
+            run = await orch.run(make_queries(n))
+        stats = await server.fetch_stats()
+    kinds = run.to_frame()["error_kind"].value_counts().to_dict()
+    m = run.metrics
+    print(f"{n:,} queries at 1 s, max_concurrency={concurrency}: {m.succeeded:,} ok, {m.failed} failed {kinds}, "
+          f"wall {m.wall_s:.1f}s (ideal {n / concurrency:.0f}s), {m.throughput_qps:.0f} q/s, peak in flight "
+          f"{stats['peak_in_flight']}, loss: {n - len(run.results)}")  # fmt: skip
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    info = machine_info()
+    print(f"machine: {info['cpu_model']}, {info['cpu_count']} cores; commit {info['commit']}\n")
+    await calls_per_second(500 if args.quick else 3000, 1 if args.quick else 3)
+    await orchestration_cpu(2000 if args.quick else 20000)
+    await percent_of_ideal(1000)
+    await ten_thousand(2000 if args.quick else 10000, 1000)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,93 @@
+"""How fast is the simulator itself?  It must never be the bottleneck of a client benchmark.
+
+The simulator runs in its own process (``sim.serve_process``); this script is the client, a raw
+aiohttp loop.  Goals on a 2-core machine: >= 2,000 non-streaming requests/s at time scale 0 and
+concurrency 64; 5,000 concurrent hung requests held under 300 MB of server RSS.
+
+    .venv/bin/python benchmarks/sim_throughput.py [--requests 20000] [--hung 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import aiohttp
+import orjson
+import psutil
+
+from hybrid import sim
+from hybrid.provenance import machine_info
+
+
+async def throughput(requests: int, concurrency: int) -> tuple[float, float]:
+    """Requests/s of a raw aiohttp loop against a simulator process at time scale 0; and its RSS."""
+    async with sim.serve_process(sim.SimConfig(seed=1, time_scale=0.0)) as server:
+        body = orjson.dumps({"model": "sim-small", "messages": [{"role": "user", "content": "hello"}]})
+        semaphore = asyncio.Semaphore(concurrency)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+            async def one() -> int:
+                async with semaphore, session.post(server.url + "/chat/completions", data=body) as response:
+                    await response.read()
+                    return response.status
+
+            await asyncio.gather(*(one() for _ in range(500)))  # warm up connections and caches
+            start = time.perf_counter()
+            statuses = await asyncio.gather(*(one() for _ in range(requests)))
+            elapsed = time.perf_counter() - start
+        assert all(s == 200 for s in statuses), "the simulator answered an error"
+        rss = psutil.Process(server.pid).memory_info().rss / 2**20
+    return requests / elapsed, rss
+
+
+async def hung(count: int) -> tuple[int, float, dict[str, object]]:
+    """Hold ``count`` hung requests open at once; return how many were in flight and the server RSS."""
+    config = sim.SimConfig(time_scale=0.0, faults=sim.Faults(hang=1.0))
+    async with sim.serve_process(config) as server:
+        base_rss = psutil.Process(server.pid).memory_info().rss / 2**20
+        body = orjson.dumps({"model": "sim-small", "messages": [{"role": "user", "content": "hang"}]})
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> None:
+                async with session.post(server.url + "/chat/completions", data=body) as response:
+                    await response.read()
+
+            tasks = [asyncio.create_task(one()) for _ in range(count)]
+            stats: dict[str, object] = {}
+            for _ in range(600):
+                await asyncio.sleep(0.1)
+                stats = await server.fetch_stats()
+                if stats["in_flight"] >= count:  # type: ignore[operator]
+                    break
+            rss = psutil.Process(server.pid).memory_info().rss / 2**20
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.5)
+        after = await server.fetch_stats()
+    print(f"  server RSS before {base_rss:.0f} MB; in flight after cancelling all: {after['in_flight']}, "
+          f"disconnects counted: {after['disconnects']}")  # fmt: skip
+    return int(stats["in_flight"]), rss, after  # type: ignore[call-overload]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--hung", type=int, default=5000)
+    args = parser.parse_args()
+    info = machine_info()
+    print(f"machine: {info['cpu_model']}, {info['cpu_count']} cores; commit {info['commit']}")
+    rps, rss = await throughput(args.requests, args.concurrency)
+    print(f"throughput: {rps:,.0f} requests/s at concurrency {args.concurrency}, time scale 0 "
+          f"(goal >= 2,000: {'met' if rps >= 2000 else 'MISSED'}); server RSS {rss:.0f} MB")  # fmt: skip
+    held, rss, _ = await hung(args.hung)
+    print(f"hung: {held:,} requests in flight at once, server RSS {rss:.0f} MB "
+          f"(goal {args.hung:,} under 300 MB: {'met' if held >= args.hung and rss < 300 else 'MISSED'})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
