@@ -12,7 +12,6 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m ipykernel install --sys-prefix --name hybrid --display-name "Python (hybrid)" >/dev/null
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,7 +20,7 @@ demo: $(STAMP)
 # Unit and integration tests, then every notebook under nbval, offline against the simulator.
 test: $(STAMP)
 	HYBRID_PROGRESS=0 $(PY) -m pytest
-	HYBRID_PROGRESS=0 $(PY) -m pytest --nbval-lax --sanitize-with notebooks/sanitize.cfg -p no:randomly notebooks/ -o addopts="" -o testpaths=notebooks
+	HYBRID_PROGRESS=0 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/
 
 test-fast: $(STAMP)
 	HYBRID_PROGRESS=0 $(PY) -m pytest -x -q

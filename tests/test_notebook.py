@@ -1,0 +1,146 @@
+"""The sync bridge, and the kit inside a real Jupyter kernel (jupyter_client), interrupts included."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hybrid import run_sync
+from hybrid.notebook import in_ci
+
+jupyter_client = pytest.importorskip("jupyter_client", reason="the notebook extra is not installed")
+
+
+async def _answer() -> int:
+    await asyncio.sleep(0.01)
+    return 42
+
+
+async def _fail() -> None:
+    raise ValueError("boom")
+
+
+def test_run_sync_without_a_loop() -> None:
+    assert run_sync(_answer()) == 42
+
+
+async def test_run_sync_inside_a_running_loop_uses_a_worker_thread() -> None:
+    caller = threading.get_ident()
+
+    async def which_thread() -> int:
+        return threading.get_ident()
+
+    assert run_sync(which_thread()) != caller
+
+
+def test_run_sync_from_a_thread_and_errors_propagate() -> None:
+    box: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: box.setdefault("value", run_sync(_answer())))
+    thread.start()
+    thread.join()
+    assert box["value"] == 42
+    with pytest.raises(ValueError, match="boom"):
+        run_sync(_fail())
+
+
+def test_progress_is_off_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    assert in_ci()
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("HYBRID_PROGRESS", "1")
+    assert not in_ci()
+
+
+class Kernel:
+    """A real ipykernel, driven like a notebook front end."""
+
+    def __init__(self) -> None:
+        self.manager, self.client = jupyter_client.manager.start_new_kernel(kernel_name="python3")
+
+    def run(self, code: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Execute ``code``; return its status, text output and error name."""
+        msg_id = self.client.execute(code)
+        return self.collect(msg_id, timeout)
+
+    def collect(self, msg_id: str, timeout: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": "", "error": None}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.client.get_iopub_msg(timeout=deadline - time.monotonic())
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out["text"] += content["text"]
+            elif kind in ("execute_result", "display_data"):
+                out["text"] += content["data"].get("text/plain", "")
+            elif kind == "error":
+                out["error"] = content["ename"]
+            elif kind == "status" and content["execution_state"] == "idle":
+                return out
+        raise TimeoutError(f"the kernel did not finish {msg_id}")
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernel() -> Iterator[Kernel]:
+    k = Kernel()
+    yield k
+    k.close()
+
+
+SETUP = """
+import asyncio, contextlib, os
+os.environ["HYBRID_PROGRESS"] = "0"
+from hybrid import Orchestrator, OpenAIBackend, Query, sim
+profiles = {"sim-small": sim.ModelProfile(ttft_s=0.05, prompt_tps=1e9, completion_tps=1e9, jitter=0.0),
+            "sim-large": sim.ModelProfile(ttft_s=60.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+stack = contextlib.AsyncExitStack()
+server = await stack.enter_async_context(sim.serve(sim.SimConfig(time_scale=1.0, profiles=profiles)))
+backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
+orch = await stack.enter_async_context(Orchestrator(backend, max_concurrency=8, timeout=None))
+queries = [Query(f"fast{i}", f"f{i}") for i in range(3)] + [Query(f"slow{i}", f"s{i}", model="sim-large") for i in range(3)]
+print("ready")
+"""
+
+
+def test_top_level_await_in_a_real_kernel(kernel: Kernel) -> None:
+    assert kernel.run(SETUP)["text"].strip() == "ready"
+    result = kernel.run("run = await orch.run(queries[:3]); print(run.metrics.succeeded, len(run.to_frame()))")
+    assert result["error"] is None and result["text"].strip() == "3 3"
+    bridged = kernel.run("from hybrid import run_sync\nprint(run_sync(asyncio.sleep(0.01, result='bridged')))")
+    assert bridged["text"].strip() == "bridged"
+
+
+def test_interrupt_keeps_the_kernel_and_the_finished_results(kernel: Kernel) -> None:
+    kernel.run(SETUP)
+    msg_id = kernel.client.execute("run = await orch.run(queries)")
+    time.sleep(1.5)  # the fast queries finish, the slow ones are in flight for a minute
+    kernel.manager.interrupt_kernel()
+    interrupted = kernel.collect(msg_id, timeout=30)
+    assert interrupted["error"] in ("KeyboardInterrupt", "CancelledError")
+    check = kernel.run(
+        "await asyncio.sleep(0.2)\n"
+        "print(orch.last_run.cancelled, [r.ok for r in orch.last_run.results], server.stats()['in_flight'])"
+    )
+    assert check["error"] is None
+    assert check["text"].strip() == "True [True, True, True, False, False, False] 0"
+    again = kernel.run("print((await orch.run(queries[:2])).metrics.succeeded)")
+    assert again["text"].strip() == "2"
+
+
+def test_enable_nested_lets_legacy_asyncio_run_work_in_a_kernel(kernel: Kernel) -> None:
+    without = kernel.run("import asyncio\nasyncio.run(asyncio.sleep(0))")
+    assert without["error"] == "RuntimeError"
+    nested = kernel.run(
+        "from hybrid.notebook import enable_nested\nenable_nested()\nprint(asyncio.run(asyncio.sleep(0, result='nested ok')))"
+    )
+    assert nested["error"] is None and nested["text"].strip() == "nested ok"

@@ -1,0 +1,154 @@
+"""The construction-audit scenario, the demo's outputs, the plots and the benchmark harness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from hybrid import AllQueriesFailed, HTTPBackend, OpenAIBackend, Orchestrator, Retry, bench, plots, sim
+from hybrid.scenarios import construction_audit as audit
+
+from .conftest import orchestrated
+
+
+async def _hybrid_run(failing: set[str]) -> object:
+    """Run the two hybrid queries on the scenario's simulator; names in ``failing`` ask an unknown model."""
+    queries = [q if q.name not in failing else q.__class__(q.name, q.prompt, model="no-such-model")
+               for q in audit.hybrid_queries()]  # fmt: skip
+    async with sim.serve(audit.sim_config(time_scale=0)) as server:
+        backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model=audit.MODEL)
+        async with Orchestrator(backend, retry=Retry.never()) as orch:
+            try:
+                return await orch.run(queries)
+            except AllQueriesFailed as exc:
+                return exc.run
+
+
+async def test_merge_both_ok_gives_one_combined_report() -> None:
+    report = audit.merge_report(await _hybrid_run(set()))  # type: ignore[arg-type]
+    assert report.complete and report.warnings == ()
+    assert {"completeness", "structure", "concrete", "costs", "schedule", "compliance", "risks", "verdict"} <= set(report.report)
+    assert report.report["verdict"].startswith("Not compliant")
+
+
+async def test_merge_one_failed_uses_defaults_and_names_it() -> None:
+    report = audit.merge_report(await _hybrid_run({"compliance"}))  # type: ignore[arg-type]
+    assert not report.complete
+    assert len(report.warnings) == 1 and "compliance" in report.warnings[0]
+    assert report.report["costs"] and report.report["risks"] == [] and report.report["verdict"].startswith("unknown")
+
+
+async def test_merge_both_failed_is_a_clear_error() -> None:
+    with pytest.raises(audit.AuditFailed, match="Both hybrid queries failed"):
+        audit.merge_report(await _hybrid_run({"analysis", "compliance"}))  # type: ignore[arg-type]
+
+
+async def test_legacy_pipeline_quotes_earlier_answers_and_costs_more_tokens() -> None:
+    async with sim.serve(audit.sim_config(time_scale=0)) as server:
+        backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model=audit.MODEL)
+        async with Orchestrator(backend, prices=audit.PRICES) as orch:
+            legacy = await orch.pipeline(audit.legacy_stages(), mode="threads")
+            hybrid = await orch.run(audit.hybrid_queries())
+    assert [r.stage for r in legacy.results] == [0, 1, 1, 1, 1, 2]
+    assert legacy["validator"].text in legacy["standards"].query.prompt
+    assert json.loads(legacy["standards"].text or "")["compliant"] is False
+    reduction = 1 - hybrid.metrics.total_tokens / legacy.metrics.total_tokens
+    assert reduction >= 0.8
+    assert (legacy.metrics.cost_usd or 0) > (hybrid.metrics.cost_usd or 0) > 0
+
+
+def test_demo_writes_the_summary_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "hybrid", "demo", "--out", str(out), "--time-scale", "0.02"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "speedup" in done.stdout and "token reduction" in done.stdout and str(out) in done.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("speedup", "token_reduction", "parallel_efficiency", "legacy_wall_s", "hybrid_wall_s",
+                "legacy_tokens", "hybrid_tokens"):  # fmt: skip
+        assert isinstance(summary[key], int | float), key
+    assert 0 < summary["token_reduction"] < 1
+    assert summary["speedup"] == pytest.approx(summary["legacy_wall_s"] / summary["hybrid_wall_s"])
+    assert summary["speedup"] >= 2.5 and summary["token_reduction"] >= 0.8
+    assert summary["machine"]["cpu_count"] >= 1
+    for name in ("timeline.png", "tokens.png", "efficiency.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _labels(fig: matplotlib.figure.Figure) -> list[str]:
+    return [ax.get_xlabel() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes]
+
+
+async def test_every_plot_renders_with_title_and_axis_labels(tmp_path: Path) -> None:
+    async with orchestrated("http", config=sim.SimConfig(seed=1, time_scale=0.01)) as (orch, _):
+        queries = bench.make_queries(6)
+        run = await orch.run(queries)
+        staged = await orch.pipeline([queries[:1], queries[1:4], queries[4:]])
+        compared = await bench.compare(orch, queries, repeats=1)
+    sweep = pd.DataFrame({"concurrency": [1, 2, 4], "parallel_efficiency": [1.0, 1.9, 3.5], "ideal_efficiency": [1.0, 2.0, 4.0]})
+    per_query = run.to_frame().assign(mode="gather")
+    figures = [
+        plots.timeline(run),
+        plots.timeline({"a": run, "b": staged}),
+        plots.efficiency(sweep),
+        plots.speedup(compared),
+        plots.tokens({"one": run, "two": staged}),
+        plots.latency(per_query),
+    ]
+    for i, fig in enumerate(figures):
+        labels = _labels(fig)
+        assert all(ax.get_title() or fig.get_suptitle() for ax in fig.axes[:1]), i
+        assert any("(s)" in label or "tokens" in label or "(x" in label for label in labels), (i, labels)
+        fig.savefig(tmp_path / f"{i}.png")
+        assert (tmp_path / f"{i}.png").stat().st_size > 5000
+
+
+async def test_compare_and_sweep_keep_raw_samples_and_derive_speedup() -> None:
+    config = sim.SimConfig(seed=2, time_scale=0.02, slots=2)
+    async with orchestrated("openai", config=config, max_concurrency=4) as (orch, server):
+        queries = bench.make_queries(4)
+        frame = await bench.compare(orch, queries, repeats=2)
+        swept = await bench.sweep(orch.backend, queries, levels=(1, 2, 4))
+    assert list(frame["mode"]) == ["sequential", "threads", "gather"] * 2
+    assert all(len(sample) == 4 for sample in frame["latencies"])
+    medians = bench.summarize(frame)
+    assert medians.loc["gather", "speedup"] > 1.5 and medians.loc["sequential", "speedup"] == pytest.approx(1.0, abs=0.2)
+    assert list(swept["concurrency"]) == [1, 2, 4] and (swept["succeeded"] == 4).all()
+    # The server has two slots: going from 2 to 4 in flight buys (almost) nothing.
+    walls = swept.set_index("concurrency")["wall_s"]
+    assert walls[2] < walls[1] * 0.7 and walls[4] > walls[2] * 0.8
+
+
+async def test_open_loop_arrivals_follow_the_rate() -> None:
+    async with orchestrated("http", config=sim.SimConfig(time_scale=0)) as (orch, _):
+        frame = await bench.open_loop(orch, bench.make_queries(40), rate_qps=200, seed=3)
+    assert len(frame) == 40 and frame["ok"].all()
+    assert frame["arrival_s"].is_monotonic_increasing
+    assert 0.1 < frame["arrival_s"].iloc[-1] < 0.4  # 40 arrivals at 200/s take about 0.2 s
+
+
+async def test_peers_run_the_same_workload_and_report_ratios() -> None:
+    async with sim.serve_process(sim.SimConfig(time_scale=0)) as server:
+        frame = await bench.peers(server.url, server.api_key, "sim-small", bench.make_queries(20), concurrency=8, repeats=1)
+    assert set(frame["peer"]) >= {"kit OpenAIBackend", "kit HTTPBackend", "raw aiohttp loop", "threads + sync OpenAI"}
+    assert (frame["succeeded"] == 20).all()
+    assert frame.loc[frame["peer"] == "kit OpenAIBackend", "ratio_to_kit"].iloc[0] == pytest.approx(1.0)
+
+
+def test_hybrid_bench_writes_results_with_machine_info(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hybrid", "bench", "sweep", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["machine"]["python"] and "commit" in saved["machine"]
+    assert len(saved["samples"]) == 6 and (tmp_path / "sweep.csv").exists() and (tmp_path / "sweep_efficiency.png").exists()
