@@ -90,7 +90,7 @@ class RunResult:
         frame = self.to_frame()[
             ["name", "ok", "text", "error", "total_tokens", "latency_s", "queue_s", "attempts"]
         ].copy()
-        frame["text"] = frame["text"].map(lambda t: t if t is None or len(t) <= 120 else t[:117] + "...")
+        frame["text"] = frame["text"].map(lambda t: t[:117] + "..." if isinstance(t, str) and len(t) > 120 else t)
         warnings = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
         return (
             f"<div><p><b>{html.escape(self.summary())}</b></p>"

@@ -56,10 +56,13 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def _is_truncated_body(exc: BaseException) -> bool:
-    """Whether the chain holds aiohttp's "payload is not completed" (headers came, the body did not)."""
+    """Whether the chain says the headers came but the body did not (aiohttp's "payload is not
+    completed", httpx2's "peer closed connection without sending complete message body")."""
     current: BaseException | None = exc
     while current is not None:
         if type(current).__name__ in ("ClientPayloadError", "ContentLengthError", "TransferEncodingError"):
+            return True
+        if "complete message body" in str(current):
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -101,6 +102,8 @@ class Simulator:
         self.by_status: Counter[int] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        #: Set by the runner: how many client connections the server holds open now.
+        self.open_connections: Callable[[], int] = lambda: 0
 
     # -- public -------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -113,6 +116,7 @@ class Simulator:
             "busy_slots": self._busy,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "disconnects": self.disconnects,
+            "open_connections": self.open_connections(),
             "faults": dict(sorted(self.faults.injected.items())),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,

@@ -88,6 +88,8 @@ async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
     simulator = Simulator(config)
     runner = web.AppRunner(simulator.app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
+    server = runner.server
+    simulator.open_connections = lambda: 0 if server is None else len(server.connections)
     site = web.TCPSite(runner, config.host, config.port, backlog=4096)
     try:
         await site.start()

@@ -1,0 +1,112 @@
+"""Cancellation storms: runs cancelled at random moments leave nothing behind, in every mode."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+
+from hybrid import Query, sim
+from hybrid.sim import ModelProfile, SimConfig
+
+from .conftest import orchestrated
+from .test_orchestrator import client_tasks
+
+# Answers take 20-200 ms (seeded jitter), so a cancel lands before, during or after them.
+PROFILES = {"sim-small": ModelProfile(ttft_s=0.02, prompt_tps=1e9, completion_tps=400, jitter=0.6)}
+QUERIES = [Query(f"q{i}", f"storm question {i}", stream=i % 2 == 0) for i in range(12)]
+
+
+async def _start(orch: Any, way: str) -> asyncio.Task[Any]:
+    if way == "stream":
+
+        async def consume() -> list[Any]:
+            return [event async for event in orch.stream(QUERIES)]
+
+        return asyncio.create_task(consume())
+    if way == "pipeline":
+        return asyncio.create_task(orch.pipeline([QUERIES[:4], QUERIES[4:]]))
+    return asyncio.create_task(orch.run(QUERIES, mode=way))
+
+
+async def _settled(server: sim.SimServer) -> dict[str, Any]:
+    for _ in range(300):
+        stats = server.stats()
+        if stats["in_flight"] == 0:
+            return stats
+        await asyncio.sleep(0.01)
+    return server.stats()
+
+
+async def storm(way: str, trials: int, backend_kind: str) -> None:
+    rng = random.Random(f"storm-{way}")
+    config = SimConfig(seed=9, time_scale=1.0, profiles=PROFILES)
+    async with orchestrated(backend_kind, config=config, max_concurrency=6) as (orch, server):
+        before = client_tasks()
+        for trial in range(trials):
+            task = await _start(orch, way)
+            await asyncio.sleep(rng.uniform(0.0, 0.25))
+            task.cancel()
+            try:
+                await task
+                cancelled = False
+            except asyncio.CancelledError:
+                cancelled = True
+            stats = await _settled(server)
+            assert stats["in_flight"] == 0, (way, trial, stats)
+            assert client_tasks() <= before | {asyncio.current_task()}, (way, trial)
+            if cancelled:
+                partial = orch.last_run
+                assert partial is not None and partial.cancelled and len(partial.results) == len(QUERIES)
+                assert all(r.ok == (r.error is None) for r in partial.results)
+                assert all(r.text for r in partial.results if r.ok)  # finished answers are kept
+        finished = await orch.run(QUERIES[:3])  # still usable after the storm
+        assert finished.ok
+    assert server.stats()["open_connections"] == 0  # closing the orchestrator closed every connection
+
+
+@pytest.mark.parametrize("way", ["gather", "sequential", "pipeline", "stream"])
+async def test_cancellation_storm(backend_kind: str, way: str) -> None:
+    await storm(way, trials=12, backend_kind=backend_kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("way", ["gather", "sequential", "pipeline", "stream"])
+async def test_cancellation_storm_100_trials(backend_kind: str, way: str) -> None:
+    await storm(way, trials=100, backend_kind=backend_kind)
+
+
+async def test_threads_mode_cannot_stop_its_in_flight_calls() -> None:
+    """The seeds' reason for going fully async: a cancelled thread-pool run keeps calling the server."""
+    profiles = {"sim-small": ModelProfile(ttft_s=0.5, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+    async with orchestrated("openai", config=SimConfig(time_scale=1.0, profiles=profiles)) as (orch, server):
+        task = asyncio.create_task(orch.run(QUERIES[:4], mode="threads"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+        still_running = server.stats()["in_flight"]
+        start = time.perf_counter()
+        while server.stats()["in_flight"] and time.perf_counter() - start < 3:
+            await asyncio.sleep(0.02)
+        stats = server.stats()
+        gathered = asyncio.create_task(orch.run(QUERIES[4:8]))
+        await asyncio.sleep(0.2)
+        gathered.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gathered
+        gather_left = (await _settled(server))["in_flight"]
+    assert still_running == 4  # cancelled, yet all four calls are still at the server
+    assert stats["by_status"] == {"200": 4} and stats["disconnects"] == 0  # ...and ran to completion
+    assert gather_left == 0  # the async modes close theirs at once
+
+
+def test_the_docs_say_threads_mode_cannot_be_cancelled() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "A thread cannot be cancelled" in readme
