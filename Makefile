@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/hybrid demo
 
-# Unit and integration tests, then every notebook under nbval, offline against the simulator.
+# Lint and types, unit and integration tests, then every notebook under nbval, offline.
 test: $(STAMP)
+	$(VENV)/bin/ruff check hybrid tests benchmarks
+	$(VENV)/bin/mypy
 	HYBRID_PROGRESS=0 $(PY) -m pytest
 	HYBRID_PROGRESS=0 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/
 

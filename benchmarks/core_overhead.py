@@ -53,9 +53,14 @@ class InstantBackend(Backend):
 async def calls_per_second(requests: int, repeats: int) -> None:
     async with sim.serve_process(SimConfig(seed=1, time_scale=0.0)) as server:
         frame = await peers(
-            server.url, server.api_key, "sim-small", make_queries(requests), concurrency=64, repeats=repeats,
+            server.url,
+            server.api_key,
+            "sim-small",
+            make_queries(requests),
+            concurrency=64,
+            repeats=repeats,
             only=["kit OpenAIBackend", "raw AsyncOpenAI (httpx)", "kit HTTPBackend", "raw aiohttp loop"],
-        )  # fmt: skip
+        )
     table = frame.groupby("peer", sort=False)[["calls_per_s", "cpu_per_call_ms"]].median()
     print(table.round(3).to_string())
     sdk = table.loc["kit OpenAIBackend", "calls_per_s"] / table.loc["raw AsyncOpenAI (httpx)", "calls_per_s"]
@@ -72,8 +77,10 @@ async def orchestration_cpu(n: int) -> None:
         run = await orch.run(queries)
         cpu = time.process_time() - cpu0
     per_query_us = cpu / n * 1e6
-    print(f"orchestration CPU per query: {per_query_us:.1f} us over {n:,} queries "
-          f"(goal <= 50 us: {'met' if per_query_us <= 50 else 'MISSED'}); {run.metrics.succeeded:,} ok")  # fmt: skip
+    print(
+        f"orchestration CPU per query: {per_query_us:.1f} us over {n:,} queries "
+        f"(goal <= 50 us: {'met' if per_query_us <= 50 else 'MISSED'}); {run.metrics.succeeded:,} ok"
+    )
 
 
 async def raw_sdk_percent_of_ideal(url: str, key: str, queries: Sequence[Query], c: int) -> float:
@@ -103,9 +110,11 @@ async def percent_of_ideal(n: int) -> None:
             async with Orchestrator(backend, max_concurrency=256, timeout=60.0) as orch:
                 run = await orch.run(queries)
             m = run.metrics
-            print(f"{name:<14} wall {m.wall_s:.2f}s, {m.percent_of_ideal:.0%} of ideal "
-                  f"(efficiency {m.parallel_efficiency:.0f}x of ideal {m.ideal_efficiency:.0f}x), {m.succeeded} ok, "
-                  f"CPU {m.cpu_per_call_ms:.2f} ms/call")  # fmt: skip
+            print(
+                f"{name:<14} wall {m.wall_s:.2f}s, {m.percent_of_ideal:.0%} of ideal "
+                f"(efficiency {m.parallel_efficiency:.0f}x of ideal {m.ideal_efficiency:.0f}x), {m.succeeded} ok, "
+                f"CPU {m.cpu_per_call_ms:.2f} ms/call"
+            )
         raw = await raw_sdk_percent_of_ideal(server.url, server.api_key, queries, 256)
         print(f"{'raw AsyncOpenAI':<14} {raw:.0%} of ideal")
 
@@ -120,9 +129,11 @@ async def ten_thousand(n: int, concurrency: int) -> None:
         stats = await server.fetch_stats()
     kinds = run.to_frame()["error_kind"].value_counts().to_dict()
     m = run.metrics
-    print(f"{n:,} queries at 1 s, max_concurrency={concurrency}: {m.succeeded:,} ok, {m.failed} failed {kinds}, "
-          f"wall {m.wall_s:.1f}s (ideal {n / concurrency:.0f}s), {m.throughput_qps:.0f} q/s, peak in flight "
-          f"{stats['peak_in_flight']}, loss: {n - len(run.results)}")  # fmt: skip
+    print(
+        f"{n:,} queries at 1 s, max_concurrency={concurrency}: {m.succeeded:,} ok, {m.failed} failed {kinds}, "
+        f"wall {m.wall_s:.1f}s (ideal {n / concurrency:.0f}s), {m.throughput_qps:.0f} q/s, peak in flight "
+        f"{stats['peak_in_flight']}, loss: {n - len(run.results)}"
+    )
 
 
 async def main() -> None:

@@ -68,8 +68,10 @@ async def hung(count: int) -> tuple[int, float, dict[str, object]]:
             await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0.5)
         after = await server.fetch_stats()
-    print(f"  server RSS before {base_rss:.0f} MB; in flight after cancelling all: {after['in_flight']}, "
-          f"disconnects counted: {after['disconnects']}")  # fmt: skip
+    print(
+        f"  server RSS before {base_rss:.0f} MB; in flight after cancelling all: {after['in_flight']}, "
+        f"disconnects counted: {after['disconnects']}"
+    )
     return int(stats["in_flight"]), rss, after  # type: ignore[call-overload]
 
 
@@ -82,11 +84,15 @@ async def main() -> None:
     info = machine_info()
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} cores; commit {info['commit']}")
     rps, rss = await throughput(args.requests, args.concurrency)
-    print(f"throughput: {rps:,.0f} requests/s at concurrency {args.concurrency}, time scale 0 "
-          f"(goal >= 2,000: {'met' if rps >= 2000 else 'MISSED'}); server RSS {rss:.0f} MB")  # fmt: skip
+    print(
+        f"throughput: {rps:,.0f} requests/s at concurrency {args.concurrency}, time scale 0 "
+        f"(goal >= 2,000: {'met' if rps >= 2000 else 'MISSED'}); server RSS {rss:.0f} MB"
+    )
     held, rss, _ = await hung(args.hung)
-    print(f"hung: {held:,} requests in flight at once, server RSS {rss:.0f} MB "
-          f"(goal {args.hung:,} under 300 MB: {'met' if held >= args.hung and rss < 300 else 'MISSED'})")  # fmt: skip
+    print(
+        f"hung: {held:,} requests in flight at once, server RSS {rss:.0f} MB "
+        f"(goal {args.hung:,} under 300 MB: {'met' if held >= args.hung and rss < 300 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

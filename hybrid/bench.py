@@ -47,8 +47,12 @@ SUITES = ("scenario", "sweep", "peers")
 def make_queries(n: int, *, prefix: str = "q", stream: bool = False, max_tokens: int | None = None) -> list[Query]:
     """``n`` distinct short queries (distinct prompts, so the simulator varies its answers)."""
     return [
-        Query(f"{prefix}{i}", f"Benchmark question {i}: summarise item {i} in two sentences.", stream=stream,
-              max_tokens=max_tokens)  # fmt: skip
+        Query(
+            f"{prefix}{i}",
+            f"Benchmark question {i}: summarise item {i} in two sentences.",
+            stream=stream,
+            max_tokens=max_tokens,
+        )
         for i in range(n)
     ]
 
@@ -133,9 +137,7 @@ async def sweep(
     return frame
 
 
-async def open_loop(
-    orch: Orchestrator, queries: Sequence[Query], *, rate_qps: float, seed: int = 0
-) -> pd.DataFrame:
+async def open_loop(orch: Orchestrator, queries: Sequence[Query], *, rate_qps: float, seed: int = 0) -> pd.DataFrame:
     """Submit queries at Poisson arrival times (mean ``rate_qps``); one row per query.
 
     Unlike ``run`` (a closed batch), arrivals do not wait for earlier answers, so queue time shows
@@ -148,8 +150,15 @@ async def open_loop(
         await asyncio.sleep(max(0.0, at - (time.perf_counter() - start)))
         run = await _run_keeping_failures(orch, [query], "gather")
         r = run.results[0]
-        return {"name": r.name, "arrival_s": at, "ok": r.ok, "latency_s": r.latency_s, "queue_s": r.queue_s,
-                "attempts": r.attempts, "error_kind": None if r.error is None else r.error.kind}  # fmt: skip
+        return {
+            "name": r.name,
+            "arrival_s": at,
+            "ok": r.ok,
+            "latency_s": r.latency_s,
+            "queue_s": r.queue_s,
+            "attempts": r.attempts,
+            "error_kind": None if r.error is None else r.error.kind,
+        }
 
     at, arrivals = 0.0, []
     for query in queries:
@@ -165,8 +174,12 @@ async def open_loop(
 PeerRunner = Callable[[str, str, str, Sequence[Query], int], Awaitable[int]]
 
 
-async def _peer_kit(backend_cls: type[Backend], url: str, key: str, model: str, queries: Sequence[Query], c: int) -> int:
-    async with Orchestrator(backend_cls(base_url=url, api_key=key, model=model), max_concurrency=c, timeout=None) as orch:
+async def _peer_kit(
+    backend_cls: type[Backend], url: str, key: str, model: str, queries: Sequence[Query], c: int
+) -> int:
+    async with Orchestrator(
+        backend_cls(base_url=url, api_key=key, model=model), max_concurrency=c, timeout=None
+    ) as orch:
         run = await _run_keeping_failures(orch, queries, "gather")
     return run.metrics.succeeded
 
@@ -193,8 +206,12 @@ async def _peer_raw_aiohttp(url: str, key: str, model: str, queries: Sequence[Qu
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def one(q: Query) -> bool:
-            async with semaphore, session.post(url + "/chat/completions",
-                                               data=orjson.dumps({"model": model, "messages": q.messages()})) as r:  # fmt: skip
+            async with (
+                semaphore,
+                session.post(
+                    url + "/chat/completions", data=orjson.dumps({"model": model, "messages": q.messages()})
+                ) as r,
+            ):
                 await r.read()
                 return r.status == 200
 
@@ -204,7 +221,10 @@ async def _peer_raw_aiohttp(url: str, key: str, model: str, queries: Sequence[Qu
 
 def _threads_blocking(url: str, key: str, model: str, queries: Sequence[Query], c: int) -> int:
     limits = httpx2.Limits(max_connections=c, max_keepalive_connections=c)
-    with openai.OpenAI(base_url=url, api_key=key, max_retries=0, http_client=openai.DefaultHttpxClient(limits=limits)) as client:
+    with openai.OpenAI(
+        base_url=url, api_key=key, max_retries=0, http_client=openai.DefaultHttpxClient(limits=limits)
+    ) as client:
+
         def one(q: Query) -> bool:
             try:
                 client.chat.completions.create(model=model, messages=q.messages())  # type: ignore[arg-type]
@@ -271,8 +291,17 @@ async def peers(
             wall0, cpu0 = time.perf_counter(), time.process_time()
             ok = await runner(url, api_key, model, queries, concurrency)
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-            rows.append({"peer": name, "repeat": repeat, "queries": len(queries), "succeeded": ok, "wall_s": wall,
-                         "calls_per_s": len(queries) / wall, "cpu_per_call_ms": cpu / len(queries) * 1000})  # fmt: skip
+            rows.append(
+                {
+                    "peer": name,
+                    "repeat": repeat,
+                    "queries": len(queries),
+                    "succeeded": ok,
+                    "wall_s": wall,
+                    "calls_per_s": len(queries) / wall,
+                    "cpu_per_call_ms": cpu / len(queries) * 1000,
+                }
+            )
     frame = pd.DataFrame(rows)
     medians = frame.groupby("peer")["calls_per_s"].median()
     reference = medians.get("kit OpenAIBackend", medians.iloc[0])
@@ -298,7 +327,9 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         csv = out_dir / f"{name}.csv"
         frame.drop(columns=["latencies"], errors="ignore").to_csv(csv, index=False)
         raw = frame.to_dict(orient="records")
-        (out_dir / f"{name}.json").write_text(json.dumps({"machine": meta, **(extra or {}), "samples": raw}, indent=1, default=str))
+        (out_dir / f"{name}.json").write_text(
+            json.dumps({"machine": meta, **(extra or {}), "samples": raw}, indent=1, default=str)
+        )
         written.extend([csv, out_dir / f"{name}.json"])
 
     if "scenario" in names:
@@ -319,13 +350,21 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
             backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
             frame = await sweep(backend, make_queries(32 if quick else 64), levels=(1, 2, 4, 8, 16, 32), timeout=None)
         save("sweep", frame, {"server": "8 slots, 0.2 s per answer"})
-        plots.efficiency(frame, title="Concurrency sweep: a server with 8 slots").savefig(out_dir / "sweep_efficiency.png", dpi=60)
+        plots.efficiency(frame, title="Concurrency sweep: a server with 8 slots").savefig(
+            out_dir / "sweep_efficiency.png", dpi=60
+        )
         print(summarize(frame, "concurrency")[["wall_s", "throughput_qps", "parallel_efficiency", "percent_of_ideal"]])
 
     if "peers" in names:
         async with serve_process(SimConfig(seed=1, time_scale=0.0)) as server:
-            frame = await peers(server.url, server.api_key, "sim-small", make_queries(300 if quick else 2000),
-                                concurrency=64, repeats=1 if quick else 3)  # fmt: skip
+            frame = await peers(
+                server.url,
+                server.api_key,
+                "sim-small",
+                make_queries(300 if quick else 2000),
+                concurrency=64,
+                repeats=1 if quick else 3,
+            )
         save("peers", frame, {"workload": "time scale 0, concurrency 64, server in its own process"})
         table = frame.groupby("peer", sort=False)[["calls_per_s", "cpu_per_call_ms", "ratio_to_kit"]].median()
         print(table.round(3).to_string())

@@ -30,7 +30,9 @@ def _sim_config(args: argparse.Namespace) -> SimConfig:
         if unknown:
             raise SystemExit(f"hybrid sim: unknown profile(s) {unknown}; choose from {sorted(config.profiles)}")
         changes["profiles"] = {name: config.profiles[name] for name in args.profile}
-    fault_changes = {kind: getattr(args, f"fault_{kind}") for kind in Faults.KINDS if getattr(args, f"fault_{kind}") is not None}
+    fault_changes = {
+        kind: getattr(args, f"fault_{kind}") for kind in Faults.KINDS if getattr(args, f"fault_{kind}") is not None
+    }
     if args.fail_first is not None:
         fault_changes["fail_first"] = args.fail_first
     if fault_changes:

@@ -78,19 +78,23 @@ def format_table(summary: dict[str, Any]) -> str:
                 f"  {q['name'] + mark:<26}{stage:>6}{q['latency_s']:>9.2f}{q['prompt_tokens']:>9}"
                 f"{q['completion_tokens']:>8}{q['prompt_tokens'] + q['completion_tokens']:>8}"
             )
-        lines.append(f"  {'total (wall)':<26}{'':>6}{summary[f'{label}_wall_s']:>9.2f}{'':>17}{summary[f'{label}_tokens']:>8}")
+        lines.append(
+            f"  {'total (wall)':<26}{'':>6}{summary[f'{label}_wall_s']:>9.2f}{'':>17}{summary[f'{label}_tokens']:>8}"
+        )
     cost = ""
     if summary["legacy_cost_usd"] is not None and summary["hybrid_cost_usd"] is not None:
         cost = (
             f"cost                  ${summary['legacy_cost_usd']:.4f} -> ${summary['hybrid_cost_usd']:.4f} "
-            f"(at ${price.prompt_per_mtok:.2f} per million prompt tokens, ${price.completion_per_mtok:.2f} per million completion)"
+            f"(at ${price.prompt_per_mtok:.2f} per million prompt tokens, "
+            f"${price.completion_per_mtok:.2f} per million completion)"
         )
     lines += [
         "",
         f"speedup               {summary['speedup']:.2f}x",
         f"parallel efficiency   {summary['parallel_efficiency']:.0%} of one query's time "
         f"(ideal {summary['ideal_efficiency']:.0%}, {summary['percent_of_ideal']:.0%} of ideal)",
-        f"token reduction       {summary['token_reduction']:.1%} ({summary['legacy_tokens']} -> {summary['hybrid_tokens']})",
+        f"token reduction       {summary['token_reduction']:.1%} "
+        f"({summary['legacy_tokens']} -> {summary['hybrid_tokens']})",
         cost,
     ]
     return "\n".join(line for line in lines if line is not None)
@@ -120,9 +124,15 @@ def write_outputs(out_dir: Path, legacy: RunResult, hybrid: RunResult, summary: 
     plots.timeline(runs, title="Legacy (3 stages) vs hybrid (gathered): one bar per query").savefig(paths[1])
     plots.tokens(runs, title="Tokens: legacy role prompts vs hybrid merged prompts").savefig(paths[2])
     frame = pd.DataFrame(
-        [{"run": label, "parallel_efficiency": r.metrics.parallel_efficiency, "ideal_efficiency": r.metrics.ideal_efficiency}
-         for label, r in runs.items()]
-    )  # fmt: skip
+        [
+            {
+                "run": label,
+                "parallel_efficiency": r.metrics.parallel_efficiency,
+                "ideal_efficiency": r.metrics.ideal_efficiency,
+            }
+            for label, r in runs.items()
+        ]
+    )
     plots.efficiency(frame, x="run", title="Parallel efficiency, legacy vs hybrid").savefig(paths[3])
     return paths
 

@@ -52,6 +52,8 @@ from hybrid.templating import check_references, placeholders, render
 log = logging.getLogger("hybrid")
 
 Mode = Literal["gather", "sequential", "threads"]
+#: Failed queries named one by one in ``RunResult.warnings``; the rest are summed up in one line.
+MAX_DETAILED_WARNINGS = 20
 MODES: tuple[str, ...] = ("gather", "sequential", "threads")
 
 
@@ -105,7 +107,10 @@ class _RunState:
             r
             if r is not None
             else QueryResult(
-                query=q, index=i, stage=self.stages[i], error=Cancelled("The run was cancelled before this query finished.")
+                query=q,
+                index=i,
+                stage=self.stages[i],
+                error=Cancelled("The run was cancelled before this query finished."),
             )
             for i, (q, r) in enumerate(zip(self.queries, self.results, strict=True))
         )
@@ -114,12 +119,19 @@ class _RunState:
         warnings: list[str] = []
         if failed and len(failed) < len(results):
             warnings.append(f"{len(failed)} of {len(results)} queries failed; the other answers are complete.")
-            warnings.extend(f"{r.name}: {r.error.kind}: {r.error}" for r in failed if r.error is not None)
-            for warning in warnings:
-                log.warning(warning)
+            log.warning(warnings[0])
+            warnings.extend(f"{r.name}: {r.error.kind}: {r.error}" for r in failed[:MAX_DETAILED_WARNINGS] if r.error)
+            if len(failed) > MAX_DETAILED_WARNINGS:
+                warnings.append(f"... and {len(failed) - MAX_DETAILED_WARNINGS} more: see run.to_frame()['error'].")
+            for warning in warnings[1:]:
+                log.debug(warning)
         if cancelled:
-            warnings.append(f"The run was cancelled; {sum(r.ok for r in results)} of {len(results)} queries had finished.")
-        return RunResult(results=results, metrics=metrics, mode=self.mode, warnings=tuple(warnings), cancelled=cancelled)
+            warnings.append(
+                f"The run was cancelled; {sum(r.ok for r in results)} of {len(results)} queries had finished."
+            )
+        return RunResult(
+            results=results, metrics=metrics, mode=self.mode, warnings=tuple(warnings), cancelled=cancelled
+        )
 
 
 class Orchestrator:
@@ -231,7 +243,7 @@ class Orchestrator:
         """
         stage_list = self._checked_stages(stages)
         flat = [q for stage in stage_list for q in stage]
-        stage_of = [s for s, stage in enumerate(stage_list) for _ in stage]
+        stage_of: list[int | None] = [s for s, stage in enumerate(stage_list) for _ in stage]
         call = self._call_for(mode)
         answers: dict[str, str] = {}
 
@@ -288,7 +300,9 @@ class Orchestrator:
             raise ConfigError("No queries to run: pass a non-empty list of Query objects.")
         for i, query in enumerate(items):
             if not isinstance(query, Query):
-                raise ConfigError(f"Item {i} is a {type(query).__name__}, not a Query: wrap prompts as Query(name, prompt).")
+                raise ConfigError(
+                    f"Item {i} is a {type(query).__name__}, not a Query: wrap prompts as Query(name, prompt)."
+                )
         return items
 
     def _checked_stages(self, stages: Sequence[Sequence[Query]]) -> list[list[Query]]:
@@ -358,9 +372,7 @@ class Orchestrator:
             for _ in range(min(len(items), self.max_concurrency)):
                 group.create_task(worker())
 
-    async def _one(
-        self, state: _RunState, index: int, query: Query, call: Call, emit: Emit | None, bar: Any
-    ) -> None:
+    async def _one(self, state: _RunState, index: int, query: Query, call: Call, emit: Emit | None, bar: Any) -> None:
         """Run one query to a result: wait for a slot, then attempts and backoffs in one timeout scope.
 
         Queue time counts from the start of the run (every query of a batch is submitted at once)

@@ -21,6 +21,7 @@ from hybrid.results import RunResult
 matplotlib.rcParams.setdefault("figure.dpi", 100)
 
 _STAGE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
+_RUN_COLOUR = "#8172B3"
 
 
 def _figure(width: float = 8.0, height: float = 4.0) -> tuple[Figure, matplotlib.axes.Axes]:
@@ -37,15 +38,14 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
     them on a shared time axis — the picture that shows parallelism at a glance.
     """
     runs = {"": run} if isinstance(run, RunResult) else dict(run)
-    rows = [(label, r) for label, each in runs.items() for r in each.results]
+    rows = [(label, each.mode, r) for label, each in runs.items() for r in each.results]
     fig, ax = _figure(9.0, max(2.5, 0.38 * len(rows) + 1.2))
-    stages_seen: set[int] = set()
-    for y, (label, r) in enumerate(reversed(rows)):
-        stage = r.stage or 0
-        colour = _STAGE_COLOURS[stage % len(_STAGE_COLOURS)]
-        bar_label = f"stage {stage + 1}" if r.stage is not None and stage not in stages_seen else None
-        if r.stage is not None:
-            stages_seen.add(stage)
+    legend_seen: set[str] = set()
+    for y, (label, mode, r) in enumerate(reversed(rows)):
+        if r.stage is None:  # a plain run: one colour for the whole run
+            key, colour = f"{label or 'run'} ({mode})", _RUN_COLOUR
+        else:
+            key, colour = f"stage {r.stage + 1}", _STAGE_COLOURS[r.stage % len(_STAGE_COLOURS)]
         if r.queue_s > 0.0005:
             ax.barh(y, r.queue_s, left=r.started_s - r.queue_s, color="lightgrey", height=0.6)
         ax.barh(
@@ -56,14 +56,14 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
             height=0.6,
             hatch=None if r.ok else "//",
             edgecolor="black" if not r.ok else colour,
-            label=bar_label,
+            label=None if key in legend_seen else key,
         )
+        legend_seen.add(key)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{label}: {r.name}" if label else r.name for label, r in reversed(rows)])
+    ax.set_yticklabels([f"{label}: {r.name}" if label else r.name for label, _, r in reversed(rows)])
     ax.set_xlabel("time since the run started (s)")
     ax.set_title(title or "Query timeline: one bar per query, start to finish")
-    if stages_seen:
-        ax.legend(loc="lower right", title="grey = waiting for a slot")
+    ax.legend(loc="lower right", title="grey: waiting for a slot; hatched: failed", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -99,9 +99,12 @@ def speedup(frame: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Speedup over the sequential run, one bar per mode (``mode`` and ``speedup`` columns)."""
     fig, ax = _figure(6.0, 4.0)
     grouped = frame.groupby("mode", sort=False)["speedup"]
-    means, spread = grouped.median(), grouped.agg(lambda s: s.max() - s.min())
-    bars = ax.bar(means.index, means.values, yerr=spread.values / 2, capsize=4, color=_STAGE_COLOURS[: len(means)])
-    ax.bar_label(bars, labels=[f"{v:.1f}x" for v in means.values])
+    medians = grouped.median()
+    spread = grouped.agg(lambda s: s.max() - s.min()).to_numpy(dtype=float)
+    bars = ax.bar(
+        medians.index, medians.to_numpy(dtype=float), yerr=spread / 2, capsize=4, color=_STAGE_COLOURS[: len(medians)]
+    )
+    ax.bar_label(bars, labels=[f"{v:.1f}x" for v in medians.to_numpy(dtype=float)])
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="sequential")
     ax.set_ylabel("speedup over sequential (x, median of repeats)")
     ax.set_xlabel("mode")
@@ -110,9 +113,7 @@ def speedup(frame: pd.DataFrame, *, title: str | None = None) -> Figure:
     return fig
 
 
-def tokens(
-    runs: RunResult | Mapping[str, RunResult], *, title: str | None = None
-) -> Figure:
+def tokens(runs: RunResult | Mapping[str, RunResult], *, title: str | None = None) -> Figure:
     """Prompt vs completion tokens per query, and (for several runs) the totals side by side."""
     runs = {"run": runs} if isinstance(runs, RunResult) else dict(runs)
     from matplotlib.figure import Figure
@@ -153,13 +154,20 @@ def latency(frame: pd.DataFrame, *, by: str = "mode", title: str | None = None) 
     import numpy as np
 
     fig, ax = _figure()
-    groups: Sequence[tuple[object, pd.DataFrame]] = list(frame.groupby(by, sort=False)) if by in frame else [("all", frame)]
+    groups: Sequence[tuple[object, pd.DataFrame]] = (
+        list(frame.groupby(by, sort=False)) if by in frame else [("all", frame)]
+    )
     for i, (label, group) in enumerate(groups):
         values = np.sort(group["latency_s"].to_numpy())
         if len(values) == 0:
             continue
-        ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=str(label),
-                color=_STAGE_COLOURS[i % len(_STAGE_COLOURS)])  # fmt: skip
+        ax.step(
+            values,
+            np.arange(1, len(values) + 1) / len(values),
+            where="post",
+            label=str(label),
+            color=_STAGE_COLOURS[i % len(_STAGE_COLOURS)],
+        )
     for q in (0.5, 0.95, 0.99):
         ax.axhline(q, color="grey", linewidth=0.6, linestyle=":")
     ax.set_xlabel("latency per query (s)")

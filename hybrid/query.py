@@ -53,7 +53,9 @@ class Query:
             or not isinstance(self.temperature, int | float)
             or not 0.0 <= float(self.temperature) <= 2.0
         ):
-            raise ConfigError(f"Query {self.name!r}: temperature must be a number from 0 to 2, got {self.temperature!r}.")
+            raise ConfigError(
+                f"Query {self.name!r}: temperature must be a number from 0 to 2, got {self.temperature!r}."
+            )
 
     def messages(self) -> list[dict[str, str]]:
         """The chat messages this query sends."""

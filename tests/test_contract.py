@@ -10,13 +10,39 @@ import hybrid
 PACKAGE = Path(hybrid.__file__).parent
 
 PUBLIC = {
-    "AllQueriesFailed", "AuthenticationFailed", "Backend", "BadRequest", "Cancelled", "Completion",
-    "ConfigError", "ConnectionFailed", "DependencyFailed", "HTTPBackend", "HybridError",
-    "InvalidResponse", "OpenAIBackend", "Orchestrator", "Price", "Query", "QueryError",
-    "QueryFinished", "QueryResult", "QueryStarted", "QueryTimeout", "RateLimited", "Retry",
-    "RunFinished", "RunMetrics", "RunResult", "ServerError", "TemplateError", "Usage",
-    "__version__", "run_sync", "sim",
-}  # fmt: skip
+    "AllQueriesFailed",
+    "AuthenticationFailed",
+    "Backend",
+    "BadRequest",
+    "Cancelled",
+    "Completion",
+    "ConfigError",
+    "ConnectionFailed",
+    "DependencyFailed",
+    "HTTPBackend",
+    "HybridError",
+    "InvalidResponse",
+    "OpenAIBackend",
+    "Orchestrator",
+    "Price",
+    "Query",
+    "QueryError",
+    "QueryFinished",
+    "QueryResult",
+    "QueryStarted",
+    "QueryTimeout",
+    "RateLimited",
+    "Retry",
+    "RunFinished",
+    "RunMetrics",
+    "RunResult",
+    "ServerError",
+    "TemplateError",
+    "Usage",
+    "__version__",
+    "run_sync",
+    "sim",
+}
 
 
 def test_public_api_is_exactly_what_init_exports() -> None:
@@ -31,7 +57,9 @@ def test_every_error_is_rooted_at_hybrid_error() -> None:
             assert issubclass(obj, hybrid.HybridError), name
 
 
-BRIDGING = re.compile(r"asyncio\.run\(|asyncio\.Runner\(|run_coroutine_threadsafe|run_until_complete|new_event_loop|nest_asyncio")
+BRIDGING = re.compile(
+    r"asyncio\.run\(|asyncio\.Runner\(|run_coroutine_threadsafe|run_until_complete|new_event_loop|nest_asyncio"
+)
 ALLOWED = {"notebook.py", "cli.py", "__main__.py", "sim/serve.py"}
 
 

@@ -52,8 +52,10 @@ async def run_way(orch: Any, way: str, queries: list[Query]) -> tuple[Any, bool]
     try:
         if way == "pipeline":
             first, *rest = queries
-            rest = [Query(q.name, q.prompt + " after {{" + first.name + "}}", stream=q.stream) if i == 0 else q
-                    for i, q in enumerate(rest)]  # fmt: skip
+            rest = [
+                Query(q.name, q.prompt + " after {{" + first.name + "}}", stream=q.stream) if i == 0 else q
+                for i, q in enumerate(rest)
+            ]
             return await orch.pipeline([[first], rest]), False
         if way == "stream":
             events = [event async for event in orch.stream(queries)]
@@ -102,7 +104,7 @@ async def test_fault_matrix(backend_kind: str, fault: str, way: str, stream: boo
 async def test_timeout_bounds_a_query_whose_retries_would_outlast_it() -> None:
     # Each attempt is refused with Retry-After 0.15 s; ten attempts would need 1.35 s, the timeout is 0.4 s.
     config = SimConfig(time_scale=0, faults=Faults(rate_limit=1.0, retry_after_s=0.15))
-    async with orchestrated("http", config=config, retry=Retry(attempts=10, jitter=0.0), timeout=0.4) as (orch, server):
+    async with orchestrated("http", config=config, retry=Retry(attempts=10, jitter=0.0), timeout=0.4) as (orch, _):
         run, raised = await run_way(orch, "gather", [Query("a", "x"), Query("b", "y")])
     assert raised and all(isinstance(r.error, QueryTimeout) and r.attempts == 3 for r in run.results)
     assert all(0.4 <= r.latency_s < 0.55 for r in run.results)

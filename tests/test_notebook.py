@@ -107,7 +107,8 @@ stack = contextlib.AsyncExitStack()
 server = await stack.enter_async_context(sim.serve(sim.SimConfig(time_scale=1.0, profiles=profiles)))
 backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
 orch = await stack.enter_async_context(Orchestrator(backend, max_concurrency=8, timeout=None))
-queries = [Query(f"fast{i}", f"f{i}") for i in range(3)] + [Query(f"slow{i}", f"s{i}", model="sim-large") for i in range(3)]
+queries = [Query(f"fast{i}", f"f{i}") for i in range(3)]
+queries += [Query(f"slow{i}", f"s{i}", model="sim-large") for i in range(3)]
 print("ready")
 """
 
@@ -141,6 +142,7 @@ def test_enable_nested_lets_legacy_asyncio_run_work_in_a_kernel(kernel: Kernel) 
     without = kernel.run("import asyncio\nasyncio.run(asyncio.sleep(0))")
     assert without["error"] == "RuntimeError"
     nested = kernel.run(
-        "from hybrid.notebook import enable_nested\nenable_nested()\nprint(asyncio.run(asyncio.sleep(0, result='nested ok')))"
+        "from hybrid.notebook import enable_nested\nenable_nested()\n"
+        "print(asyncio.run(asyncio.sleep(0, result='nested ok')))"
     )
     assert nested["error"] is None and nested["text"].strip() == "nested ok"

@@ -283,7 +283,9 @@ async def test_stream_yields_started_finished_then_the_run() -> None:
     assert len(started) == 4 and len(finished) == 4
     assert isinstance(events[-1], RunFinished) and len(events[-1].run.results) == 4
     for event in finished:
-        first_start = next(i for i, e in enumerate(events) if isinstance(e, QueryStarted) and e.index == event.result.index)
+        first_start = next(
+            i for i, e in enumerate(events) if isinstance(e, QueryStarted) and e.index == event.result.index
+        )
         assert first_start < events.index(event)
 
 

@@ -39,7 +39,9 @@ def test_backoff_grows_until_the_cap(retry: Retry, attempt: int) -> None:
 @given(policies, st.integers(1, 30), st.floats(0.0, 300.0), st.integers(0, 2**32))
 def test_retry_after_takes_precedence_and_is_capped(retry: Retry, attempt: int, after: float, seed: int) -> None:
     delay = retry.delay(attempt, RateLimited("x", retry_after_s=after), random.Random(seed))
-    assert delay == retry.retry_after_cap if after > retry.retry_after_cap else after <= delay <= max(after * 1.1, after)
+    assert (
+        delay == retry.retry_after_cap if after > retry.retry_after_cap else after <= delay <= max(after * 1.1, after)
+    )
     assert delay <= retry.retry_after_cap
 
 

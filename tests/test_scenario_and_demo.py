@@ -19,8 +19,10 @@ from .conftest import orchestrated
 
 async def _hybrid_run(failing: set[str]) -> object:
     """Run the two hybrid queries on the scenario's simulator; names in ``failing`` ask an unknown model."""
-    queries = [q if q.name not in failing else q.__class__(q.name, q.prompt, model="no-such-model")
-               for q in audit.hybrid_queries()]  # fmt: skip
+    queries = [
+        q if q.name not in failing else q.__class__(q.name, q.prompt, model="no-such-model")
+        for q in audit.hybrid_queries()
+    ]
     async with sim.serve(audit.sim_config(time_scale=0)) as server:
         backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model=audit.MODEL)
         async with Orchestrator(backend, retry=Retry.never()) as orch:
@@ -33,7 +35,9 @@ async def _hybrid_run(failing: set[str]) -> object:
 async def test_merge_both_ok_gives_one_combined_report() -> None:
     report = audit.merge_report(await _hybrid_run(set()))  # type: ignore[arg-type]
     assert report.complete and report.warnings == ()
-    assert {"completeness", "structure", "concrete", "costs", "schedule", "compliance", "risks", "verdict"} <= set(report.report)
+    assert {"completeness", "structure", "concrete", "costs", "schedule", "compliance", "risks", "verdict"} <= set(
+        report.report
+    )
     assert report.report["verdict"].startswith("Not compliant")
 
 
@@ -67,13 +71,22 @@ def test_demo_writes_the_summary_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "hybrid", "demo", "--out", str(out), "--time-scale", "0.02"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "speedup" in done.stdout and "token reduction" in done.stdout and str(out) in done.stdout
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("speedup", "token_reduction", "parallel_efficiency", "legacy_wall_s", "hybrid_wall_s",
-                "legacy_tokens", "hybrid_tokens"):  # fmt: skip
+    for key in (
+        "speedup",
+        "token_reduction",
+        "parallel_efficiency",
+        "legacy_wall_s",
+        "hybrid_wall_s",
+        "legacy_tokens",
+        "hybrid_tokens",
+    ):
         assert isinstance(summary[key], int | float), key
     assert 0 < summary["token_reduction"] < 1
     assert summary["speedup"] == pytest.approx(summary["legacy_wall_s"] / summary["hybrid_wall_s"])
@@ -93,7 +106,9 @@ async def test_every_plot_renders_with_title_and_axis_labels(tmp_path: Path) -> 
         run = await orch.run(queries)
         staged = await orch.pipeline([queries[:1], queries[1:4], queries[4:]])
         compared = await bench.compare(orch, queries, repeats=1)
-    sweep = pd.DataFrame({"concurrency": [1, 2, 4], "parallel_efficiency": [1.0, 1.9, 3.5], "ideal_efficiency": [1.0, 2.0, 4.0]})
+    sweep = pd.DataFrame(
+        {"concurrency": [1, 2, 4], "parallel_efficiency": [1.0, 1.9, 3.5], "ideal_efficiency": [1.0, 2.0, 4.0]}
+    )
     per_query = run.to_frame().assign(mode="gather")
     figures = [
         plots.timeline(run),
@@ -113,14 +128,16 @@ async def test_every_plot_renders_with_title_and_axis_labels(tmp_path: Path) -> 
 
 async def test_compare_and_sweep_keep_raw_samples_and_derive_speedup() -> None:
     config = sim.SimConfig(seed=2, time_scale=0.02, slots=2)
-    async with orchestrated("openai", config=config, max_concurrency=4) as (orch, server):
+    async with orchestrated("openai", config=config, max_concurrency=4) as (orch, _):
         queries = bench.make_queries(4)
         frame = await bench.compare(orch, queries, repeats=2)
         swept = await bench.sweep(orch.backend, queries, levels=(1, 2, 4))
     assert list(frame["mode"]) == ["sequential", "threads", "gather"] * 2
     assert all(len(sample) == 4 for sample in frame["latencies"])
     medians = bench.summarize(frame)
-    assert medians.loc["gather", "speedup"] > 1.5 and medians.loc["sequential", "speedup"] == pytest.approx(1.0, abs=0.2)
+    assert medians.loc["gather", "speedup"] > 1.5 and medians.loc["sequential", "speedup"] == pytest.approx(
+        1.0, abs=0.2
+    )
     assert list(swept["concurrency"]) == [1, 2, 4] and (swept["succeeded"] == 4).all()
     # The server has two slots: going from 2 to 4 in flight buys (almost) nothing.
     walls = swept.set_index("concurrency")["wall_s"]
@@ -137,7 +154,9 @@ async def test_open_loop_arrivals_follow_the_rate() -> None:
 
 async def test_peers_run_the_same_workload_and_report_ratios() -> None:
     async with sim.serve_process(sim.SimConfig(time_scale=0)) as server:
-        frame = await bench.peers(server.url, server.api_key, "sim-small", bench.make_queries(20), concurrency=8, repeats=1)
+        frame = await bench.peers(
+            server.url, server.api_key, "sim-small", bench.make_queries(20), concurrency=8, repeats=1
+        )
     assert set(frame["peer"]) >= {"kit OpenAIBackend", "kit HTTPBackend", "raw aiohttp loop", "threads + sync OpenAI"}
     assert (frame["succeeded"] == 20).all()
     assert frame.loc[frame["peer"] == "kit OpenAIBackend", "ratio_to_kit"].iloc[0] == pytest.approx(1.0)
@@ -146,9 +165,15 @@ async def test_peers_run_the_same_workload_and_report_ratios() -> None:
 def test_hybrid_bench_writes_results_with_machine_info(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "hybrid", "bench", "sweep", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["machine"]["python"] and "commit" in saved["machine"]
-    assert len(saved["samples"]) == 6 and (tmp_path / "sweep.csv").exists() and (tmp_path / "sweep_efficiency.png").exists()
+    assert (
+        len(saved["samples"]) == 6
+        and (tmp_path / "sweep.csv").exists()
+        and (tmp_path / "sweep_efficiency.png").exists()
+    )

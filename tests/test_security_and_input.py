@@ -36,7 +36,15 @@ async def test_the_api_key_never_appears_anywhere(
             queries = [Query(f"q{i}", f"question {i}", stream=i % 2 == 1) for i in range(6)]
             queries.append(Query("bad", "question", model="nope"))
             run = await orch.run(queries)
-            texts += [repr(backend), str(backend), repr(orch), repr(run), run.summary(), run.to_json(), run._repr_html_()]
+            texts += [
+                repr(backend),
+                str(backend),
+                repr(orch),
+                repr(run),
+                run.summary(),
+                run.to_json(),
+                run._repr_html_(),
+            ]
             texts += [run.to_frame().to_string(), run.to_frame().to_csv(), str(run.to_dict())]
             texts += [repr(r) for r in run.results] + [f"{r.error!r} {r.error}" for r in run.results if r.error]
         wrong = backend_cls(base_url=server.url, api_key=CANARY + "-wrong", model="sim-small")
@@ -80,11 +88,17 @@ def test_the_key_never_appears_in_notebook_output() -> None:
 async def test_huge_unicode_and_empty_answers_work() -> None:
     huge = "word " * 200_000  # ~1 MB prompt
     unicode = "Überprüfe die Bewehrung: 鉄筋, арматура, 🏗️ — and reply in kind."
-    config = SimConfig(seed=3, time_scale=0, scripts=(Script(pattern="say nothing", reply=""), Script(pattern="鉄筋", reply="回答: ✓")))
+    config = SimConfig(
+        seed=3, time_scale=0, scripts=(Script(pattern="say nothing", reply=""), Script(pattern="鉄筋", reply="回答: ✓"))
+    )
     async with orchestrated("openai", config=config) as (orch, _):
         run = await orch.run(
-            [Query("huge", huge), Query("unicode", unicode), Query("empty", "say nothing"),
-             Query("empty-stream", "say nothing", stream=True)]  # fmt: skip
+            [
+                Query("huge", huge),
+                Query("unicode", unicode),
+                Query("empty", "say nothing"),
+                Query("empty-stream", "say nothing", stream=True),
+            ]
         )
     assert run.ok
     assert run["huge"].usage.prompt_tokens > 200_000

@@ -107,8 +107,16 @@ async def test_scripted_reply_and_json_mode() -> None:
         (b'{"model": "sim-small"}', 400, "messages"),
         (b'{"model": "sim-small", "messages": "hi"}', 400, "messages"),
         (b'{"model": "sim-small", "messages": [{"role": "robot", "content": "hi"}]}', 400, "messages[0].role"),
-        (b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}', 400, "max_tokens"),
-        (b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}', 400, "temperature"),
+        (
+            b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}',
+            400,
+            "max_tokens",
+        ),
+        (
+            b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}',
+            400,
+            "temperature",
+        ),
         (b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "n"),
         (b'{"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}', 404, "model"),
     ],
@@ -195,7 +203,9 @@ async def test_each_status_fault_is_seen_by_the_sdk(fault: str, error: type[Exce
 async def test_malformed_truncated_and_missing_usage_faults() -> None:
     async with sim.serve(SimConfig(time_scale=0, faults=Faults(malformed=1.0))) as server:
         async with aiohttp.ClientSession() as session:
-            async with session.post(server.url + "/chat/completions", json={"model": "sim-small", "messages": MESSAGES}) as r:
+            async with session.post(
+                server.url + "/chat/completions", json={"model": "sim-small", "messages": MESSAGES}
+            ) as r:
                 assert r.status == 200
                 with pytest.raises(ValueError):
                     await r.json()
@@ -270,7 +280,10 @@ async def test_capacity_queues_requests_beyond_the_slots() -> None:
             async with client(server) as c:
                 start = time.perf_counter()
                 await asyncio.gather(
-                    *(c.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": f"q{i}"}]) for i in range(n))
+                    *(
+                        c.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": f"q{i}"}])
+                        for i in range(n)
+                    )
                 )
                 elapsed = time.perf_counter() - start
             assert server.stats()["peak_in_flight"] == n

@@ -53,8 +53,7 @@ class Backend:
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
             raise ConfigError(
-                "No API key: pass api_key=... or set OPENAI_API_KEY "
-                "(for the embedded simulator use server.api_key)."
+                "No API key: pass api_key=... or set OPENAI_API_KEY (for the embedded simulator use server.api_key)."
             )
         model = model or os.environ.get("OPENAI_MODEL")
         if not model:
@@ -82,9 +81,7 @@ class Backend:
         parts = urlsplit(self.base_url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, port), REACHABILITY_TIMEOUT_S
-            )
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), REACHABILITY_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
                 f"Cannot reach {self.base_url} ({exc.__class__.__name__}). Is the server running? "
@@ -223,19 +220,21 @@ class StreamAssembler:
 
 def completion_from_body(query: Query, body: object, model: str) -> Completion:
     """Parse a non-streamed chat-completion body (a dict from JSON)."""
+    if not isinstance(body, dict):
+        raise InvalidResponse(f"The response is a JSON {type(body).__name__}, not an object.")
     try:
-        choice = body["choices"][0]  # type: ignore[index]
+        choice = body["choices"][0]
         text = choice["message"]["content"] or ""
         finish = choice.get("finish_reason")
-    except (KeyError, IndexError, TypeError):
+    except (KeyError, IndexError, TypeError, AttributeError):
         raise InvalidResponse("The response has no choices[0].message.content.") from None
     if not isinstance(text, str):
         raise InvalidResponse("choices[0].message.content is not a string.")
-    usage_body = body.get("usage") if isinstance(body, dict) else None
+    usage_body = body.get("usage")
     if isinstance(usage_body, dict) and isinstance(usage_body.get("prompt_tokens"), int):
         usage = Usage(
             prompt_tokens=usage_body["prompt_tokens"], completion_tokens=int(usage_body.get("completion_tokens") or 0)
         )
     else:
         usage = estimated_usage(query, text)
-    return Completion(text=text, usage=usage, model=str(body.get("model") or model), finish_reason=finish)  # type: ignore[union-attr]
+    return Completion(text=text, usage=usage, model=str(body.get("model") or model), finish_reason=finish)

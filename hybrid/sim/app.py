@@ -224,7 +224,9 @@ class Simulator:
         await self._pre_answer_fault(fault, request)
 
         if self.config.max_queue is not None and self._waiting >= self.config.max_queue and self._slots.locked():
-            raise RequestRejected(503, "The server is overloaded; retry later.", type_="server_error", code="overloaded")
+            raise RequestRejected(
+                503, "The server is overloaded; retry later.", type_="server_error", code="overloaded"
+            )
         self._waiting += 1
         try:
             await self._slots.acquire()
@@ -293,7 +295,9 @@ class Simulator:
             if not (isinstance(content, str | list) or (content is None and message["role"] == "assistant")):
                 raise bad(f"messages[{i}].content", f"messages[{i}].content must be a string or an array of parts.")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
             raise bad("max_tokens", "max_tokens must be an integer >= 1.")
         temperature = body.get("temperature", 1.0)
         if temperature is None:
@@ -350,11 +354,15 @@ class Simulator:
         wait = window.wait_until_free(now, tokens, cfg.tpm) if (over_requests or over_tokens) else 0.0
         if cfg.rpm is not None:
             headers["x-ratelimit-limit-requests"] = str(cfg.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(0, cfg.rpm - window.requests - (0 if over_requests else 1)))
+            headers["x-ratelimit-remaining-requests"] = str(
+                max(0, cfg.rpm - window.requests - (0 if over_requests else 1))
+            )
             headers["x-ratelimit-reset-requests"] = f"{wait:.3f}s"
         if cfg.tpm is not None:
             headers["x-ratelimit-limit-tokens"] = str(cfg.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, cfg.tpm - window.tokens - (0 if over_tokens else tokens)))
+            headers["x-ratelimit-remaining-tokens"] = str(
+                max(0, cfg.tpm - window.tokens - (0 if over_tokens else tokens))
+            )
             headers["x-ratelimit-reset-tokens"] = f"{wait:.3f}s"
         if over_requests or over_tokens:
             what = "requests" if over_requests else "tokens"
@@ -391,7 +399,9 @@ class Simulator:
         if fault == "rate_limit_bare":
             raise RequestRejected(429, "Too many requests (injected).", type_="requests", code="rate_limit_exceeded")
         if fault == "server_error":
-            raise RequestRejected(500, "The server had an error processing your request (injected).", type_="server_error")
+            raise RequestRejected(
+                500, "The server had an error processing your request (injected).", type_="server_error"
+            )
         if fault == "unavailable":
             raise RequestRejected(503, "The engine is currently overloaded (injected).", type_="server_error")
         if fault == "hang":

@@ -96,9 +96,7 @@ async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
         host, port = runner.addresses[0][:2]
         host = f"[{host}]" if ":" in host else host
         root = f"http://{host}:{port}"
-        yield SimServer(
-            url=root + "/v1", root=root, api_key=config.api_key or _PLACEHOLDER_KEY, simulator=simulator
-        )
+        yield SimServer(url=root + "/v1", root=root, api_key=config.api_key or _PLACEHOLDER_KEY, simulator=simulator)
     finally:
         await runner.cleanup()
 
@@ -134,9 +132,7 @@ def serve_in_thread(config: SimConfig | None = None, *, start_timeout: float = 1
 
 
 @contextlib.asynccontextmanager
-async def serve_process(
-    config: SimConfig | None = None, *, start_timeout: float = 30.0
-) -> AsyncIterator[SimServer]:
+async def serve_process(config: SimConfig | None = None, *, start_timeout: float = 30.0) -> AsyncIterator[SimServer]:
     """Run ``hybrid sim`` as a child process with ``config``; stop it when the block exits.
 
     The config travels as a JSON file; the API key (if any) through the environment, never argv.
@@ -151,9 +147,17 @@ async def serve_process(
     if config.api_key is not None:
         env["HYBRID_SIM_API_KEY"] = config.api_key
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hybrid", "sim", "--config", path, "--quiet",
-        stdout=asyncio.subprocess.PIPE, stderr=None, env=env,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "hybrid",
+        "sim",
+        "--config",
+        path,
+        "--quiet",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None,
+        env=env,
+    )
     try:
         assert process.stdout is not None
         try:
