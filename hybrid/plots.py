@@ -81,6 +81,15 @@ def efficiency(frame: pd.DataFrame, *, x: str = "concurrency", title: str | None
         ax.plot(xs, frame["parallel_efficiency"], "o-", color=_STAGE_COLOURS[0], label="measured")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("max concurrency (queries in flight)")
+        if "throughput_qps" in frame:
+            # Efficiency counts server-side queueing as latency; the knee shows in throughput.
+            right = ax.twinx()
+            right.plot(xs, frame["throughput_qps"], "s:", color=_STAGE_COLOURS[1], label="throughput (right axis)")
+            right.set_ylabel("throughput (queries/s)")
+            right.set_ylim(bottom=0)
+            handles, labels = ax.get_legend_handles_labels()
+            more, more_labels = right.get_legend_handles_labels()
+            ax.legend(handles + more, labels + more_labels, loc="upper left")
     else:
         positions = range(len(xs))
         ax.bar(positions, frame["ideal_efficiency"], color="lightgrey", label="ideal", width=0.6)
@@ -90,7 +99,8 @@ def efficiency(frame: pd.DataFrame, *, x: str = "concurrency", title: str | None
         ax.set_xlabel(x)
     ax.set_ylabel("parallel efficiency = sum of latencies / wall (x)")
     ax.set_title(title or "Parallel efficiency against the ideal")
-    ax.legend()
+    if ax.get_legend() is None:
+        ax.legend()
     ax.grid(alpha=0.3)
     return fig
 
