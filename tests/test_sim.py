@@ -351,3 +351,25 @@ async def test_langchain_openai_works_unchanged() -> None:
         replies = await llm.abatch(["one", "two"])
         streamed = [chunk.content async for chunk in llm.astream("three")]
     assert all(r.content for r in replies) and "".join(streamed)
+
+
+async def test_contention_slows_requests_that_share_the_server_together() -> None:
+    # 40 tokens at 200 tokens/s = 0.2 s alone; with contention 1.0 four together decode 4x slower.
+    profile = {"sim-small": ModelProfile(ttft_s=0.0, prompt_tps=1e9, completion_tps=200, jitter=0.0, contention=1.0,
+                                         min_completion_tokens=40, max_completion_tokens=40)}  # fmt: skip
+
+    async def wall(n: int) -> list[float]:
+        async with sim.serve(SimConfig(time_scale=1.0, profiles=profile, slots=8)) as server:
+            async with client(server) as c:
+
+                async def one(i: int) -> float:
+                    start = time.perf_counter()
+                    await c.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": f"{i}"}])
+                    return time.perf_counter() - start
+
+                return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    alone = await wall(1)
+    together = await wall(4)
+    assert 0.18 < alone[0] < 0.3
+    assert all(0.7 < t < 1.0 for t in together)  # all four slow down, not just the later arrivals

@@ -23,12 +23,14 @@ import orjson
 from aiohttp import web
 
 from hybrid.sim.config import SimConfig
-from hybrid.sim.model import FaultPlan, Reply, ReplyModel, digest, durations, prompt_text
+from hybrid.sim.model import FaultPlan, Pace, Reply, ReplyModel, digest, pace, prompt_text
 from hybrid.tokens import TOKEN_PATTERN, count_message_tokens
 
 log = logging.getLogger("hybrid.sim")
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
+#: Content chunks per streamed answer; decoding is also paced in this many steps.
+STREAM_PIECES = 8
 _JSON = "application/json"
 
 
@@ -234,16 +236,18 @@ class Simulator:
             self._waiting -= 1
         self._busy += 1
         try:
-            ttft, decode = durations(
-                profile, reply, seed=self.config.seed, key=key, time_scale=self.config.time_scale, sharing=self._busy
-            )
+            request_pace = pace(profile, reply, seed=self.config.seed, key=key, time_scale=self.config.time_scale)
             self.prompt_tokens += reply.prompt_tokens
             self.completion_tokens += reply.completion_tokens
             request_id = f"chatcmpl-sim{key:016x}"
+            pieces = _split(reply.text, STREAM_PIECES)
             if params["stream"]:
-                return await self._stream(request, reply, model, request_id, ttft, decode, fault, params, limit_headers)
-            if ttft + decode > 0:
-                await asyncio.sleep(ttft + decode)
+                return await self._stream(
+                    request, reply, model, request_id, request_pace, pieces, fault, params, limit_headers
+                )
+            await self._sleep(request_pace.ttft_s)
+            for _, tokens in pieces:
+                await self._sleep(request_pace.decode_s(tokens, self._busy))
             payload = self._completion(reply, model, request_id, with_usage=fault != "no_usage")
             if fault == "malformed":
                 return web.Response(body=payload[: len(payload) // 2], content_type=_JSON, headers=limit_headers)
@@ -257,6 +261,11 @@ class Simulator:
         finally:
             self._busy -= 1
             self._slots.release()
+
+    @staticmethod
+    async def _sleep(seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
     async def _parse_body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
@@ -436,13 +445,13 @@ class Simulator:
         reply: Reply,
         model: str,
         request_id: str,
-        ttft: float,
-        decode: float,
+        request_pace: Pace,
+        pieces: list[tuple[str, int]],
         fault: str | None,
         params: dict[str, Any],
         headers: dict[str, str],
     ) -> web.StreamResponse:
-        """Send the reply as SSE chunks: role, content in up to 8 pieces paced over ``decode``, finish, usage."""
+        """Send the reply as SSE chunks: role, content in up to 8 paced pieces, finish, usage."""
         response = web.StreamResponse(
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -460,18 +469,14 @@ class Simulator:
             }
             return b"data: " + orjson.dumps(data) + b"\n\n"
 
-        pieces = _split(reply.text, 8)
-        if ttft > 0:
-            await asyncio.sleep(ttft)
+        await self._sleep(request_pace.ttft_s)
         await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
-        pause = decode / max(1, len(pieces))
-        for i, piece in enumerate(pieces):
+        for i, (piece, tokens) in enumerate(pieces):
             if fault == "truncate" and i >= len(pieces) // 2:
                 raise _DropConnection.now(request)
             if fault == "malformed" and i == len(pieces) // 2:
                 await response.write(b'data: {"id": "' + request_id.encode() + b'", "choices": [{"delta": \n\n')
-            if pause > 0:
-                await asyncio.sleep(pause)
+            await self._sleep(request_pace.decode_s(tokens, self._busy))
             await response.write(chunk({"content": piece}))
         if fault == "truncate":
             raise _DropConnection.now(request)
@@ -510,16 +515,17 @@ def _usage(reply: Reply) -> dict[str, int]:
     }
 
 
-def _split(text: str, parts: int) -> list[str]:
-    """Cut ``text`` at token boundaries into at most ``parts`` pieces that join back to it."""
+def _split(text: str, parts: int) -> list[tuple[str, int]]:
+    """Cut ``text`` at token boundaries into at most ``parts`` pieces that join back to it, each
+    with its token count."""
     ends = [m.end() for m in TOKEN_PATTERN.finditer(text)]
     if not ends:
-        return [text] if text else []
+        return [(text, 0)] if text else []
     step = max(1, math.ceil(len(ends) / parts))
-    cuts = [ends[i] for i in range(step - 1, len(ends), step)]
-    cuts[-1] = len(text)
     pieces, start = [], 0
-    for cut in cuts:
-        pieces.append(text[start:cut])
+    for first in range(0, len(ends), step):
+        last = min(first + step, len(ends))
+        cut = len(text) if last == len(ends) else ends[last - 1]
+        pieces.append((text[start:cut], last - first))
         start = cut
     return pieces

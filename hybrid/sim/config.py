@@ -23,7 +23,7 @@ class ModelProfile:
     A request takes ``ttft_s + prompt_tokens / prompt_tps`` to its first token, then
     ``completion_tokens / completion_tps`` to stream the rest; the whole is multiplied by a seeded
     log-normal jitter of spread ``jitter``.  ``contention`` slows decoding when requests share the
-    server: with ``k`` requests in their slots, each decodes at ``completion_tps / (1 + contention
+    server: while ``k`` requests hold slots, each decodes at ``completion_tps / (1 + contention
     * (k - 1))`` (0 = perfectly parallel server, 1 = one shared decoder).
     """
 

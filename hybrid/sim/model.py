@@ -114,21 +114,31 @@ class ReplyModel:
         return Reply(full, prompt_tokens, n_full, "stop")
 
 
-def durations(
-    profile: ModelProfile, reply: Reply, *, seed: int, key: int, time_scale: float, sharing: int
-) -> tuple[float, float]:
-    """(time to first token, decode time) in real seconds for one request.
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How fast one request goes, in real seconds: time to first token, then seconds per token.
 
-    ``sharing`` is how many requests hold a slot at the start of this one (itself included).
+    Decoding is paced chunk by chunk with the number of requests sharing the server *at that
+    moment* (:meth:`decode_s`), so a burst of requests slows down together, as a batching server
+    does, instead of the first one to arrive running alone.
     """
+
+    ttft_s: float
+    token_s: float
+    contention: float
+
+    def decode_s(self, tokens: int, sharing: int) -> float:
+        return tokens * self.token_s * (1.0 + self.contention * max(0, sharing - 1))
+
+
+def pace(profile: ModelProfile, reply: Reply, *, seed: int, key: int, time_scale: float) -> Pace:
+    """The seeded pace of one request under ``profile``, compressed by ``time_scale``."""
     if time_scale == 0:
-        return 0.0, 0.0
+        return Pace(0.0, 0.0, 0.0)
     rng = random.Random(digest(seed, "latency", key))
-    factor = rng.lognormvariate(0.0, profile.jitter) if profile.jitter else 1.0
+    factor = (rng.lognormvariate(0.0, profile.jitter) if profile.jitter else 1.0) * time_scale
     ttft = profile.ttft_s + reply.prompt_tokens / profile.prompt_tps
-    rate = profile.completion_tps / (1.0 + profile.contention * max(0, sharing - 1))
-    decode = reply.completion_tokens / rate
-    return ttft * factor * time_scale, decode * factor * time_scale
+    return Pace(ttft * factor, factor / profile.completion_tps, profile.contention)
 
 
 class FaultPlan:
