@@ -20,7 +20,7 @@ import pandas as pd
 
 from hybrid.errors import AllQueriesFailed
 from hybrid.orchestrator import Orchestrator
-from hybrid.query import Query
+from hybrid.query import Query, QueryResult
 from hybrid.sim.config import ModelProfile
 
 SHORT_PROMPT = "Once upon a time, in a small village by the sea, there lived"
@@ -52,7 +52,8 @@ class SingleRequest:
 
 async def measure_single(orch: Orchestrator, *, repeats: int = 3, max_tokens: int = 48) -> SingleRequest:
     """Time lone streamed requests: a short prompt (decode rate), a long one (prefill rate)."""
-    short, long = [], []
+    short: list[QueryResult] = []
+    long: list[QueryResult] = []
     for i in range(repeats):
         for bucket, prompt, tokens in ((short, SHORT_PROMPT, max_tokens), (long, LONG_PROMPT, 4)):
             run = await orch.run([Query(f"single{i}", f"{prompt} ({i})", max_tokens=tokens, temperature=0.0,
@@ -94,10 +95,11 @@ def fit_contention(base: ModelProfile, sweep: pd.DataFrame, *, slots: int, promp
         profile = ModelProfile(ttft_s=base.ttft_s, prompt_tps=base.prompt_tps, completion_tps=base.completion_tps,
                                contention=contention)  # fmt: skip
         total = 0.0
-        for row in sweep.itertuples():
-            predicted = predicted_wall(profile, queries=int(row.queries), concurrency=int(row.concurrency), slots=slots,
+        rows = zip(sweep["queries"].tolist(), sweep["concurrency"].tolist(), sweep["wall_s"].tolist(), strict=True)
+        for queries, concurrency, wall in rows:
+            predicted = predicted_wall(profile, queries=int(queries), concurrency=int(concurrency), slots=slots,
                                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)  # fmt: skip
-            total += math.log(predicted / float(row.wall_s)) ** 2
+            total += math.log(predicted / float(wall)) ** 2
         return total
 
     return min((c / 200 for c in range(401)), key=error)

@@ -168,8 +168,8 @@ async def serve(
                 await process.wait()
 
 
-async def _wait_healthy(root: str, process: asyncio.subprocess.Process, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_healthy(root: str, process: asyncio.subprocess.Process, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if process.returncode is not None:
@@ -181,7 +181,7 @@ async def _wait_healthy(root: str, process: asyncio.subprocess.Process, timeout:
             except (aiohttp.ClientError, TimeoutError):
                 pass
             await asyncio.sleep(0.2)
-    raise HybridError(f"llama-server did not become healthy within {timeout:.0f}s.")
+    raise HybridError(f"llama-server did not become healthy within {within_s:.0f}s.")
 
 
 async def serve_until_stopped(*, port: int | None = None, api_key: str | None = None, slots: int = 8) -> None:
