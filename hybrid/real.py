@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from hybrid.errors import ConfigError, HybridError
+from hybrid.process import stop
 
 MODEL_ALIAS = "gemma3-270m"
 CACHE_DIR = Path(os.environ.get("HYBRID_CACHE", ".cache"))
@@ -159,13 +160,7 @@ async def serve(
             url=root + "/v1", root=root, api_key=api_key or "no-key-required", pid=process.pid, slots=slots
         )
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop(process, grace_s=15.0)
 
 
 async def _wait_healthy(root: str, process: asyncio.subprocess.Process, within_s: float) -> None:

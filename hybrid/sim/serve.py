@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from hybrid.errors import HybridError
+from hybrid.process import stop
 from hybrid.sim.app import Simulator
 from hybrid.sim.config import SimConfig
 
@@ -170,13 +171,7 @@ async def serve_process(config: SimConfig | None = None, *, start_timeout: float
         root = text.removesuffix("/v1")
         yield SimServer(url=root + "/v1", root=root, api_key=config.api_key or _PLACEHOLDER_KEY, pid=process.pid)
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop(process, grace_s=10.0)
         os.unlink(path)
 
 
