@@ -373,3 +373,26 @@ async def test_contention_slows_requests_that_share_the_server_together() -> Non
     together = await wall(4)
     assert 0.18 < alone[0] < 0.3
     assert all(0.7 < t < 1.0 for t in together)  # all four slow down, not just the later arrivals
+
+
+def test_curl_gets_json_and_sse() -> None:
+    import json
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    assert curl, "curl is part of the machine image this kit is tested on"
+    body = json.dumps({"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]})
+    with sim.serve_in_thread(SimConfig(seed=1, time_scale=0, api_key="sk-curl")) as server:
+        auth = ["-H", "Authorization: Bearer sk-curl", "-H", "Content-Type: application/json"]
+        plain = subprocess.run([curl, "-sS", *auth, "-d", body, server.url + "/chat/completions"],
+                               capture_output=True, text=True, check=True, timeout=10)  # fmt: skip
+        streamed = subprocess.run(
+            [curl, "-sSN", *auth, "-d", body.replace('"hi"}]', '"hi"}], "stream": true'), server.url + "/chat/completions"],
+            capture_output=True, text=True, check=True, timeout=10,
+        )  # fmt: skip
+        refused = subprocess.run([curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-d", body,
+                                  server.url + "/chat/completions"], capture_output=True, text=True, timeout=10)  # fmt: skip
+    assert json.loads(plain.stdout)["choices"][0]["message"]["content"]
+    assert streamed.stdout.strip().endswith("data: [DONE]") and streamed.stdout.count("data: ") > 3
+    assert refused.stdout == "401"
