@@ -3,8 +3,8 @@
 Three figures define a :class:`~hybrid.sim.ModelProfile`: time to first token, prompt tokens/s
 (prefill) and completion tokens/s (decode) for one request alone; a fourth, ``contention``, says how
 much each request slows down while others share the server.  :func:`measure_single` takes the first
-three from streamed requests (a short and a long prompt, so prefill separates from the fixed
-overhead); :func:`fit_contention` takes the fourth from a concurrency sweep's wall times, using the
+three from lone requests of three shapes (so prefill, decode and the fixed
+overhead separate); :func:`fit_contention` takes the fourth from a concurrency sweep's wall times, using the
 same wave model the simulator runs: ``k = min(concurrency, slots)`` requests decode together, each
 at ``completion_tps / (1 + contention * (k - 1))``.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -32,44 +32,58 @@ LONG_PROMPT = " ".join(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SingleRequest:
-    """Medians of repeated lone requests."""
+    """Lone-request figures, from medians of repeated non-streamed requests.
 
-    ttft_short_s: float
-    ttft_long_s: float
-    prompt_short: int
-    prompt_long: int
-    completion_tps: float
+    Three request shapes separate the costs: short prompt and few tokens (``a``), short prompt and
+    many tokens (``b``: the decode rate from ``b - a``), long prompt and few tokens (``c``: the
+    prefill rate from ``c - a``).  Non-streamed, so the client spends almost no CPU while the server
+    works (on a 2-core machine a streaming client would slow the server it measures), and every
+    prompt is unique so the server's prompt cache cannot skip the prefill.
+    """
+
+    latency_a_s: float
+    latency_b_s: float
+    latency_c_s: float
+    prompt_a: float
+    prompt_c: float
+    completion_a: float
+    completion_b: float
+
+    @property
+    def completion_tps(self) -> float:
+        return (self.completion_b - self.completion_a) / max(1e-6, self.latency_b_s - self.latency_a_s)
 
     @property
     def prompt_tps(self) -> float:
-        extra = self.ttft_long_s - self.ttft_short_s
-        return (self.prompt_long - self.prompt_short) / extra if extra > 0 else 1e6
+        extra = self.latency_c_s - self.latency_a_s
+        return (self.prompt_c - self.prompt_a) / extra if extra > 0 else 1e6
 
     @property
     def ttft_s(self) -> float:
-        return max(0.0, self.ttft_short_s - self.prompt_short / self.prompt_tps)
+        """The fixed cost of a request: its latency less prefill and decode."""
+        fixed = self.latency_a_s - self.prompt_a / self.prompt_tps - self.completion_a / self.completion_tps
+        return max(0.0, fixed)
 
 
-async def measure_single(orch: Orchestrator, *, repeats: int = 3, max_tokens: int = 48) -> SingleRequest:
-    """Time lone streamed requests: a short prompt (decode rate), a long one (prefill rate)."""
-    short: list[QueryResult] = []
-    long: list[QueryResult] = []
+async def measure_single(orch: Orchestrator, *, repeats: int = 3) -> SingleRequest:
+    """Time lone requests of the three shapes (see :class:`SingleRequest`), ``repeats`` times each."""
+    shapes: dict[str, list[QueryResult]] = {"a": [], "b": [], "c": []}
     for i in range(repeats):
-        for bucket, prompt, tokens in ((short, SHORT_PROMPT, max_tokens), (long, LONG_PROMPT, 4)):
-            run = await orch.run([Query(f"single{i}", f"{prompt} ({i})", max_tokens=tokens, temperature=0.0,
-                                        stream=True)], mode="sequential")  # fmt: skip
-            bucket.append(run.results[0])
-    decode = [
-        r.usage.completion_tokens / (r.latency_s - r.ttft_s)
-        for r in short
-        if r.ttft_s is not None and r.latency_s > r.ttft_s and r.usage.completion_tokens > 1
-    ]
+        for shape, prompt, tokens in (("a", SHORT_PROMPT, 4), ("b", SHORT_PROMPT, 64), ("c", LONG_PROMPT, 4)):
+            query = Query(f"{shape}{i}", f"Story {shape}{i}. {prompt}", max_tokens=tokens, temperature=0.0)
+            shapes[shape].append((await orch.run([query], mode="sequential")).results[0])
+
+    def median(shape: str, value: Callable[[QueryResult], float]) -> float:
+        return statistics.median(value(r) for r in shapes[shape])
+
     return SingleRequest(
-        ttft_short_s=statistics.median(r.ttft_s or r.latency_s for r in short),
-        ttft_long_s=statistics.median(r.ttft_s or r.latency_s for r in long),
-        prompt_short=round(statistics.median(r.usage.prompt_tokens for r in short)),
-        prompt_long=round(statistics.median(r.usage.prompt_tokens for r in long)),
-        completion_tps=statistics.median(decode),
+        latency_a_s=median("a", lambda r: r.latency_s),
+        latency_b_s=median("b", lambda r: r.latency_s),
+        latency_c_s=median("c", lambda r: r.latency_s),
+        prompt_a=median("a", lambda r: r.usage.prompt_tokens),
+        prompt_c=median("c", lambda r: r.usage.prompt_tokens),
+        completion_a=median("a", lambda r: r.usage.completion_tokens),
+        completion_b=median("b", lambda r: r.usage.completion_tokens),
     )
 
 
@@ -87,18 +101,26 @@ def predicted_wall(
     return wall
 
 
-def fit_contention(base: ModelProfile, sweep: pd.DataFrame, *, slots: int, prompt_tokens: float,
-                   completion_tokens: float) -> float:  # fmt: skip
+def fit_contention(
+    base: ModelProfile, sweep: pd.DataFrame, *, slots: int, prompt_tokens: float, completion_tokens: float
+) -> float:
     """The contention (0..2, step 0.005) whose predicted sweep walls best match the measured ones."""
 
     def error(contention: float) -> float:
-        profile = ModelProfile(ttft_s=base.ttft_s, prompt_tps=base.prompt_tps, completion_tps=base.completion_tps,
-                               contention=contention)  # fmt: skip
+        profile = ModelProfile(
+            ttft_s=base.ttft_s, prompt_tps=base.prompt_tps, completion_tps=base.completion_tps, contention=contention
+        )
         total = 0.0
         rows = zip(sweep["queries"].tolist(), sweep["concurrency"].tolist(), sweep["wall_s"].tolist(), strict=True)
         for queries, concurrency, wall in rows:
-            predicted = predicted_wall(profile, queries=int(queries), concurrency=int(concurrency), slots=slots,
-                                       prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)  # fmt: skip
+            predicted = predicted_wall(
+                profile,
+                queries=int(queries),
+                concurrency=int(concurrency),
+                slots=slots,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
             total += math.log(predicted / float(wall)) ** 2
         return total
 
@@ -110,18 +132,33 @@ def fit_profile(
 ) -> ModelProfile:
     """A profile from lone-request figures plus the contention that fits the sweep."""
     base = ModelProfile(ttft_s=single.ttft_s, prompt_tps=single.prompt_tps, completion_tps=single.completion_tps)
-    contention = fit_contention(base, sweep, slots=slots, prompt_tokens=prompt_tokens,
-                                completion_tokens=completion_tokens)  # fmt: skip
+    contention = fit_contention(
+        base, sweep, slots=slots, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+    )
     n = max(1, round(completion_tokens))
-    return ModelProfile(ttft_s=round(base.ttft_s, 4), prompt_tps=round(base.prompt_tps, 1),
-                        completion_tps=round(base.completion_tps, 2), jitter=0.03, contention=contention,
-                        min_completion_tokens=n, max_completion_tokens=n)  # fmt: skip
+    return ModelProfile(
+        ttft_s=round(base.ttft_s, 4),
+        prompt_tps=round(base.prompt_tps, 1),
+        completion_tps=round(base.completion_tps, 2),
+        jitter=0.03,
+        contention=contention,
+        min_completion_tokens=n,
+        max_completion_tokens=n,
+    )
 
 
-def sweep_queries(n: int, *, max_tokens: int, prefix: str = "s") -> list[Query]:
+def sweep_queries(n: int, *, max_tokens: int, prefix: str = "s", stream: bool = False) -> list[Query]:
     """Story prompts a base model continues at length, at temperature 0."""
-    return [Query(f"{prefix}{i}", f"{SHORT_PROMPT} a fisherman number {i} who", max_tokens=max_tokens,
-                  temperature=0.0) for i in range(n)]  # fmt: skip
+    return [
+        Query(
+            f"{prefix}{i}",
+            f"Story {prefix}{i}. {SHORT_PROMPT} a fisherman who",
+            max_tokens=max_tokens,
+            temperature=0.0,
+            stream=stream,
+        )
+        for i in range(n)
+    ]
 
 
 def compare_sweeps(real: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:

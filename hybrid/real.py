@@ -143,10 +143,28 @@ async def serve(
     binary, model = binary_path(), model_path()
     port = port or _free_port()
     args = [
-        str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-        "-c", str(context), "-np", str(slots), "-kvu", "-t", str(threads),
-        "--no-jinja", "--chat-template", "gemma", "--no-webui", "--metrics", "--alias", MODEL_ALIAS,
-    ]  # fmt: skip
+        str(binary),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-c",
+        str(context),
+        "-np",
+        str(slots),
+        "-kvu",
+        "-t",
+        str(threads),
+        "--no-jinja",
+        "--chat-template",
+        "gemma",
+        "--no-webui",
+        "--metrics",
+        "--alias",
+        MODEL_ALIAS,
+    ]
     env = dict(os.environ)
     env.pop("LLAMA_ARG_API_KEY", None)
     if api_key:

@@ -24,10 +24,12 @@ async def test_backends_get_usage_streaming_usage_and_ttft(backend_cls: type) ->
     async with real.serve(slots=4) as server:
         backend = backend_cls(base_url=server.url, api_key=server.api_key, model=server.model)
         async with Orchestrator(backend, max_concurrency=4, timeout=120) as orch:
-            run = await orch.run([
-                Query("plain", "The capital of France is", max_tokens=12, temperature=0.0),
-                Query("streamed", "The capital of France is", max_tokens=12, temperature=0.0, stream=True),
-            ])  # fmt: skip
+            run = await orch.run(
+                [
+                    Query("plain", "The capital of France is", max_tokens=12, temperature=0.0),
+                    Query("streamed", "The capital of France is", max_tokens=12, temperature=0.0, stream=True),
+                ]
+            )
     plain, streamed = run.results
     assert run.ok and plain.text and streamed.text
     for result in (plain, streamed):
@@ -63,3 +65,19 @@ async def test_the_server_process_is_never_left_running() -> None:
             raise RuntimeError("a failing block still stops the server")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_the_calibrated_profile_reproduces_the_real_sweep_within_20_percent() -> None:
+    from hybrid import bench, sim
+    from hybrid.calibrate import compare_sweeps
+
+    levels = (1, 4, 8, 16)
+    async with real.serve(slots=8) as server:
+        lean = HTTPBackend(base_url=server.url, api_key=server.api_key, model=server.model)
+        measured = await bench.sweep(lean, sweep_queries(16, max_tokens=32), levels=levels, timeout=300)
+    config = sim.SimConfig(seed=1, time_scale=1.0, slots=8)
+    async with sim.serve_process(config) as simulated:
+        backend = HTTPBackend(base_url=simulated.url, api_key=simulated.api_key, model="gemma3-270m-cpu")
+        modelled = await bench.sweep(backend, sweep_queries(16, max_tokens=32), levels=levels, timeout=300)
+    table = compare_sweeps(measured, modelled)
+    assert ((table["sim_over_real"] - 1).abs() <= 0.2).all(), table.to_string()

@@ -26,5 +26,8 @@ def test_prometheus_metrics_are_parsed() -> None:
         "llamacpp:predicted_tokens_seconds 41.5\n"
         "llamacpp:requests_processing 3\n"
     )
-    assert real.parse_metrics(text) == {"prompt_tokens_total": 1234.0, "predicted_tokens_seconds": 41.5,
-                                        "requests_processing": 3.0}  # fmt: skip
+    assert real.parse_metrics(text) == {
+        "prompt_tokens_total": 1234.0,
+        "predicted_tokens_seconds": 41.5,
+        "requests_processing": 3.0,
+    }

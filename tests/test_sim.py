@@ -60,7 +60,7 @@ def test_sync_sdk_against_a_server_in_a_thread() -> None:
             models = [m.id for m in c.models.list()]
         assert server.stats()["by_status"] == {"200": 2}
     assert reply.choices[0].message.content
-    assert models == ["sim-small", "sim-large"]
+    assert models == ["sim-small", "sim-large", "gemma3-270m-cpu"]
 
 
 async def test_same_seed_same_answer_and_tokens_other_seed_differs() -> None:
@@ -355,8 +355,17 @@ async def test_langchain_openai_works_unchanged() -> None:
 
 async def test_contention_slows_requests_that_share_the_server_together() -> None:
     # 40 tokens at 200 tokens/s = 0.2 s alone; with contention 1.0 four together decode 4x slower.
-    profile = {"sim-small": ModelProfile(ttft_s=0.0, prompt_tps=1e9, completion_tps=200, jitter=0.0, contention=1.0,
-                                         min_completion_tokens=40, max_completion_tokens=40)}  # fmt: skip
+    profile = {
+        "sim-small": ModelProfile(
+            ttft_s=0.0,
+            prompt_tps=1e9,
+            completion_tps=200,
+            jitter=0.0,
+            contention=1.0,
+            min_completion_tokens=40,
+            max_completion_tokens=40,
+        )
+    }
 
     async def wall(n: int) -> list[float]:
         async with sim.serve(SimConfig(time_scale=1.0, profiles=profile, slots=8)) as server:
@@ -385,14 +394,33 @@ def test_curl_gets_json_and_sse() -> None:
     body = json.dumps({"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]})
     with sim.serve_in_thread(SimConfig(seed=1, time_scale=0, api_key="sk-curl")) as server:
         auth = ["-H", "Authorization: Bearer sk-curl", "-H", "Content-Type: application/json"]
-        plain = subprocess.run([curl, "-sS", *auth, "-d", body, server.url + "/chat/completions"],
-                               capture_output=True, text=True, check=True, timeout=10)  # fmt: skip
+        plain = subprocess.run(
+            [curl, "-sS", *auth, "-d", body, server.url + "/chat/completions"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
         streamed = subprocess.run(
-            [curl, "-sSN", *auth, "-d", body.replace('"hi"}]', '"hi"}], "stream": true'), server.url + "/chat/completions"],
-            capture_output=True, text=True, check=True, timeout=10,
-        )  # fmt: skip
-        refused = subprocess.run([curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-d", body,
-                                  server.url + "/chat/completions"], capture_output=True, text=True, timeout=10)  # fmt: skip
+            [
+                curl,
+                "-sSN",
+                *auth,
+                "-d",
+                body.replace('"hi"}]', '"hi"}], "stream": true'),
+                server.url + "/chat/completions",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+        refused = subprocess.run(
+            [curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-d", body, server.url + "/chat/completions"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     assert json.loads(plain.stdout)["choices"][0]["message"]["content"]
     assert streamed.stdout.strip().endswith("data: [DONE]") and streamed.stdout.count("data: ") > 3
     assert refused.stdout == "401"

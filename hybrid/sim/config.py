@@ -45,10 +45,21 @@ class ModelProfile:
 
 
 #: Shipped profiles.  ``sim-small`` is a fast hosted small model; ``sim-large`` a slow large one
-#: (0.4 s to first token, 50 completion tokens/s, as large hosted models measure).
+#: (0.4 s to first token, 50 completion tokens/s, as large hosted models measure);
+#: ``gemma3-270m-cpu`` is fitted to llama.cpp serving Gemma 3 270M on this project's 2-core machine
+#: (``benchmarks/real_server.py``; serve it with ``slots=8`` to match the real server).
 PROFILES: Mapping[str, ModelProfile] = {
     "sim-small": ModelProfile(ttft_s=0.15, prompt_tps=8000.0, completion_tps=150.0, jitter=0.05),
     "sim-large": ModelProfile(ttft_s=0.4, prompt_tps=2500.0, completion_tps=50.0, jitter=0.08),
+    "gemma3-270m-cpu": ModelProfile(
+        ttft_s=0.0,
+        prompt_tps=307.0,
+        completion_tps=55.78,
+        jitter=0.03,
+        contention=0.545,
+        min_completion_tokens=32,
+        max_completion_tokens=32,
+    ),
 }
 
 
