@@ -41,7 +41,7 @@ class HTTPBackend(Backend):
         if self._session is None:
             raise QueryError("The backend is not open: use it inside `async with Orchestrator(...)`.")
         body = self.request_body(query)
-        assembler = StreamAssembler(query, body["model"])
+        assembler = StreamAssembler(query, body["model"]) if query.stream else None
         try:
             async with self._session.post(self._url, data=orjson.dumps(body)) as response:
                 if response.status >= 400:
@@ -53,6 +53,7 @@ class HTTPBackend(Backend):
                     raise error_for_status(response.status, error_message(parsed, response.status), response.headers)
                 if not query.stream:
                     return completion_from_body(query, orjson.loads(await response.read()), body["model"])
+                assert assembler is not None
                 async for line in response.content:
                     if not line.startswith(b"data:"):
                         continue
@@ -74,9 +75,10 @@ class HTTPBackend(Backend):
         except aiohttp.ClientPayloadError as exc:
             raise InvalidResponse(f"The answer was cut off midway: {exc}") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            if assembler.chunks:
+            if assembler is not None and assembler.chunks:
                 raise InvalidResponse(f"The stream was cut off after {assembler.chunks} chunks.") from exc
             raise ConnectionFailed(f"Connection failed: {type(exc).__name__}: {exc}") from exc
+        assert assembler is not None
         return assembler.result()
 
     async def aclose(self) -> None:
