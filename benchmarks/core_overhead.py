@@ -144,9 +144,8 @@ async def percent_of_ideal(n: int, latency_s: float = 0.2, concurrency: int = 25
             )
         for name, (wall, latencies) in (await raw_walls(server.url, server.api_key, queries, concurrency)).items():
             own = ideal_wall(latencies, concurrency) / wall
-            print(
-                f"  {name:<17} wall {wall:.2f}s: {nominal / wall:.0%} of nominal ideal, {own:.0%} of ideal for its own latencies"
-            )
+            verdict = f"{nominal / wall:.0%} of nominal ideal, {own:.0%} of ideal for its own latencies"
+            print(f"  {name:<17} wall {wall:.2f}s: {verdict}")
 
 
 async def ten_thousand(n: int, concurrency: int) -> None:
