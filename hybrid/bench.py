@@ -343,6 +343,7 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         summary = compare_runs(legacy, hybrid, time_scale=scale)
         save("scenario", pd.DataFrame([{k: v for k, v in summary.items() if not isinstance(v, list)}]))
         plots.timeline({"legacy": legacy, "hybrid": hybrid}).savefig(out_dir / "scenario_timeline.png", dpi=60)
+        written.append(out_dir / "scenario_timeline.png")
         print(f"scenario: speedup {summary['speedup']:.2f}x, token reduction {summary['token_reduction']:.1%}")
 
     if "sweep" in names:
@@ -356,6 +357,7 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         plots.efficiency(frame, title="Concurrency sweep: a server with 8 slots").savefig(
             out_dir / "sweep_efficiency.png", dpi=60
         )
+        written.append(out_dir / "sweep_efficiency.png")
         print(summarize(frame, "concurrency")[["wall_s", "throughput_qps", "parallel_efficiency", "percent_of_ideal"]])
 
     if "peers" in names:
