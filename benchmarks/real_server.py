@@ -4,7 +4,7 @@ llama.cpp's ``llama-server`` with Gemma 3 270M (8 slots, 2 threads) on 127.0.0.1
 
 1. Lone-request figures: time to first token, prefill and decode tokens/s.
 2. Sequential vs threads vs gather, 8 queries of 32 tokens (repeats alternate).
-3. A concurrency sweep 1..16 over 16 queries: the knee at the slot count.
+3. A concurrency sweep 1..16 over 16 queries, three times (medians): the knee at the slot count.
 4. Calibration: a simulator profile fitted to 1 and 3, then the same sweep on the simulator with
    that profile; wall per level side by side (goal: within 20%).
 
@@ -29,6 +29,8 @@ OUT = Path("benchmarks/results/real")
 LEVELS = (1, 2, 4, 8, 16)
 SLOTS = 8
 TOKENS = 32
+#: Sweeps are repeated and compared by their median per level: client and server share two cores.
+REPEATS = 3
 
 
 async def main() -> None:
@@ -48,13 +50,12 @@ async def main() -> None:
             )
             compared = await bench.compare(orch, sweep_queries(8, max_tokens=TOKENS, prefix="c"), repeats=2)
         summary = bench.summarize(compared)
-        print(
-            summary[["wall_s", "speedup", "parallel_efficiency", "percent_of_ideal", "completion_tokens_per_s"]].round(
-                3
-            )
-        )
+        columns = ["wall_s", "speedup", "parallel_efficiency", "percent_of_ideal", "completion_tokens_per_s"]
+        print(summary[columns].round(3).to_string())
         lean = HTTPBackend(base_url=server.url, api_key=server.api_key, model=server.model)
-        real_sweep = await bench.sweep(lean, sweep_queries(16, max_tokens=TOKENS), levels=LEVELS, timeout=300)
+        real_sweep = await bench.sweep(
+            lean, sweep_queries(16, max_tokens=TOKENS), levels=LEVELS, repeats=REPEATS, timeout=300
+        )
         stats = await server.fetch_stats()
     per_query_prompt = real_sweep["prompt_tokens"].sum() / real_sweep["queries"].sum()
     per_query_completion = real_sweep["completion_tokens"].sum() / real_sweep["queries"].sum()
@@ -66,7 +67,9 @@ async def main() -> None:
     config = sim.SimConfig(seed=1, time_scale=1.0, slots=SLOTS, profiles={"gemma3-270m": profile})
     async with sim.serve_process(config) as simulated:
         sim_backend = HTTPBackend(base_url=simulated.url, api_key=simulated.api_key, model="gemma3-270m")
-        sim_sweep = await bench.sweep(sim_backend, sweep_queries(16, max_tokens=TOKENS), levels=LEVELS, timeout=300)
+        sim_sweep = await bench.sweep(
+            sim_backend, sweep_queries(16, max_tokens=TOKENS), levels=LEVELS, repeats=REPEATS, timeout=300
+        )
     table = compare_sweeps(real_sweep, sim_sweep)
     print(table.round(3).to_string())
     worst = (table["sim_over_real"] - 1).abs().max()
@@ -93,11 +96,13 @@ async def main() -> None:
             indent=1,
         )
     )
-    plots.efficiency(real_sweep, title="llama-server, Gemma 3 270M, 8 slots: sweep").savefig(OUT / "sweep.png", dpi=70)
+    real_median = bench.summarize(real_sweep, "concurrency").reset_index()
+    sim_median = bench.summarize(sim_sweep, "concurrency").reset_index()
+    plots.efficiency(real_median, title="llama-server, Gemma 3 270M, 8 slots: sweep").savefig(OUT / "sweep.png", dpi=70)
     plots.speedup(compared, title="llama-server: speedup over sequential").savefig(OUT / "speedup.png", dpi=70)
     both = pd.concat([real_sweep.assign(source="real"), sim_sweep.assign(source="simulator")])
-    fig = plots.efficiency(real_sweep, title="Real server vs calibrated simulator: parallel efficiency")
-    fig.axes[0].plot(sim_sweep["concurrency"], sim_sweep["parallel_efficiency"], "x--", label="simulator, calibrated")
+    fig = plots.efficiency(real_median, title="Real server vs calibrated simulator: parallel efficiency")
+    fig.axes[0].plot(sim_median["concurrency"], sim_median["parallel_efficiency"], "x--", label="simulator, calibrated")
     fig.axes[0].legend(loc="upper left")
     fig.savefig(OUT / "calibration.png", dpi=70)
     both.drop(columns=["latencies"]).to_csv(OUT / "sweeps_side_by_side.csv", index=False)

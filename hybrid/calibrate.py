@@ -162,11 +162,11 @@ def sweep_queries(n: int, *, max_tokens: int, prefix: str = "s", stream: bool = 
 
 
 def compare_sweeps(real: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
-    """Wall per concurrency level, real vs simulated, and their ratio."""
+    """Median wall per concurrency level (over repeats), real vs simulated, and their ratio."""
     table = pd.DataFrame(
         {
-            "real_wall_s": real.set_index("concurrency")["wall_s"],
-            "sim_wall_s": simulated.set_index("concurrency")["wall_s"],
+            "real_wall_s": real.groupby("concurrency")["wall_s"].median(),
+            "sim_wall_s": simulated.groupby("concurrency")["wall_s"].median(),
         }
     )
     table["sim_over_real"] = table["sim_wall_s"] / table["real_wall_s"]

@@ -74,7 +74,7 @@ async def test_the_calibrated_profile_reproduces_the_real_sweep_within_20_percen
     levels = (1, 4, 8, 16)
     async with real.serve(slots=8) as server:
         lean = HTTPBackend(base_url=server.url, api_key=server.api_key, model=server.model)
-        measured = await bench.sweep(lean, sweep_queries(16, max_tokens=32), levels=levels, timeout=300)
+        measured = await bench.sweep(lean, sweep_queries(16, max_tokens=32), levels=levels, repeats=3, timeout=300)
     config = sim.SimConfig(seed=1, time_scale=1.0, slots=8)
     async with sim.serve_process(config) as simulated:
         backend = HTTPBackend(base_url=simulated.url, api_key=simulated.api_key, model="gemma3-270m-cpu")
