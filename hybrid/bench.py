@@ -35,7 +35,6 @@ import pandas as pd
 from hybrid import plots
 from hybrid.backends import Backend, HTTPBackend, OpenAIBackend
 from hybrid.errors import AllQueriesFailed
-from hybrid.metrics import percentile
 from hybrid.orchestrator import Orchestrator
 from hybrid.provenance import machine_info
 from hybrid.query import Query
@@ -375,8 +374,3 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         print(table.round(3).to_string())
     print("Wrote:", *(f"  {p}" for p in written), sep="\n")
     return 0
-
-
-def median_latency(frame: pd.DataFrame) -> float:
-    """Median over every per-query latency in every raw sample of ``frame``."""
-    return percentile([x for sample in frame["latencies"] for x in sample], 50)

@@ -68,10 +68,3 @@ def enable_nested() -> None:
 
         raise ConfigError("enable_nested() needs nest-asyncio: pip install 'hybrid[notebook]'.") from exc
     nest_asyncio.apply()
-
-
-def in_ci() -> bool:
-    """True under CI or nbval, where progress bars and other live output are turned off."""
-    import os
-
-    return bool(os.environ.get("CI")) or os.environ.get("HYBRID_PROGRESS") == "0"

@@ -21,18 +21,17 @@ no task is left behind.  The results finished before a cancellation stay on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Literal
 
+from hybrid import progress
 from hybrid.backends.base import Backend
 from hybrid.errors import (
     AllQueriesFailed,
@@ -256,7 +255,7 @@ class Orchestrator:
                     if missing:
                         error = DependencyFailed(f"Not sent: it uses the answer of {missing}, which failed.")
                         state.results[index] = QueryResult(query=query, index=index, stage=s, error=error)
-                        _tick(bar)
+                        progress.tick(bar)
                     else:
                         items.append((index, replace(query, prompt=render(query.prompt, answers))))
                     index += 1
@@ -332,7 +331,7 @@ class Orchestrator:
         concurrency = 1 if mode.endswith("sequential") else self.max_concurrency
         state = _RunState(queries, stage_of, mode, concurrency)
         try:
-            with self._progress_bar(len(queries), mode) as bar:
+            with progress.bar(len(queries), f"hybrid {mode}", requested=self.progress) as bar:
                 if body is not None:
                     await body(state, emit, bar)
                 else:
@@ -426,7 +425,7 @@ class Orchestrator:
             cost_usd=self._cost(completion),
         )
         state.results[index] = result
-        _tick(bar)
+        progress.tick(bar)
         if emit is not None:
             emit(QueryFinished(result))
 
@@ -434,21 +433,6 @@ class Orchestrator:
         if completion is None or completion.model not in self.prices:
             return None
         return self.prices[completion.model].cost(completion.usage)
-
-    @contextlib.contextmanager
-    def _progress_bar(self, total: int, mode: str) -> Iterator[Any]:
-        if not self.progress or os.environ.get("CI") or os.environ.get("HYBRID_PROGRESS") == "0":
-            yield None
-            return
-        from tqdm.auto import tqdm
-
-        with tqdm(total=total, desc=f"hybrid {mode}", unit="query") as bar:
-            yield bar
-
-
-def _tick(bar: Any) -> None:
-    if bar is not None:
-        bar.update(1)
 
 
 def _raise_if_all_failed(run: RunResult) -> RunResult:

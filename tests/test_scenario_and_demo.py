@@ -127,7 +127,9 @@ async def test_every_plot_renders_with_title_and_axis_labels(tmp_path: Path) -> 
 
 
 async def test_compare_and_sweep_keep_raw_samples_and_derive_speedup() -> None:
-    config = sim.SimConfig(seed=2, time_scale=0.02, slots=2)
+    # 0.1 s per answer, no jitter, two slots: long enough that timing noise cannot flip the ratios.
+    steady = {"sim-small": sim.ModelProfile(ttft_s=0.1, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+    config = sim.SimConfig(seed=2, time_scale=1.0, slots=2, profiles=steady)
     async with orchestrated("openai", config=config, max_concurrency=4) as (orch, _):
         queries = bench.make_queries(4)
         frame = await bench.compare(orch, queries, repeats=2)

@@ -381,7 +381,7 @@ async def test_contention_slows_requests_that_share_the_server_together() -> Non
     alone = await wall(1)
     together = await wall(4)
     assert 0.18 < alone[0] < 0.3
-    assert all(0.7 < t < 1.0 for t in together)  # all four slow down, not just the later arrivals
+    assert all(0.6 < t < 1.0 for t in together)  # all four slow down (~0.8 s), not just the later arrivals
 
 
 def test_curl_gets_json_and_sse() -> None:
