@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -148,6 +149,60 @@ async def percent_of_ideal(n: int, latency_s: float = 0.2, concurrency: int = 25
             print(f"  {name:<17} wall {wall:.2f}s: {verdict}")
 
 
+BARE_SERVER = """
+import asyncio, sys
+from aiohttp import web
+BODY = (b'{"id":"x","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,"message":'
+        b'{"role":"assistant","content":"hello there"},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}')
+async def handler(request):
+    await request.read()
+    await asyncio.sleep(0.2)
+    return web.Response(body=BODY, content_type="application/json")
+app = web.Application()
+app.router.add_post("/v1/chat/completions", handler)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+async def bare_server_floor(n: int, concurrency: int = 256, repeats: int = 5) -> None:
+    """The same 0.2 s x 1,000 run against a bare aiohttp server (a constant answer after 0.2 s),
+    to separate the simulator's cost from the client's."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", BARE_SERVER, str(port))
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        nominal = math.ceil(n / concurrency) * 0.2
+        queries = make_queries(n)
+        kit, raw = [], []
+        for _ in range(repeats):  # alternating, so warm-up and drift hit both alike
+            backend = HTTPBackend(base_url=url, api_key="k", model="m")
+            async with Orchestrator(backend, max_concurrency=concurrency) as orch:
+                kit.append((await orch.run(queries)).metrics.wall_s)
+            raw.append((await raw_walls(url, "k", queries, concurrency))["raw aiohttp loop"][0])
+        for name, walls in (("HTTPBackend", kit), ("raw aiohttp loop", raw)):
+            wall = statistics.median(walls)
+            print(
+                f"  bare server: {name:<17} median wall {wall:.2f}s, {nominal / wall:.0%} of nominal ideal "
+                f"(samples {', '.join(f'{w:.2f}' for w in walls)})"
+            )
+    finally:
+        process.terminate()
+        await process.wait()
+
+
 async def ten_thousand(n: int, concurrency: int) -> None:
     profile = {"sim-small": ModelProfile(ttft_s=1.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.05)}
     config = SimConfig(seed=1, time_scale=1.0, slots=concurrency * 2, profiles=profile)
@@ -174,6 +229,7 @@ async def main() -> None:
     await calls_per_second(500 if args.quick else 3000, 1 if args.quick else 3)
     await orchestration_cpu(2000 if args.quick else 20000)
     await percent_of_ideal(1000)
+    await bare_server_floor(1000)
     await ten_thousand(2000 if args.quick else 10000, 1000)
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
+#: Prompt tokens a chat request costs beyond its text: per message, and once per request.
+MESSAGE_OVERHEAD_TOKENS = 4
+REQUEST_OVERHEAD_TOKENS = 2
 
 
 def count_tokens(text: str) -> int:
@@ -39,5 +42,5 @@ def count_message_tokens(messages: list[dict[str, object]]) -> int:
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     total += count_tokens(part["text"])
-        total += 4
-    return total + 2
+        total += MESSAGE_OVERHEAD_TOKENS
+    return total + REQUEST_OVERHEAD_TOKENS

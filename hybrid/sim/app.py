@@ -23,14 +23,12 @@ import orjson
 from aiohttp import web
 
 from hybrid.sim.config import SimConfig
-from hybrid.sim.model import FaultPlan, Pace, Reply, ReplyModel, digest, pace, prompt_text
-from hybrid.tokens import TOKEN_PATTERN, count_message_tokens
+from hybrid.sim.model import FaultPlan, Pace, Reply, ReplyModel, pace, prompt_text
 
 log = logging.getLogger("hybrid.sim")
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
-#: Content chunks per streamed answer; decoding is also paced in this many steps.
-STREAM_PIECES = 8
+
 _JSON = "application/json"
 
 
@@ -216,12 +214,11 @@ class Simulator:
         profile = self.config.profiles[model]
         messages = params["messages"]
         text = prompt_text(messages)
-        prompt_tokens = count_message_tokens(messages)
         reply = self.replies.reply(
-            model, text, prompt_tokens, params["max_tokens"], params["temperature"], params["json_mode"], profile
+            model, text, len(messages), params["max_tokens"], params["temperature"], params["json_mode"], profile
         )
         limit_headers = self._admit(reply, params["max_tokens"])
-        key = digest(model, text, params["temperature"], params["max_tokens"], params["json_mode"])
+        key = reply.key
         fault = self.faults.draw(key, stream=params["stream"])
         await self._pre_answer_fault(fault, request)
 
@@ -240,7 +237,7 @@ class Simulator:
             self.prompt_tokens += reply.prompt_tokens
             self.completion_tokens += reply.completion_tokens
             request_id = f"chatcmpl-sim{key:016x}"
-            pieces = _split(reply.text, STREAM_PIECES)
+            pieces = reply.pieces
             if params["stream"]:
                 return await self._stream(
                     request, reply, model, request_id, request_pace, pieces, fault, params, limit_headers
@@ -443,7 +440,7 @@ class Simulator:
         model: str,
         request_id: str,
         request_pace: Pace,
-        pieces: list[tuple[str, int]],
+        pieces: tuple[tuple[str, int], ...],
         fault: str | None,
         params: dict[str, Any],
         headers: dict[str, str],
@@ -533,19 +530,3 @@ def _usage(reply: Reply) -> dict[str, int]:
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
     }
-
-
-def _split(text: str, parts: int) -> list[tuple[str, int]]:
-    """Cut ``text`` at token boundaries into at most ``parts`` pieces that join back to it, each
-    with its token count."""
-    ends = [m.end() for m in TOKEN_PATTERN.finditer(text)]
-    if not ends:
-        return [(text, 0)] if text else []
-    step = max(1, math.ceil(len(ends) / parts))
-    pieces, start = [], 0
-    for first in range(0, len(ends), step):
-        last = min(first + step, len(ends))
-        cut = len(text) if last == len(ends) else ends[last - 1]
-        pieces.append((text[start:cut], last - first))
-        start = cut
-    return pieces

@@ -9,6 +9,7 @@ concurrency, which is what notebook regression tests and exact retry tests rely 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from collections import Counter
@@ -19,7 +20,16 @@ from typing import Any
 import orjson
 
 from hybrid.sim.config import Faults, ModelProfile, Script
-from hybrid.tokens import count_tokens, truncate_tokens
+from hybrid.tokens import (
+    MESSAGE_OVERHEAD_TOKENS,
+    REQUEST_OVERHEAD_TOKENS,
+    TOKEN_PATTERN,
+    count_tokens,
+    truncate_tokens,
+)
+
+#: Content chunks per streamed answer; decoding is also paced in this many steps.
+STREAM_PIECES = 8
 
 _WORDS = (
     "the model reads each prompt and answers with a short grounded note about the data it was "
@@ -58,12 +68,16 @@ def generated_text(rng: random.Random, n_tokens: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The simulated answer to one request (before timing and faults)."""
+    """The simulated answer to one request (before timing and faults), computed once per distinct
+    request: ``key`` identifies the request (for seeded timing and faults), ``pieces`` are its
+    streamed chunks with their token counts."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    key: int
+    pieces: tuple[tuple[str, int], ...]
 
 
 def prompt_text(messages: list[dict[str, Any]]) -> str:
@@ -93,7 +107,7 @@ class ReplyModel:
         self,
         model: str,
         text: str,
-        prompt_tokens: int,
+        n_messages: int,
         max_tokens: int | None,
         temperature: float,
         json_mode: bool,
@@ -108,10 +122,30 @@ class ReplyModel:
             n = rng.randint(profile.min_completion_tokens, profile.max_completion_tokens)
             body = generated_text(rng, n)
             full = orjson.dumps({"answer": body}).decode() if json_mode else body
+        prompt_tokens = count_tokens(text) + MESSAGE_OVERHEAD_TOKENS * n_messages + REQUEST_OVERHEAD_TOKENS
+        key = digest(model, text, temperature, max_tokens, json_mode)
         n_full = count_tokens(full)
         if max_tokens is not None and n_full > max_tokens:
-            return Reply(truncate_tokens(full, max_tokens), prompt_tokens, max_tokens, "length")
-        return Reply(full, prompt_tokens, n_full, "stop")
+            text_out, n_out, finish = truncate_tokens(full, max_tokens), max_tokens, "length"
+        else:
+            text_out, n_out, finish = full, n_full, "stop"
+        return Reply(text_out, prompt_tokens, n_out, finish, key, split(text_out, STREAM_PIECES))
+
+
+def split(text: str, parts: int) -> tuple[tuple[str, int], ...]:
+    """Cut ``text`` at token boundaries into at most ``parts`` pieces that join back to it, each
+    with its token count."""
+    ends = [m.end() for m in TOKEN_PATTERN.finditer(text)]
+    if not ends:
+        return ((text, 0),) if text else ()
+    step = max(1, math.ceil(len(ends) / parts))
+    pieces, start = [], 0
+    for first in range(0, len(ends), step):
+        last = min(first + step, len(ends))
+        cut = len(text) if last == len(ends) else ends[last - 1]
+        pieces.append((text[start:cut], last - first))
+        start = cut
+    return tuple(pieces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +169,8 @@ def pace(profile: ModelProfile, reply: Reply, *, seed: int, key: int, time_scale
     """The seeded pace of one request under ``profile``, compressed by ``time_scale``."""
     if time_scale == 0:
         return Pace(0.0, 0.0, 0.0)
-    rng = random.Random(digest(seed, "latency", key))
-    factor = (rng.lognormvariate(0.0, profile.jitter) if profile.jitter else 1.0) * time_scale
+    jitter = random.Random(digest(seed, "latency", key)).lognormvariate(0.0, profile.jitter) if profile.jitter else 1.0
+    factor = jitter * time_scale
     ttft = profile.ttft_s + reply.prompt_tokens / profile.prompt_tps
     return Pace(ttft * factor, factor / profile.completion_tps, profile.contention)
 
@@ -149,8 +183,11 @@ class FaultPlan:
         self._seed = seed
         self._attempts: Counter[int] = Counter()
         self.injected: Counter[str] = Counter()
+        self._active = faults.fail_first > 0 or any(getattr(faults, kind) for kind in Faults.KINDS)
 
     def draw(self, request_key: int, *, stream: bool) -> str | None:
+        if not self._active:
+            return None
         attempt = self._attempts[request_key]
         self._attempts[request_key] = attempt + 1
         if attempt < self.faults.fail_first:
