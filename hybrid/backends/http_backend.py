@@ -45,29 +45,11 @@ class HTTPBackend(Backend):
         try:
             async with self._session.post(self._url, data=orjson.dumps(body)) as response:
                 if response.status >= 400:
-                    raw = await response.read()
-                    try:
-                        parsed: object = orjson.loads(raw)
-                    except orjson.JSONDecodeError:
-                        parsed = None
-                    raise error_for_status(response.status, error_message(parsed, response.status), response.headers)
-                if not query.stream:
+                    raise await _status_error(response)
+                if assembler is None:
                     return completion_from_body(query, orjson.loads(await response.read()), body["model"])
-                assert assembler is not None
-                async for line in response.content:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        break
-                    chunk = orjson.loads(data)
-                    choices = chunk.get("choices") or []
-                    usage = chunk.get("usage")
-                    if choices:
-                        delta = choices[0].get("delta") or {}
-                        assembler.feed(delta.get("content"), choices[0].get("finish_reason"), None)
-                    if isinstance(usage, dict):
-                        assembler.feed(None, None, (usage["prompt_tokens"], usage["completion_tokens"]))
+                await _read_events(response, assembler)
+                return assembler.result()
         except QueryError:
             raise
         except orjson.JSONDecodeError as exc:
@@ -78,10 +60,35 @@ class HTTPBackend(Backend):
             if assembler is not None and assembler.chunks:
                 raise InvalidResponse(f"The stream was cut off after {assembler.chunks} chunks.") from exc
             raise ConnectionFailed(f"Connection failed: {type(exc).__name__}: {exc}") from exc
-        assert assembler is not None
-        return assembler.result()
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+async def _status_error(response: aiohttp.ClientResponse) -> QueryError:
+    """The kit's error for an HTTP error answer, with the server's message when it sent one."""
+    try:
+        parsed: object = orjson.loads(await response.read())
+    except orjson.JSONDecodeError:
+        parsed = None
+    return error_for_status(response.status, error_message(parsed, response.status), response.headers)
+
+
+async def _read_events(response: aiohttp.ClientResponse, assembler: StreamAssembler) -> None:
+    """Feed the SSE ``data:`` events of ``response`` to ``assembler`` until ``[DONE]``."""
+    async for line in response.content:
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        chunk = orjson.loads(data)
+        choices = chunk.get("choices") or []
+        usage = chunk.get("usage")
+        if choices:
+            delta = choices[0].get("delta") or {}
+            assembler.feed(delta.get("content"), choices[0].get("finish_reason"), None)
+        if isinstance(usage, dict):
+            assembler.feed(None, None, (usage["prompt_tokens"], usage["completion_tokens"]))
