@@ -84,7 +84,8 @@ def run_row(run: RunResult, **labels: Any) -> dict[str, Any]:
     }
 
 
-async def _run_keeping_failures(orch: Orchestrator, queries: Sequence[Query], mode: str) -> RunResult:
+async def run_keeping_failures(orch: Orchestrator, queries: Sequence[Query], mode: str = "gather") -> RunResult:
+    """``orch.run``, returning the run even when every query failed (a measurement keeps its rows)."""
     try:
         return await orch.run(queries, mode=mode)  # type: ignore[arg-type]
     except AllQueriesFailed as exc:
@@ -103,7 +104,7 @@ async def compare(
     if type(orch.backend).complete_blocking is Backend.complete_blocking:
         modes = [m for m in modes if m != "threads"]
     rows = [
-        run_row(await _run_keeping_failures(orch, queries, mode), mode=mode, repeat=repeat)
+        run_row(await run_keeping_failures(orch, queries, mode), mode=mode, repeat=repeat)
         for repeat in range(repeats)
         for mode in modes
     ]
@@ -132,7 +133,7 @@ async def sweep(
     for repeat in range(repeats):
         for level in levels:
             async with Orchestrator(backend, max_concurrency=level, **orchestrator) as orch:
-                run = await _run_keeping_failures(orch, queries, "gather")
+                run = await run_keeping_failures(orch, queries, "gather")
             rows.append(run_row(run, concurrency=level, repeat=repeat))
     frame = pd.DataFrame(rows)
     frame["speedup"] = frame.loc[frame["concurrency"] == min(levels), "wall_s"].median() / frame["wall_s"]
@@ -150,7 +151,7 @@ async def open_loop(orch: Orchestrator, queries: Sequence[Query], *, rate_qps: f
 
     async def arrive(query: Query, at: float) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, at - (time.perf_counter() - start)))
-        run = await _run_keeping_failures(orch, [query], "gather")
+        run = await run_keeping_failures(orch, [query], "gather")
         r = run.results[0]
         return {
             "name": r.name,
@@ -182,7 +183,7 @@ async def _peer_kit(
     async with Orchestrator(
         backend_cls(base_url=url, api_key=key, model=model), max_concurrency=c, timeout=None
     ) as orch:
-        run = await _run_keeping_failures(orch, queries, "gather")
+        run = await run_keeping_failures(orch, queries, "gather")
     return run.metrics.succeeded
 
 

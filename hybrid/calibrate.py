@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from hybrid.errors import AllQueriesFailed
+from hybrid.bench import run_keeping_failures
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Query, QueryResult
 from hybrid.sim.config import ModelProfile
@@ -175,7 +175,4 @@ def compare_sweeps(real: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
 
 async def warm_up(orch: Orchestrator, queries: Sequence[Query]) -> None:
     """Warm a server up (load weights, fill caches) with a few requests whose results do not count."""
-    try:
-        await orch.run(queries)
-    except AllQueriesFailed:
-        pass
+    await run_keeping_failures(orch, queries)

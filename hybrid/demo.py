@@ -16,7 +16,7 @@ import pandas as pd
 
 from hybrid import plots
 from hybrid.backends import OpenAIBackend
-from hybrid.errors import AllQueriesFailed
+from hybrid.bench import run_keeping_failures
 from hybrid.orchestrator import Orchestrator
 from hybrid.provenance import machine_info
 from hybrid.results import RunResult
@@ -108,10 +108,7 @@ async def measure(*, time_scale: float = 0.1, seed: int = 7) -> tuple[RunResult,
             backend, max_concurrency=8, timeout=600.0, retry=Retry(attempts=3), prices=audit.PRICES, seed=seed
         ) as orch:
             legacy = await orch.pipeline(audit.legacy_stages(), mode="threads")
-            try:
-                hybrid = await orch.run(audit.hybrid_queries())
-            except AllQueriesFailed as exc:
-                hybrid = exc.run
+            hybrid = await run_keeping_failures(orch, audit.hybrid_queries())
     return legacy, hybrid, audit.merge_report(hybrid)
 
 

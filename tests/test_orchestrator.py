@@ -32,6 +32,7 @@ from hybrid import (
     TemplateError,
     sim,
 )
+from hybrid.bench import run_keeping_failures
 from hybrid.sim import Faults, ModelProfile, SimConfig
 
 from .conftest import orchestrated
@@ -101,17 +102,10 @@ async def test_non_retryable_errors_are_not_retried(backend_kind: str) -> None:
         async with Orchestrator(backend, retry=Retry(attempts=5, base=0.001)) as orch:
             with pytest.raises(AllQueriesFailed) as info:
                 await orch.run(QUERIES[:2])
-            bad_model = await _run_allowing_failure(orch, [Query("m", "hi", model="no-such-model")])
+            bad_model = await run_keeping_failures(orch, [Query("m", "hi", model="no-such-model")])
     assert all(isinstance(r.error, AuthenticationFailed) and r.attempts == 1 for r in info.value.run.results)
     assert isinstance(bad_model.results[0].error, AuthenticationFailed)
     assert server.stats()["by_status"] == {"401": 3}
-
-
-async def _run_allowing_failure(orch: Orchestrator, queries: list[Query]) -> Any:
-    try:
-        return await orch.run(queries)
-    except AllQueriesFailed as exc:
-        return exc.run
 
 
 @pytest.mark.parametrize(
@@ -131,7 +125,7 @@ async def test_each_fault_becomes_its_error_kind(
 ) -> None:
     config = SimConfig(time_scale=0, faults=faults)
     async with orchestrated(backend_kind, config=config, retry=Retry(attempts=2, base=0.001)) as (orch, server):
-        run = await _run_allowing_failure(orch, [Query("a", "hello", stream=stream)])
+        run = await run_keeping_failures(orch, [Query("a", "hello", stream=stream)])
         stats = server.stats()
     result = run.results[0]
     assert isinstance(result.error, error), result.error
@@ -141,7 +135,7 @@ async def test_each_fault_becomes_its_error_kind(
 
 async def test_bad_request_is_not_retried(backend_kind: str) -> None:
     async with orchestrated(backend_kind, retry=Retry(attempts=4, base=0.001)) as (orch, server):
-        run = await _run_allowing_failure(orch, [Query("a", "hello", model="gpt-404")])
+        run = await run_keeping_failures(orch, [Query("a", "hello", model="gpt-404")])
     assert isinstance(run.results[0].error, BadRequest) and run.results[0].error.status == 404
     assert run.results[0].attempts == 1 and server.stats()["requests"] == 1
 
@@ -170,7 +164,7 @@ async def test_timeout_is_one_scope_over_all_attempts(backend_kind: str) -> None
     retry = Retry(attempts=5, jitter=0.0)
     async with orchestrated(backend_kind, config=config, retry=retry, timeout=0.5) as (orch, server):
         start = time.perf_counter()
-        run = await _run_allowing_failure(orch, [Query("a", "hello")])
+        run = await run_keeping_failures(orch, [Query("a", "hello")])
         elapsed = time.perf_counter() - start
     result = run.results[0]
     assert isinstance(result.error, QueryTimeout)
@@ -181,7 +175,7 @@ async def test_timeout_is_one_scope_over_all_attempts(backend_kind: str) -> None
 async def test_hung_request_times_out_and_leaves_nothing_in_flight(backend_kind: str) -> None:
     config = SimConfig(time_scale=0, faults=Faults(hang=1.0))
     async with orchestrated(backend_kind, config=config, timeout=0.2) as (orch, server):
-        run = await _run_allowing_failure(orch, QUERIES[:5])
+        run = await run_keeping_failures(orch, QUERIES[:5])
         await _settle(server)
         stats = server.stats()
     assert all(isinstance(r.error, QueryTimeout) for r in run.results)

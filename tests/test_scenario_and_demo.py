@@ -11,7 +11,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from hybrid import AllQueriesFailed, HTTPBackend, OpenAIBackend, Orchestrator, Retry, bench, plots, sim
+from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Retry, bench, plots, sim
 from hybrid.scenarios import construction_audit as audit
 
 from .conftest import orchestrated
@@ -26,10 +26,7 @@ async def _hybrid_run(failing: set[str]) -> object:
     async with sim.serve(audit.sim_config(time_scale=0)) as server:
         backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model=audit.MODEL)
         async with Orchestrator(backend, retry=Retry.never()) as orch:
-            try:
-                return await orch.run(queries)
-            except AllQueriesFailed as exc:
-                return exc.run
+            return await bench.run_keeping_failures(orch, queries)
 
 
 async def test_merge_both_ok_gives_one_combined_report() -> None:
