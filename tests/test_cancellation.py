@@ -33,10 +33,15 @@ async def _start(orch: Any, way: str) -> asyncio.Task[Any]:
 
 
 async def _settled(server: sim.SimServer) -> dict[str, Any]:
+    """Wait until the server has had nothing in flight on two checks 10 ms apart (a request the
+    client sent just before its cancel may not have been counted yet at the first).  The sleeps
+    also let the SDK's abandoned stream iterators close: the loop's async-generator finalizer does
+    that in tasks which end within a turn.  A task still pending after that is left behind."""
+    quiet = 0
     for _ in range(300):
-        stats = server.stats()
-        if stats["in_flight"] == 0:
-            return stats
+        quiet = quiet + 1 if server.stats()["in_flight"] == 0 else 0
+        if quiet == 2:
+            break
         await asyncio.sleep(0.01)
     return server.stats()
 
