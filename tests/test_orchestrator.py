@@ -33,6 +33,7 @@ from hybrid import (
     sim,
 )
 from hybrid.bench import run_keeping_failures
+from hybrid.query import Completion
 from hybrid.sim import Faults, ModelProfile, SimConfig
 
 from .conftest import orchestrated
@@ -182,9 +183,17 @@ async def test_hung_request_times_out_and_leaves_nothing_in_flight(backend_kind:
     assert stats["in_flight"] == 0 and stats["disconnects"] == 5
 
 
+#: Tasks of the simulator sharing this loop: its request handlers and asyncio accepting its connections.
+SERVER_TASKS = ("RequestHandler", "_accept_connection")
+
+
 def client_tasks() -> set[asyncio.Task[Any]]:
-    """Pending tasks, less the simulator's own connection handlers (it shares this loop)."""
-    return {t for t in asyncio.all_tasks() if "RequestHandler" not in t.get_coro().__qualname__}  # type: ignore[union-attr]
+    """Pending tasks, less the simulator's own (a client never accepts connections)."""
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if not any(name in getattr(t.get_coro(), "__qualname__", "") for name in SERVER_TASKS)
+    }
 
 
 async def _settle(server: sim.SimServer) -> None:
@@ -242,6 +251,25 @@ async def test_gather_overlaps_and_metrics_follow_their_definitions() -> None:
     assert m.total_tokens == sum(r.usage.total_tokens for r in run.results)
     assert m.cpu_per_call_ms > 0
     assert seq.metrics.parallel_efficiency == pytest.approx(1.0, abs=0.1) and seq.metrics.ideal_efficiency == 1.0
+
+
+async def test_first_requests_reach_the_server_while_later_workers_start() -> None:
+    """Workers start one loop turn apart: the server is answering the first requests before the
+    last worker has begun (started in one turn, no request would leave before the last was built)."""
+    async with sim.serve(SimConfig(seed=1, time_scale=0.0)) as server:
+        seen_by_server: list[int] = []
+
+        class Watched(HTTPBackend):
+            async def complete(self, query: Query) -> Completion:
+                seen_by_server.append(server.stats()["requests"])
+                return await super().complete(query)
+
+        backend = Watched(base_url=server.url, api_key=server.api_key, model="sim-small")
+        async with Orchestrator(backend, max_concurrency=32) as orch:
+            run = await orch.run(QUERIES * 3)
+    assert run.metrics.succeeded == 36
+    # The 32nd query is sent when the server has already had some of the first 31.
+    assert seen_by_server[31] - seen_by_server[0] > 0
 
 
 async def test_streaming_reports_ttft_and_usage(backend_kind: str) -> None:
