@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import openai
 import pytest
 
 from hybrid import (
@@ -282,12 +283,23 @@ async def test_streaming_reports_ttft_and_usage(backend_kind: str) -> None:
     assert plain.ttft_s is None
 
 
-async def test_threads_mode_uses_the_sync_client_and_matches() -> None:
-    async with orchestrated("openai", config=SimConfig(time_scale=0.05, seed=1)) as (orch, _):
+async def test_threads_mode_uses_the_sync_client_and_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[openai.OpenAI] = []
+
+    class CountedOpenAI(openai.OpenAI):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(openai, "OpenAI", CountedOpenAI)
+    async with orchestrated("openai", config=SimConfig(time_scale=0.05, seed=1)) as (orch, server):
         threaded = await orch.run(QUERIES[:6], mode="threads")
+        again = await orch.run(QUERIES[:6], mode="threads")
         gathered = await orch.run(QUERIES[:6])
-    assert threaded.texts() == gathered.texts()
+    assert threaded.texts() == again.texts() == gathered.texts()
     assert threaded.metrics.parallel_efficiency > 2.0
+    assert len(made) == 1  # six threads starting at once share one sync client
+    assert server.stats()["open_connections"] == 0
 
 
 async def test_threads_mode_needs_a_sync_client() -> None:

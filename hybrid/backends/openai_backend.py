@@ -14,6 +14,7 @@ that mode a timeout or an interrupt abandons the call instead of stopping it.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Literal
 
 import httpx2
@@ -91,6 +92,7 @@ class OpenAIBackend(Backend):
         self.transport = transport
         self._client: openai.AsyncOpenAI | None = None
         self._sync_client: openai.OpenAI | None = None
+        self._sync_client_lock = threading.Lock()
 
     async def _connect(self) -> None:
         if self._client is not None:
@@ -132,23 +134,32 @@ class OpenAIBackend(Backend):
             raise translate(exc, received_chunks=assembler.chunks) from exc
         return assembler.result()
 
+    def _sync(self) -> openai.OpenAI:
+        """The synchronous client, made once by whichever pool thread needs it first (the lock keeps
+        the other threads from each making, and leaking, one of their own)."""
+        with self._sync_client_lock:
+            if self._sync_client is None:
+                limits = httpx2.Limits(
+                    max_connections=self.max_connections, max_keepalive_connections=self.max_connections
+                )
+                self._sync_client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=self._api_key,
+                    max_retries=0,
+                    http_client=openai.DefaultHttpxClient(limits=limits, timeout=_HTTP_TIMEOUT),
+                )
+            return self._sync_client
+
     def complete_blocking(self, query: Query) -> Completion:
         """The same call on the synchronous client, for ``mode="threads"``."""
-        if self._sync_client is None:
-            limits = httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
-            self._sync_client = openai.OpenAI(
-                base_url=self.base_url,
-                api_key=self._api_key,
-                max_retries=0,
-                http_client=openai.DefaultHttpxClient(limits=limits, timeout=_HTTP_TIMEOUT),
-            )
+        client = self._sync()
         body = self.request_body(query)
         assembler = StreamAssembler(query, body["model"])
         try:
             if not query.stream:
-                raw = self._sync_client.chat.completions.with_raw_response.create(**body)
+                raw = client.chat.completions.with_raw_response.create(**body)
                 return completion_from_body(query, orjson.loads(raw.http_response.content), body["model"])
-            with self._sync_client.chat.completions.create(**body) as stream:
+            with client.chat.completions.create(**body) as stream:
                 for chunk in stream:
                     _feed(assembler, chunk)
         except Exception as exc:
