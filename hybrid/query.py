@@ -117,8 +117,10 @@ class QueryResult:
 
     Times are seconds.  ``started_s``/``finished_s`` are offsets from the start of the run;
     ``queue_s`` is the wait for a concurrency slot (and rate limiter) before the first byte was
-    sent; ``latency_s`` runs from the first byte sent to the last byte received, retries and
-    backoff included; ``ttft_s`` is the first token of the successful attempt, when streamed.
+    sent, including the client's own time to start earlier queries (workers start one loop turn
+    apart, so with slots to spare a query still waits for the requests built before it);
+    ``latency_s`` runs from the first byte sent to the last byte received, retries and backoff
+    included; ``ttft_s`` is the first token of the successful attempt, when streamed.
     """
 
     query: Query
