@@ -31,16 +31,23 @@ def truncate_tokens(text: str, limit: int) -> str:
     return text
 
 
-def count_message_tokens(messages: list[dict[str, object]]) -> int:
-    """Prompt tokens of a chat request: the content tokens plus a fixed overhead per message."""
-    total = 0
+def message_text(messages: list[dict[str, object]]) -> str:
+    """All the text of a chat request's messages: string contents and the text parts of arrays."""
+    parts: list[str] = []
     for message in messages:
         content = message.get("content")
         if isinstance(content, str):
-            total += count_tokens(content)
+            parts.append(content)
         elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += count_tokens(part["text"])
-        total += MESSAGE_OVERHEAD_TOKENS
-    return total + REQUEST_OVERHEAD_TOKENS
+            parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return "\n".join(parts)
+
+
+def prompt_tokens(text: str, n_messages: int) -> int:
+    """Prompt tokens of a chat request whose messages hold ``text``: its tokens plus the overheads."""
+    return count_tokens(text) + MESSAGE_OVERHEAD_TOKENS * n_messages + REQUEST_OVERHEAD_TOKENS
+
+
+def count_message_tokens(messages: list[dict[str, object]]) -> int:
+    """Prompt tokens of a chat request (a newline between parts is no token, so joining is exact)."""
+    return prompt_tokens(message_text(messages), len(messages))

@@ -23,7 +23,8 @@ import orjson
 from aiohttp import web
 
 from hybrid.sim.config import SimConfig
-from hybrid.sim.model import FaultPlan, Pace, Reply, ReplyModel, pace, prompt_text
+from hybrid.sim.model import FaultPlan, Pace, Reply, ReplyModel, pace
+from hybrid.tokens import message_text
 
 log = logging.getLogger("hybrid.sim")
 
@@ -213,7 +214,7 @@ class Simulator:
         model = params["model"]
         profile = self.config.profiles[model]
         messages = params["messages"]
-        text = prompt_text(messages)
+        text = message_text(messages)
         reply = self.replies.reply(
             model, text, len(messages), params["max_tokens"], params["temperature"], params["json_mode"], profile
         )

@@ -15,18 +15,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import orjson
 
 from hybrid.sim.config import Faults, ModelProfile, Script
-from hybrid.tokens import (
-    MESSAGE_OVERHEAD_TOKENS,
-    REQUEST_OVERHEAD_TOKENS,
-    TOKEN_PATTERN,
-    count_tokens,
-    truncate_tokens,
-)
+from hybrid.tokens import TOKEN_PATTERN, count_tokens, prompt_tokens, truncate_tokens
 
 #: Content chunks per streamed answer; decoding is also paced in this many steps.
 STREAM_PIECES = 8
@@ -80,18 +73,6 @@ class Reply:
     pieces: tuple[tuple[str, int], ...]
 
 
-def prompt_text(messages: list[dict[str, Any]]) -> str:
-    """All message text of a request, for script matching."""
-    parts: list[str] = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return "\n".join(parts)
-
-
 class ReplyModel:
     """Answers for one simulator: scripted replies first, then seeded filler (JSON in json mode)."""
 
@@ -122,14 +103,14 @@ class ReplyModel:
             n = rng.randint(profile.min_completion_tokens, profile.max_completion_tokens)
             body = generated_text(rng, n)
             full = orjson.dumps({"answer": body}).decode() if json_mode else body
-        prompt_tokens = count_tokens(text) + MESSAGE_OVERHEAD_TOKENS * n_messages + REQUEST_OVERHEAD_TOKENS
+        n_prompt = prompt_tokens(text, n_messages)
         key = digest(model, text, temperature, max_tokens, json_mode)
         n_full = count_tokens(full)
         if max_tokens is not None and n_full > max_tokens:
             text_out, n_out, finish = truncate_tokens(full, max_tokens), max_tokens, "length"
         else:
             text_out, n_out, finish = full, n_full, "stop"
-        return Reply(text_out, prompt_tokens, n_out, finish, key, split(text_out, STREAM_PIECES))
+        return Reply(text_out, n_prompt, n_out, finish, key, split(text_out, STREAM_PIECES))
 
 
 def split(text: str, parts: int) -> tuple[tuple[str, int], ...]:
