@@ -234,18 +234,15 @@ class Simulator:
             self._waiting -= 1
         self._busy += 1
         try:
-            request_pace = pace(profile, reply, seed=self.config.seed, key=key, time_scale=self.config.time_scale)
+            request_pace = pace(profile, reply, seed=self.config.seed, time_scale=self.config.time_scale)
             self.prompt_tokens += reply.prompt_tokens
             self.completion_tokens += reply.completion_tokens
             request_id = f"chatcmpl-sim{key:016x}"
-            pieces = reply.pieces
             if params["stream"]:
-                return await self._stream(
-                    request, reply, model, request_id, request_pace, pieces, fault, params, limit_headers
-                )
+                return await self._stream(request, reply, model, request_id, request_pace, fault, params, limit_headers)
             clock = _Clock()
             await clock.wait(request_pace.ttft_s)
-            for _, tokens in pieces:
+            for _, tokens in reply.pieces:
                 await clock.wait(request_pace.decode_s(tokens, self._busy))
             await clock.settle()
             payload = self._completion(reply, model, request_id, with_usage=fault != "no_usage")
@@ -441,7 +438,6 @@ class Simulator:
         model: str,
         request_id: str,
         request_pace: Pace,
-        pieces: tuple[tuple[str, int], ...],
         fault: str | None,
         params: dict[str, Any],
         headers: dict[str, str],
@@ -464,6 +460,7 @@ class Simulator:
             }
             return b"data: " + orjson.dumps(data) + b"\n\n"
 
+        pieces = reply.pieces
         clock = _Clock()
         await clock.wait(request_pace.ttft_s)
         await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))

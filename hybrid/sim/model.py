@@ -146,11 +146,13 @@ class Pace:
         return tokens * self.token_s * (1.0 + self.contention * max(0, sharing - 1))
 
 
-def pace(profile: ModelProfile, reply: Reply, *, seed: int, key: int, time_scale: float) -> Pace:
+def pace(profile: ModelProfile, reply: Reply, *, seed: int, time_scale: float) -> Pace:
     """The seeded pace of one request under ``profile``, compressed by ``time_scale``."""
     if time_scale == 0:
         return Pace(0.0, 0.0, 0.0)
-    jitter = random.Random(digest(seed, "latency", key)).lognormvariate(0.0, profile.jitter) if profile.jitter else 1.0
+    jitter = 1.0
+    if profile.jitter:
+        jitter = random.Random(digest(seed, "latency", reply.key)).lognormvariate(0.0, profile.jitter)
     factor = jitter * time_scale
     ttft = profile.ttft_s + reply.prompt_tokens / profile.prompt_tps
     return Pace(ttft * factor, factor / profile.completion_tps, profile.contention)
