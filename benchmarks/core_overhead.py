@@ -32,6 +32,7 @@ from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Query, sim
 from hybrid.backends import Backend
 from hybrid.bench import make_queries, peers
 from hybrid.metrics import ideal_wall
+from hybrid.process import free_port, stop
 from hybrid.provenance import machine_info
 from hybrid.query import Completion, Usage
 from hybrid.sim import ModelProfile, SimConfig
@@ -213,12 +214,9 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 async def bare_server_floor(n: int, repeats: int, concurrency: int = 256) -> None:
     """The same 0.2 s x 1,000 run against a bare aiohttp server (a constant answer after 0.2 s),
     to separate the simulator's cost from the client's."""
-    import socket
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", BARE_SERVER, str(port))
     try:
         for _ in range(100):
@@ -231,8 +229,7 @@ async def bare_server_floor(n: int, repeats: int, concurrency: int = 256) -> Non
         peers_ = ideal_peers(f"http://127.0.0.1:{port}/v1", "k", "m", sdk=False)
         await compare_to_ideal(peers_, n, concurrency, repeats, "bare server: ")
     finally:
-        process.terminate()
-        await process.wait()
+        await stop(process)
 
 
 def _verdict(met: bool) -> str:

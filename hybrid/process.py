@@ -1,8 +1,18 @@
-"""Child server processes (the simulator's, llama-server): stopping them for sure."""
+"""Child server processes (the simulator's, llama-server, a benchmark's bare server): a port to
+give them, and stopping them for sure."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a child server that must be told its port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 async def stop(process: asyncio.subprocess.Process, *, grace_s: float = 10.0) -> None:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from hybrid.errors import ConfigError, HybridError
-from hybrid.process import stop
+from hybrid.process import free_port, stop
 
 MODEL_ALIAS = "gemma3-270m"
 CACHE_DIR = Path(os.environ.get("HYBRID_CACHE", ".cache"))
@@ -79,13 +78,6 @@ def available() -> str | None:
     except ConfigError as exc:
         return str(exc)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -146,7 +138,7 @@ async def serve(
     Like the simulator, it requires an API key only when given one (it listens on loopback only).
     """
     binary, model = binary_path(), model_path()
-    port = port or _free_port()
+    port = port or free_port()
     args = [
         str(binary),
         "-m",
