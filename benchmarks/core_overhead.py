@@ -23,14 +23,11 @@ import math
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
-
-import aiohttp
-import openai
-import orjson
+from contextlib import AbstractAsyncContextManager
 
 from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Query, sim
 from hybrid.backends import Backend
-from hybrid.bench import make_queries, peers
+from hybrid.bench import HandCall, by_hand, make_queries, peers, raw_aiohttp, raw_openai
 from hybrid.metrics import ideal_wall
 from hybrid.process import free_port, stop
 from hybrid.provenance import machine_info
@@ -100,52 +97,22 @@ async def kit_runs(backend: Backend, queries: Sequence[Query], c: int) -> ColdWa
     return [(run.metrics.wall_s, [r.latency_s for r in run.results]) for run in runs]
 
 
-async def _timed(one: Callable[[Query], Awaitable[float]], queries: Sequence[Query]) -> tuple[float, list[float]]:
-    start = time.perf_counter()
-    latencies = await asyncio.gather(*(one(q) for q in queries))
-    return time.perf_counter() - start, list(latencies)
-
-
-async def raw_sdk_runs(url: str, key: str, model: str, queries: Sequence[Query], c: int) -> ColdWarm:
-    """What a user writes with the SDK: ``AsyncOpenAI()`` + semaphore + gather, run twice."""
-    async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as client:
-        semaphore = asyncio.Semaphore(c)
-
-        async def one(q: Query) -> float:
-            async with semaphore:
-                t0 = time.perf_counter()
-                await client.chat.completions.create(model=model, messages=q.messages())  # type: ignore[arg-type]
-                return time.perf_counter() - t0
-
-        return [await _timed(one, queries) for _ in range(2)]
-
-
-async def raw_aiohttp_runs(url: str, key: str, model: str, queries: Sequence[Query], c: int) -> ColdWarm:
-    """A raw aiohttp POST loop (one session, semaphore + gather), run twice."""
-    headers = {"Authorization": f"Bearer {key}"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c), headers=headers) as session:
-        semaphore = asyncio.Semaphore(c)
-
-        async def one(q: Query) -> float:
-            async with semaphore:
-                t0 = time.perf_counter()
-                body = orjson.dumps({"model": model, "messages": q.messages()})
-                async with session.post(url + "/chat/completions", data=body) as response:
-                    await response.read()
-                return time.perf_counter() - t0
-
-        return [await _timed(one, queries) for _ in range(2)]
+async def hand_runs(client: AbstractAsyncContextManager[HandCall], queries: Sequence[Query], c: int) -> ColdWarm:
+    """A hand-written semaphore + gather loop, run twice on one client."""
+    async with client as call:
+        runs = [await by_hand(call, queries, c) for _ in range(2)]
+    return [(run.wall_s, run.latencies) for run in runs]
 
 
 def ideal_peers(url: str, key: str, model: str, *, sdk: bool) -> dict[str, Callable[..., Awaitable[ColdWarm]]]:
     """The clients compared at 0.2 s: both backends and the raw loops (the SDK ones when ``sdk``)."""
     peers_: dict[str, Callable[..., Awaitable[ColdWarm]]] = {
         "HTTPBackend": lambda q, c: kit_runs(HTTPBackend(base_url=url, api_key=key, model=model), q, c),
-        "raw aiohttp loop": lambda q, c: raw_aiohttp_runs(url, key, model, q, c),
+        "raw aiohttp loop": lambda q, c: hand_runs(raw_aiohttp(url, key, model, c), q, c),
     }
     if sdk:
         peers_["OpenAIBackend"] = lambda q, c: kit_runs(OpenAIBackend(base_url=url, api_key=key, model=model), q, c)
-        peers_["raw AsyncOpenAI"] = lambda q, c: raw_sdk_runs(url, key, model, q, c)
+        peers_["raw AsyncOpenAI"] = lambda q, c: hand_runs(raw_openai(url, key, model, aio=False), q, c)
     return peers_
 
 

@@ -18,11 +18,13 @@ measured alternately within each repeat, so drift on a shared machine hits them 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,39 +189,73 @@ async def _peer_kit(
     return run.metrics.succeeded
 
 
-async def _peer_raw_openai(url: str, key: str, model: str, queries: Sequence[Query], c: int, *, aio: bool) -> int:
-    """What a user writes: one AsyncOpenAI, a semaphore, gather."""
+#: A hand-written client's call for one query: True when the server answered.
+HandCall = Callable[[Query], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class HandRun:
+    """One batch through a hand-written loop: answers, wall, and each answered query's latency
+    (timed inside the semaphore, so without its wait for a slot, as the kit times ``latency_s``)."""
+
+    succeeded: int
+    wall_s: float
+    latencies: list[float]
+
+
+async def by_hand(call: HandCall, queries: Sequence[Query], c: int) -> HandRun:
+    """What a user writes by hand around a client: a semaphore of ``c`` and ``gather``."""
+    semaphore = asyncio.Semaphore(c)
+
+    async def one(q: Query) -> float | None:
+        async with semaphore:
+            t0 = time.perf_counter()
+            answered = await call(q)
+            return time.perf_counter() - t0 if answered else None
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(q) for q in queries), return_exceptions=True)
+    wall = time.perf_counter() - start
+    latencies = [r for r in results if isinstance(r, float)]
+    return HandRun(succeeded=len(latencies), wall_s=wall, latencies=latencies)
+
+
+@contextlib.asynccontextmanager
+async def raw_openai(url: str, key: str, model: str, *, aio: bool) -> AsyncIterator[HandCall]:
+    """One ``AsyncOpenAI`` as a user makes it (httpx transport, or the SDK's aiohttp one)."""
     http_client = openai.DefaultAioHttpClient() if aio else None
     async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, http_client=http_client) as client:
-        semaphore = asyncio.Semaphore(c)
 
-        async def one(q: Query) -> Any:
-            async with semaphore:
-                return await client.chat.completions.create(model=model, messages=q.messages())  # type: ignore[arg-type]
+        async def call(q: Query) -> bool:
+            await client.chat.completions.create(model=model, messages=q.messages())  # type: ignore[arg-type]
+            return True
 
-        results = await asyncio.gather(*(one(q) for q in queries), return_exceptions=True)
-    return sum(not isinstance(r, BaseException) for r in results)
+        yield call
+
+
+@contextlib.asynccontextmanager
+async def raw_aiohttp(url: str, key: str, model: str, c: int) -> AsyncIterator[HandCall]:
+    """The floor: bare aiohttp POSTs on one session, no parsing beyond reading the body."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c), headers=headers) as session:
+
+        async def call(q: Query) -> bool:
+            body = orjson.dumps({"model": model, "messages": q.messages()})
+            async with session.post(url + "/chat/completions", data=body) as response:
+                await response.read()
+                return response.status == 200
+
+        yield call
+
+
+async def _peer_raw_openai(url: str, key: str, model: str, queries: Sequence[Query], c: int, *, aio: bool) -> int:
+    async with raw_openai(url, key, model, aio=aio) as call:
+        return (await by_hand(call, queries, c)).succeeded
 
 
 async def _peer_raw_aiohttp(url: str, key: str, model: str, queries: Sequence[Query], c: int) -> int:
-    """The floor: bare aiohttp POSTs, no parsing beyond reading the body."""
-    semaphore = asyncio.Semaphore(c)
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=c)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-
-        async def one(q: Query) -> bool:
-            async with (
-                semaphore,
-                session.post(
-                    url + "/chat/completions", data=orjson.dumps({"model": model, "messages": q.messages()})
-                ) as r,
-            ):
-                await r.read()
-                return r.status == 200
-
-        results = await asyncio.gather(*(one(q) for q in queries), return_exceptions=True)
-    return sum(r is True for r in results)
+    async with raw_aiohttp(url, key, model, c) as call:
+        return (await by_hand(call, queries, c)).succeeded
 
 
 def _threads_blocking(url: str, key: str, model: str, queries: Sequence[Query], c: int) -> int:
