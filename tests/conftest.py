@@ -1,7 +1,9 @@
-"""Shared fixtures: a simulator over loopback and backends of both kinds pointed at it."""
+"""Shared fixtures and helpers: a simulator over loopback, backends of both kinds pointed at it, and
+waiting for the server to settle."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -37,3 +39,30 @@ async def orchestrated(
 @pytest.fixture
 def orch_factory() -> Callable[..., Any]:
     return orchestrated
+
+
+async def settled(server: sim.SimServer, *, within_s: float = 3.0) -> dict[str, Any]:
+    """The server's stats once it has had nothing in flight on two checks 10 ms apart, or after
+    ``within_s``.  One check is not enough: a request the client sent just before closing may be
+    counted a turn later.  The sleeps also let the SDK's abandoned stream iterators close (the loop's
+    async-generator finalizer does that in tasks that end within a turn)."""
+    quiet = 0
+    for _ in range(round(within_s / 0.01)):
+        quiet = quiet + 1 if server.stats()["in_flight"] == 0 else 0
+        if quiet == 2:
+            break
+        await asyncio.sleep(0.01)
+    return server.stats()
+
+
+#: Tasks of the simulator sharing this loop: its request handlers and asyncio accepting its connections.
+SERVER_TASKS = ("RequestHandler", "_accept_connection")
+
+
+def client_tasks() -> set[asyncio.Task[Any]]:
+    """Pending tasks, less the simulator's own (a client never accepts connections)."""
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if not any(name in getattr(t.get_coro(), "__qualname__", "") for name in SERVER_TASKS)
+    }

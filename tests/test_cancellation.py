@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from hybrid import Query, sim
+from hybrid import Query
 from hybrid.sim import ModelProfile, SimConfig
 
-from .conftest import orchestrated
-from .test_orchestrator import client_tasks
+from .conftest import client_tasks, orchestrated, settled
 
 # Answers take 20-200 ms (seeded jitter), so a cancel lands before, during or after them.
 PROFILES = {"sim-small": ModelProfile(ttft_s=0.02, prompt_tps=1e9, completion_tps=400, jitter=0.6)}
@@ -32,20 +31,6 @@ async def _start(orch: Any, way: str) -> asyncio.Task[Any]:
     return asyncio.create_task(orch.run(QUERIES, mode=way))
 
 
-async def _settled(server: sim.SimServer) -> dict[str, Any]:
-    """Wait until the server has had nothing in flight on two checks 10 ms apart (a request the
-    client sent just before its cancel may not have been counted yet at the first).  The sleeps
-    also let the SDK's abandoned stream iterators close: the loop's async-generator finalizer does
-    that in tasks which end within a turn.  A task still pending after that is left behind."""
-    quiet = 0
-    for _ in range(300):
-        quiet = quiet + 1 if server.stats()["in_flight"] == 0 else 0
-        if quiet == 2:
-            break
-        await asyncio.sleep(0.01)
-    return server.stats()
-
-
 async def storm(way: str, trials: int, backend_kind: str) -> None:
     rng = random.Random(f"storm-{way}")
     config = SimConfig(seed=9, time_scale=1.0, profiles=PROFILES)
@@ -60,7 +45,7 @@ async def storm(way: str, trials: int, backend_kind: str) -> None:
                 cancelled = False
             except asyncio.CancelledError:
                 cancelled = True
-            stats = await _settled(server)
+            stats = await settled(server)
             assert stats["in_flight"] == 0, (way, trial, stats)
             assert client_tasks() <= before | {asyncio.current_task()}, (way, trial)
             if cancelled:
@@ -104,7 +89,7 @@ async def test_threads_mode_cannot_stop_its_in_flight_calls() -> None:
         gathered.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gathered
-        gather_left = (await _settled(server))["in_flight"]
+        gather_left = (await settled(server))["in_flight"]
     assert still_running == 4  # cancelled, yet all four calls are still at the server
     assert stats["by_status"] == {"200": 4} and stats["disconnects"] == 0  # ...and ran to completion
     assert gather_left == 0  # the async modes close theirs at once

@@ -37,7 +37,7 @@ from hybrid.bench import run_keeping_failures
 from hybrid.query import Completion
 from hybrid.sim import Faults, ModelProfile, SimConfig
 
-from .conftest import orchestrated
+from .conftest import client_tasks, orchestrated, settled
 
 QUERIES = [Query(f"q{i}", f"Question number {i}: what is {i} squared?") for i in range(12)]
 
@@ -178,31 +178,9 @@ async def test_hung_request_times_out_and_leaves_nothing_in_flight(backend_kind:
     config = SimConfig(time_scale=0, faults=Faults(hang=1.0))
     async with orchestrated(backend_kind, config=config, timeout=0.2) as (orch, server):
         run = await run_keeping_failures(orch, QUERIES[:5])
-        await _settle(server)
-        stats = server.stats()
+        stats = await settled(server, within_s=2.0)
     assert all(isinstance(r.error, QueryTimeout) for r in run.results)
     assert stats["in_flight"] == 0 and stats["disconnects"] == 5
-
-
-#: Tasks of the simulator sharing this loop: its request handlers and asyncio accepting its connections.
-SERVER_TASKS = ("RequestHandler", "_accept_connection")
-
-
-def client_tasks() -> set[asyncio.Task[Any]]:
-    """Pending tasks, less the simulator's own (a client never accepts connections)."""
-    return {
-        t
-        for t in asyncio.all_tasks()
-        if not any(name in getattr(t.get_coro(), "__qualname__", "") for name in SERVER_TASKS)
-    }
-
-
-async def _settle(server: sim.SimServer) -> None:
-    """Give the server's event loop a moment to see the client's closed connections."""
-    for _ in range(200):
-        if server.stats()["in_flight"] == 0:
-            return
-        await asyncio.sleep(0.01)
 
 
 async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results(backend_kind: str) -> None:
@@ -221,8 +199,7 @@ async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await _settle(server)
-        stats = server.stats()
+        stats = await settled(server, within_s=2.0)
         assert client_tasks() <= before | {asyncio.current_task()}
         partial = orch.last_run
         assert partial is not None and partial.cancelled

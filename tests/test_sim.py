@@ -13,6 +13,8 @@ import pytest
 from hybrid import sim
 from hybrid.sim import Faults, ModelProfile, Script, SimConfig
 
+from .conftest import settled
+
 MESSAGES = [{"role": "user", "content": "Name three risks of a foundation pour."}]
 
 
@@ -234,11 +236,7 @@ async def test_hang_until_client_gives_up_counts_a_disconnect_and_leaves_nothing
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
                     await c.chat.completions.create(model="sim-small", messages=MESSAGES)
-        for _ in range(100):
-            if server.stats()["in_flight"] == 0:
-                break
-            await asyncio.sleep(0.01)
-        stats = server.stats()
+        stats = await settled(server, within_s=1.0)
     assert stats["in_flight"] == 0 and stats["disconnects"] == 1 and stats["peak_in_flight"] == 1
 
 
@@ -252,11 +250,8 @@ async def test_cancelled_slow_request_is_a_disconnect() -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        for _ in range(100):
-            if server.stats()["in_flight"] == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert server.stats()["disconnects"] == 1 and server.stats()["in_flight"] == 0
+        stats = await settled(server, within_s=1.0)
+        assert stats["disconnects"] == 1 and stats["in_flight"] == 0
 
 
 async def test_fail_first_n_attempts_of_each_request() -> None:
