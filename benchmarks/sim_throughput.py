@@ -11,35 +11,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
 import aiohttp
 import orjson
 import psutil
 
-from hybrid import sim
+from hybrid import Query, sim
+from hybrid.bench import by_hand, raw_aiohttp
 from hybrid.provenance import machine_info
 
 
 async def throughput(requests: int, concurrency: int) -> tuple[float, float]:
     """Requests/s of a raw aiohttp loop against a simulator process at time scale 0; and its RSS."""
-    async with sim.serve_process(sim.SimConfig(seed=1, time_scale=0.0)) as server:
-        body = orjson.dumps({"model": "sim-small", "messages": [{"role": "user", "content": "hello"}]})
-        semaphore = asyncio.Semaphore(concurrency)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-            async def one() -> int:
-                async with semaphore, session.post(server.url + "/chat/completions", data=body) as response:
-                    await response.read()
-                    return response.status
-
-            await asyncio.gather(*(one() for _ in range(500)))  # warm up connections and caches
-            start = time.perf_counter()
-            statuses = await asyncio.gather(*(one() for _ in range(requests)))
-            elapsed = time.perf_counter() - start
-        assert all(s == 200 for s in statuses), "the simulator answered an error"
+    query = Query("hello", "hello")
+    async with (
+        sim.serve_process(sim.SimConfig(seed=1, time_scale=0.0)) as server,
+        raw_aiohttp(server.url, server.api_key, "sim-small", concurrency) as call,
+    ):
+        await by_hand(call, [query] * 500, concurrency)  # warm up connections and caches
+        run = await by_hand(call, [query] * requests, concurrency)
+        assert run.succeeded == requests, "the simulator answered an error"
         rss = psutil.Process(server.pid).memory_info().rss / 2**20
-    return requests / elapsed, rss
+    return requests / run.wall_s, rss
 
 
 async def hung(count: int) -> tuple[int, float, dict[str, object]]:
