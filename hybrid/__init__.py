@@ -1,9 +1,17 @@
 """hybrid: fan LLM queries out with asyncio, measure the speedup honestly, and plot it.
 
-The public API is exactly what this module re-exports (``__all__``).
+The public API is exactly what this module re-exports (``__all__``): the core, eagerly.  The
+tool submodules (``sim``, ``plots``, ``bench``, ``real``, ``testing``) load on first attribute access
+(PEP 562), so ``import hybrid; hybrid.plots.timeline(run)`` works while ``import hybrid`` stays
+cheap and users of real endpoints never load the simulator.
 """
 
-from hybrid import sim
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
 from hybrid.backends import Backend, HTTPBackend, OpenAIBackend
 from hybrid.errors import (
     AllQueriesFailed,
@@ -21,14 +29,24 @@ from hybrid.errors import (
     ServerError,
     TemplateError,
 )
+from hybrid.events import QueryFinished, QueryStarted, RunFinished
 from hybrid.metrics import RunMetrics
 from hybrid.notebook import run_sync
-from hybrid.orchestrator import Orchestrator, QueryFinished, QueryStarted, RunFinished
+from hybrid.orchestrator import Orchestrator
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
 from hybrid.retry import Retry
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from hybrid import bench, plots, real, sim, testing
+
+try:
+    __version__ = version("hybrid-llm-kit")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+#: Submodules loaded on first access.
+LAZY_SUBMODULES = ("bench", "plots", "real", "sim", "testing")
 
 __all__ = [
     "AllQueriesFailed",
@@ -61,6 +79,20 @@ __all__ = [
     "TemplateError",
     "Usage",
     "__version__",
+    "bench",
+    "plots",
+    "real",
     "run_sync",
     "sim",
+    "testing",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in LAZY_SUBMODULES:
+        return importlib.import_module(f"hybrid.{name}")
+    raise AttributeError(f"module 'hybrid' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

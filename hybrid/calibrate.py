@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from hybrid.bench import run_keeping_failures
+from hybrid.metrics import ratio
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Query, QueryResult
 from hybrid.sim.config import ModelProfile
@@ -113,6 +113,8 @@ def fit_contention(
         total = 0.0
         rows = zip(sweep["queries"].tolist(), sweep["concurrency"].tolist(), sweep["wall_s"].tolist(), strict=True)
         for queries, concurrency, wall in rows:
+            if not wall > 0:
+                continue  # a level that measured no time says nothing about contention
             predicted = predicted_wall(
                 profile,
                 queries=int(queries),
@@ -169,10 +171,10 @@ def compare_sweeps(real: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
             "sim_wall_s": simulated.groupby("concurrency")["wall_s"].median(),
         }
     )
-    table["sim_over_real"] = table["sim_wall_s"] / table["real_wall_s"]
+    table["sim_over_real"] = [ratio(s, r) for s, r in zip(table["sim_wall_s"], table["real_wall_s"], strict=True)]
     return table
 
 
 async def warm_up(orch: Orchestrator, queries: Sequence[Query]) -> None:
     """Warm a server up (load weights, fill caches) with a few requests whose results do not count."""
-    await run_keeping_failures(orch, queries)
+    await orch.run(queries, raise_if_all_failed=False)

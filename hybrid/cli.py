@@ -76,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from hybrid.bench import run_suites
+    from hybrid.bench.suites import run_suites
 
     return asyncio.run(run_suites(args.suite, out_dir=Path(args.out), quick=args.quick))
 

@@ -22,12 +22,24 @@ exception type.  Two families hang from the root:
     └── AllQueriesFailed       every query of a run failed; carries the RunResult
 
 ``QueryError.retryable`` is what the retry loop reads; it is a class attribute so the decision
-lives with the error kind, not in the retry code.
+lives with the error kind, not in the retry code.  A plain ``QueryError`` (kind ``error``) is what
+a backend bug becomes: something a backend raised without translating it.  The orchestrator logs
+it with its traceback and keeps the original as ``__cause__``.
+
+A failed row keeps its error for as long as the run lives, so errors hold only what a user reads
+(kind, message, status, Retry-After): :meth:`QueryError.detached` drops the transport exception
+chain and its traceback frames, which would otherwise pin kilobytes per row (and, in aiohttp's
+``request_info``, the request headers with the API key).
+
+The ``check_*`` helpers at the end are the one way the kit rejects a bad setting: each raises a
+:class:`ConfigError` naming the setting, the value it got and what it wants.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import math
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from hybrid.results import RunResult
@@ -55,6 +67,17 @@ class QueryError(HybridError):
         super().__init__(message)
         self.message = message
         self.status = status
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def detached(self) -> QueryError:
+        """This error without its exception chain and traceback: what a result row should keep."""
+        self.__cause__ = None
+        self.__context__ = None
+        self.__suppress_context__ = True
+        self.__traceback__ = None
+        return self
 
 
 class RateLimited(QueryError):
@@ -131,3 +154,63 @@ class AllQueriesFailed(HybridError):
             "Inspect `exc.run.to_frame()` for every error."
         )
         self.run = run
+
+
+# -- validating settings ---------------------------------------------------------------------------
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool) within bounds, else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value!r}.")
+    return value
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+    unit: str = "",
+) -> float:
+    """``value`` as a float if it is a finite real number (not a bool, not a string) within
+    bounds; ``positive`` excludes zero."""
+    what = f"a finite number{f' of {unit}' if unit else ''}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__}).")
+    if positive and value <= 0:
+        raise ConfigError(f"{name} must be {what} > 0, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be {what} >= {minimum}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be {what} <= {maximum}, got {value!r}.")
+    return float(value)
+
+
+def check_text(name: str, value: Any, *, optional: bool = False) -> str | None:
+    """``value`` if it is a non-blank string that can be encoded as UTF-8 (no lone surrogates)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r} ({type(value).__name__}).")
+    if not value.strip():
+        raise ConfigError(f"{name} must not be empty or blank.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"{name} holds a character that is not valid Unicode text (a lone surrogate at position {exc.start}); "
+            "decode your input with errors='replace' first."
+        ) from None
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+    return value

@@ -1,4 +1,4 @@
-"""Run metrics, defined once (see DESIGN.md, "Metrics, defined once").
+"""Run metrics, defined once (ARCHITECTURE.md, "Metrics").
 
 * ``wall_s``: first query submitted to last result.
 * ``parallel_efficiency = sum(latency_s) / wall_s`` — the seeds' figure; 1.0 means no overlap,
@@ -29,6 +29,14 @@ def percentile(values: Sequence[float], q: float, *, is_sorted: bool = False) ->
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, NaN when the denominator is 0 or not finite (a run that took no
+    time, or no tokens): a comparison of such runs has no meaningful ratio, and must not crash."""
+    if not denominator or not math.isfinite(denominator):
+        return math.nan
+    return numerator / denominator
 
 
 def ideal_wall(latencies: Sequence[float], concurrency: int) -> float:
@@ -119,4 +127,37 @@ class RunMetrics:
             cpu_per_call_ms=cpu_s / attempts * 1000.0 if attempts else math.nan,
             throughput_qps=succeeded / wall_s if wall_s > 0 else 0.0,
             cost_usd=sum(costs) if costs else None,
+        )
+
+    @classmethod
+    def unavailable(cls, results: Sequence[QueryResult], *, wall_s: float) -> RunMetrics:
+        """Counts only (timings NaN): what a run reports if :meth:`compute` failed on bad data."""
+        succeeded = sum(r.ok for r in results)
+        nan = math.nan
+        return cls(
+            queries=len(results),
+            succeeded=succeeded,
+            failed=len(results) - succeeded,
+            wall_s=wall_s,
+            sum_latency_s=nan,
+            parallel_efficiency=nan,
+            ideal_efficiency=nan,
+            percent_of_ideal=nan,
+            concurrency=0,
+            p50_latency_s=nan,
+            p95_latency_s=nan,
+            p99_latency_s=nan,
+            max_latency_s=nan,
+            mean_queue_s=nan,
+            mean_ttft_s=None,
+            prompt_tokens=0,
+            completion_tokens=0,
+            total_tokens=0,
+            tokens_estimated=True,
+            attempts=sum(r.attempts for r in results),
+            retries=sum(r.retries for r in results),
+            cpu_s=nan,
+            cpu_per_call_ms=nan,
+            throughput_qps=nan,
+            cost_usd=None,
         )

@@ -3,144 +3,75 @@
 Three ways to drive it, for three needs:
 
 * :meth:`Orchestrator.run` — send a batch, get a :class:`RunResult` back: the notebook default.
-* :meth:`Orchestrator.stream` — the same batch as an async iterator of events (a query started, a
-  query finished, the run finished), for live displays and for consuming answers as they land.
+* :meth:`Orchestrator.stream` — the same batch as events (a query started, a query finished, the
+  run finished), for live displays and for consuming answers as they land.
 * :meth:`Orchestrator.pipeline` — stages in order, each stage concurrent; a later prompt may use an
   earlier answer by name (``{{summary}}``).  The legacy 1 → 4 → 1 pattern is one pipeline.
 
+Each of them runs the same per-query logic (:meth:`Orchestrator._settle`): wait for a concurrency
+slot, then attempts and backoffs in one timeout scope, each attempt through the call chain
+(:mod:`hybrid.chain`: rate limits, then the backend).  A :mod:`strategy <hybrid.strategies>`
+decides how the queries are spread over time (gather, sequential, threads).
+
 Guarantees, whatever fails: exactly one result per query, in input order; a failed query is a
 result with an error; partial failure adds warnings to the run; only when every query failed does
-``run`` raise :class:`~hybrid.errors.AllQueriesFailed` (carrying the run).  Each query has one
-timeout scope over all its attempts and backoffs.  Queries fan out in an ``asyncio.TaskGroup`` —
-the structured form of ``asyncio.gather(..., return_exceptions=True)``: on cancellation every
-in-flight request is cancelled (its connection closed) and awaited before the cancel propagates, so
-no task is left behind.  The results finished before a cancellation stay on
-:attr:`Orchestrator.last_run` (a :class:`RunResult` with ``cancelled=True``).
+``run`` raise :class:`~hybrid.errors.AllQueriesFailed` (carrying the run) unless told not to.  On
+cancellation every in-flight request is cancelled (its connection closed) and awaited before the
+cancel propagates; the results finished before it stay on :attr:`Orchestrator.last_run` (a
+:class:`RunResult` with ``cancelled=True``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import TracebackType
-from typing import Any, Literal
 
 from hybrid import progress
-from hybrid.backends.base import Backend
+from hybrid.backends.protocol import Backend
+from hybrid.chain import Attempt, Link, compose
+from hybrid.chain.rate_limits import RateLimits
 from hybrid.errors import (
     AllQueriesFailed,
-    Cancelled,
     ConfigError,
     DependencyFailed,
     QueryError,
     QueryTimeout,
+    RateLimited,
+    check_int,
+    check_number,
 )
-from hybrid.limits import RateLimits
-from hybrid.metrics import RunMetrics
+from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
 from hybrid.retry import Retry
+from hybrid.run_state import RunState
+from hybrid.strategies import Strategy, strategy_for
 from hybrid.templating import check_references, placeholders, render
 
 log = logging.getLogger("hybrid")
 
-Mode = Literal["gather", "sequential", "threads"]
-#: Failed queries named one by one in ``RunResult.warnings``; the rest are summed up in one line.
-MAX_DETAILED_WARNINGS = 20
-MODES: tuple[str, ...] = ("gather", "sequential", "threads")
-
-
-@dataclass(frozen=True, slots=True)
-class QueryStarted:
-    """A query got its concurrency slot and its first byte is being sent."""
-
-    index: int
-    name: str
-    at_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class QueryFinished:
-    """A query finished, with an answer or an error."""
-
-    result: QueryResult
-
-
-@dataclass(frozen=True, slots=True)
-class RunFinished:
-    """The last event of a stream: the whole run."""
-
-    run: RunResult
-
-
-Event = QueryStarted | QueryFinished | RunFinished
-Emit = Callable[[Event], None]
-Call = Callable[[Query], Awaitable[Completion]]
-
-
-class _RunState:
-    """The results of a run in progress, so a cancelled run can still report what finished."""
-
-    def __init__(self, queries: Sequence[Query], stages: Sequence[int | None], mode: str, concurrency: int) -> None:
-        self.queries = list(queries)
-        self.stages = list(stages)
-        self.mode = mode
-        self.concurrency = concurrency
-        self.results: list[QueryResult | None] = [None] * len(self.queries)
-        self.t0 = self.stage_started = time.perf_counter()
-        self.cpu0 = time.process_time()
-
-    def now(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def build(self, *, cancelled: bool = False) -> RunResult:
-        wall = self.now()
-        cpu = time.process_time() - self.cpu0
-        results = tuple(
-            r
-            if r is not None
-            else QueryResult(
-                query=q,
-                index=i,
-                stage=self.stages[i],
-                error=Cancelled("The run was cancelled before this query finished."),
-            )
-            for i, (q, r) in enumerate(zip(self.queries, self.results, strict=True))
-        )
-        metrics = RunMetrics.compute(results, wall_s=wall, cpu_s=cpu, concurrency=self.concurrency)
-        failed = [r for r in results if r.error is not None and not isinstance(r.error, Cancelled)]
-        warnings: list[str] = []
-        if failed and len(failed) < len(results):
-            warnings.append(f"{len(failed)} of {len(results)} queries failed; the other answers are complete.")
-            log.warning(warnings[0])
-            warnings.extend(f"{r.name}: {r.error.kind}: {r.error}" for r in failed[:MAX_DETAILED_WARNINGS] if r.error)
-            if len(failed) > MAX_DETAILED_WARNINGS:
-                warnings.append(f"... and {len(failed) - MAX_DETAILED_WARNINGS} more: see run.to_frame()['error'].")
-            for warning in warnings[1:]:
-                log.debug(warning)
-        if cancelled:
-            warnings.append(
-                f"The run was cancelled; {sum(r.ok for r in results)} of {len(results)} queries had finished."
-            )
-        return RunResult(
-            results=results, metrics=metrics, mode=self.mode, warnings=tuple(warnings), cancelled=cancelled
-        )
+__all__ = ["Event", "Orchestrator", "QueryFinished", "QueryStarted", "RunFinished"]
 
 
 class Orchestrator:
     """Runs queries through a backend with a concurrency limit, a per-query timeout and retries.
 
+    ``backend`` is any object meeting the :class:`~hybrid.backends.protocol.Backend` protocol.
     ``max_concurrency`` queries are in flight at once (the backend's connection pool is sized to
     match); ``timeout`` (seconds, or None) bounds each query over all its attempts; ``retry`` is the
-    :class:`Retry` policy; ``rpm``/``tpm`` are client-side rate limits; ``progress`` shows a tqdm
-    bar (never under CI or with ``HYBRID_PROGRESS=0``); ``prices`` maps model names to
-    :class:`Price` for a cost column; ``seed`` makes the retry jitter reproducible.
+    :class:`Retry` policy; ``rpm``/``tpm`` are client-side rate limits, taken per attempt;
+    ``progress`` shows a tqdm bar (never under CI or with ``HYBRID_PROGRESS=0``); ``prices`` maps
+    model names to :class:`Price` for a cost column; ``seed`` makes the retry jitter reproducible.
+
+    An orchestrator belongs to the event loop that opened it (its semaphore, its clients): using it
+    from another loop (a second ``asyncio.run``, ``run_sync`` inside the notebook) is refused with a
+    :class:`ConfigError` instead of freezing or failing oddly.  ``async with`` may be nested; the
+    backend is closed when the outermost block exits.
     """
 
     def __init__(
@@ -157,25 +88,38 @@ class Orchestrator:
         seed: int | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
-            raise ConfigError(f"backend must be an OpenAIBackend or HTTPBackend, got {type(backend).__name__}.")
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ConfigError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}.")
-        if timeout is not None and (
-            not isinstance(timeout, int | float) or not timeout > 0 or not math.isfinite(timeout)
-        ):
-            raise ConfigError(f"timeout must be a positive number of seconds (or None for none), got {timeout!r}.")
+            raise ConfigError(
+                f"backend must meet the Backend protocol (open, complete, complete_blocking, aclose, model, "
+                f"supports_threads), e.g. OpenAIBackend or HTTPBackend; got {type(backend).__name__}."
+            )
+        check_int("max_concurrency", max_concurrency, minimum=1)
+        if timeout is not None:
+            check_number("timeout (seconds, or None for none)", timeout, positive=True, unit="seconds")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError(f"retry must be a Retry(...) policy or None, got {retry!r}; e.g. Retry(attempts=3).")
+        if seed is not None:
+            check_int("seed", seed)
+        if not isinstance(progress, bool):
+            raise ConfigError(f"progress must be True or False, got {progress!r}.")
+        for model, price in dict(prices or {}).items():
+            if not isinstance(price, Price):
+                raise ConfigError(
+                    f"prices[{model!r}] must be a Price(prompt_per_mtok=..., completion_per_mtok=...), got {price!r}."
+                )
         self.backend = backend
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.retry = retry if retry is not None else Retry()
         self.limits = RateLimits(rpm=rpm, tpm=tpm)
+        self.links: list[Link] = [self.limits] if self.limits.active else []
         self.progress = progress
         self.prices = dict(prices or {})
         self.last_run: RunResult | None = None
         self._rng = random.Random(seed)
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots: asyncio.Semaphore | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._open = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._depth = 0
 
     def __repr__(self) -> str:
         return (
@@ -184,111 +128,104 @@ class Orchestrator:
         )
 
     async def __aenter__(self) -> Orchestrator:
-        await self.backend.open(max_connections=self.max_concurrency)
-        self._open = True
+        loop = asyncio.get_running_loop()
+        if self._depth:
+            self._check_loop()
+            self._depth += 1
+            return self
+        await self.backend.open(max_connections=self.max_concurrency, query_timeout=self.timeout)
+        self._loop, self._slots, self._depth = loop, asyncio.Semaphore(self.max_concurrency), 1
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._open = False
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        self._loop = self._slots = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         await self.backend.aclose()
 
     # -- public API ---------------------------------------------------------------------------
-    async def run(self, queries: Sequence[Query], *, mode: Mode = "gather") -> RunResult:
-        """Send every query (``gather``: concurrently; ``sequential``: one by one; ``threads``: the
-        synchronous SDK client on a thread pool, the legacy baseline) and return the run.
+    async def run(
+        self, queries: Sequence[Query], *, mode: str | Strategy = "gather", raise_if_all_failed: bool = True
+    ) -> RunResult:
+        """Send every query and return the run.  ``mode`` is the :mod:`strategy <hybrid.strategies>`:
+        ``gather`` (concurrently), ``sequential`` (one by one) or ``threads`` (the synchronous SDK
+        client on a thread pool, the legacy baseline).
 
-        Raises :class:`AllQueriesFailed` only if every query failed; otherwise failures are rows.
+        Raises :class:`AllQueriesFailed` only if every query failed (pass
+        ``raise_if_all_failed=False`` to get that run back instead, as a measurement wants);
+        otherwise failures are rows.
         """
-        call = self._call_for(mode)
-        queries = self._checked(queries)
-        run = await self._execute(queries, [None] * len(queries), mode, call, None)
-        return _raise_if_all_failed(run)
+        strategy = strategy_for(mode)
+        items = self._checked(queries)
+        run = await self._execute(items, [None] * len(items), strategy, strategy.name, None)
+        return _raise_if_all_failed(run) if raise_if_all_failed else run
 
-    async def stream(self, queries: Sequence[Query], *, mode: Mode = "gather") -> AsyncIterator[Event]:
+    def stream(self, queries: Sequence[Query], *, mode: str | Strategy = "gather") -> EventStream:
         """Like :meth:`run`, as events: :class:`QueryStarted`, :class:`QueryFinished` as they happen,
         then :class:`RunFinished`.  If every query failed, :class:`AllQueriesFailed` is raised after
-        ``RunFinished`` was yielded.  Leaving the loop early cancels the queries still in flight.
-        """
-        call = self._call_for(mode)
-        queries = self._checked(queries)
-        events: asyncio.Queue[Event | None] = asyncio.Queue()
-        task = asyncio.ensure_future(self._execute(queries, [None] * len(queries), mode, call, events.put_nowait))
-        task.add_done_callback(lambda _: events.put_nowait(None))
-        try:
-            while (event := await events.get()) is not None:
-                yield event
-            run = task.result()
-            yield RunFinished(run)
-            _raise_if_all_failed(run)
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.wait([task])
+        ``RunFinished`` was delivered.
 
-    async def pipeline(self, stages: Sequence[Sequence[Query]], *, mode: Mode = "gather") -> RunResult:
+        Use it as ``async with orch.stream(queries) as events: async for event in events: ...``:
+        leaving the block, early or on an error, cancels the queries still in flight at once.
+        A bare ``async for event in orch.stream(queries)`` works too when the loop runs to the end.
+        """
+        strategy = strategy_for(mode)
+        items = self._checked(queries)
+        return EventStream(lambda emit: self._execute(items, [None] * len(items), strategy, strategy.name, emit))
+
+    async def pipeline(self, stages: Sequence[Sequence[Query]], *, mode: str | Strategy = "gather") -> RunResult:
         """Run stages in order, each stage's queries concurrently; return one run over all of them.
 
         ``mode`` is how each stage runs its queries (``"threads"`` reproduces the legacy pattern of a
         thread pool per stage).
 
-        A prompt may contain ``{{name}}`` for the answer of a query in an earlier stage.  Names must
-        be unique; every placeholder is checked before anything is sent.  A query whose input failed
-        is not sent: its result carries :class:`~hybrid.errors.DependencyFailed`.
+        A prompt (or system prompt) may contain ``{{name}}`` for the answer of a query in an earlier
+        stage.  Names must be unique; every placeholder is checked before anything is sent.  A query
+        whose input failed, or whose filled-in prompt is blank, is not sent: its result carries
+        :class:`~hybrid.errors.DependencyFailed`.
         """
+        strategy = strategy_for(mode)
         stage_list = self._checked_stages(stages)
         flat = [q for stage in stage_list for q in stage]
         stage_of: list[int | None] = [s for s, stage in enumerate(stage_list) for _ in stage]
-        call = self._call_for(mode)
         answers: dict[str, str] = {}
 
-        async def body(state: _RunState, emit: Emit | None, bar: Any) -> None:
+        async def body(state: RunState, run_one: Callable[[int, Query], Awaitable[None]]) -> None:
             index = 0
             for s, stage in enumerate(stage_list):
                 items: list[tuple[int, Query]] = []
                 for query in stage:
-                    missing = [name for name in placeholders(query.prompt) if name not in answers]
-                    if missing:
-                        error = DependencyFailed(f"Not sent: it uses the answer of {missing}, which failed.")
-                        state.results[index] = QueryResult(query=query, index=index, stage=s, error=error)
-                        progress.tick(bar)
+                    ready = _filled(query, answers)
+                    if isinstance(ready, DependencyFailed):
+                        state.finish(QueryResult(query=query, index=index, stage=s, error=ready))
                     else:
-                        items.append((index, replace(query, prompt=render(query.prompt, answers))))
+                        items.append((index, ready))
                     index += 1
-                state.stage_started = time.perf_counter()
-                await self._fan_out(state, items, mode, call, emit, bar)
+                state.stage_started = state.clock()
+                await strategy.fan_out(items, run_one, self.max_concurrency)
                 for result in state.results:
                     if result is not None and result.ok and result.text is not None:
                         answers[result.name] = result.text
 
-        run = await self._execute(flat, stage_of, f"pipeline/{mode}", call, None, body=body)
+        run = await self._execute(flat, stage_of, strategy, f"pipeline/{strategy.name}", None, body=body)
         return _raise_if_all_failed(run)
 
     # -- validation ---------------------------------------------------------------------------
-    def _require_open(self) -> None:
-        if not self._open:
+    def _check_loop(self) -> None:
+        if self._loop is None:
             raise ConfigError("The orchestrator is not open: use `async with Orchestrator(backend) as orch:`.")
-
-    def _call_for(self, mode: str) -> Call:
-        self._require_open()
-        if mode not in MODES:
-            raise ConfigError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
-        if mode != "threads":
-            return self.backend.complete
-        if type(self.backend).complete_blocking is Backend.complete_blocking:
-            raise ConfigError(f"mode='threads' needs a synchronous client; {type(self.backend).__name__} has none.")
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="hybrid-query")
-        pool, blocking = self._pool, self.backend.complete_blocking
-
-        def call(query: Query) -> Awaitable[Completion]:
-            return asyncio.get_running_loop().run_in_executor(pool, blocking, query)
-
-        return call
+        if asyncio.get_running_loop() is not self._loop:
+            raise ConfigError(
+                "This orchestrator was opened in another event loop (its connections and semaphore belong there). "
+                "In a notebook, `await orch.run(...)` in the cell instead of run_sync(...); from a script, open the "
+                "orchestrator inside the coroutine you pass to asyncio.run / hybrid.run_sync."
+            )
 
     @staticmethod
     def _checked(queries: Sequence[Query]) -> list[Query]:
@@ -314,133 +251,214 @@ class Orchestrator:
                 if query.name in seen:
                     raise ConfigError(f"Query name {query.name!r} appears twice; pipeline names must be unique.")
                 check_references(query.prompt, query.name, seen)
+                check_references(query.system or "", query.name, seen)
             seen.update(q.name for q in stage)
         return stage_list
 
     # -- execution ----------------------------------------------------------------------------
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="hybrid-query")
+        return self._pool
+
     async def _execute(
         self,
         queries: list[Query],
         stage_of: list[int | None],
-        mode: str,
-        call: Call,
-        emit: Emit | None,
+        strategy: Strategy,
+        label: str,
+        emit: Callable[[Event], None] | None,
         *,
-        body: Callable[[_RunState, Emit | None, Any], Awaitable[None]] | None = None,
+        body: Callable[[RunState, Callable[[int, Query], Awaitable[None]]], Awaitable[None]] | None = None,
     ) -> RunResult:
-        concurrency = 1 if mode.endswith("sequential") else self.max_concurrency
-        state = _RunState(queries, stage_of, mode, concurrency)
-        try:
-            with progress.bar(len(queries), f"hybrid {mode}", requested=self.progress) as bar:
+        self._check_loop()
+        send = strategy.sender(self.backend, self._thread_pool)
+        concurrency = strategy.concurrency(self.max_concurrency)
+        with progress.bar(len(queries), f"hybrid {label}", requested=self.progress) as bar:
+            state = RunState(queries, stage_of, mode=label, concurrency=concurrency, emit=emit, bar=bar)
+
+            async def last(query: Query, attempt: Attempt) -> Completion:
+                attempt.mark_sent(state.clock())
+                return await send(query)
+
+            chain = compose(self.links, last)
+
+            async def run_one(index: int, query: Query) -> None:
+                await self._settle(state, index, query, chain)
+
+            try:
                 if body is not None:
-                    await body(state, emit, bar)
+                    await body(state, run_one)
                 else:
-                    await self._fan_out(state, list(enumerate(queries)), mode, call, emit, bar)
-        except BaseException:
-            self.last_run = state.build(cancelled=True)
-            raise
+                    await strategy.fan_out(list(enumerate(queries)), run_one, self.max_concurrency)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                self.last_run = state.build(cancelled=True)
+                raise
+            except BaseException as exc:
+                self.last_run = state.build(stopped_by=exc)
+                raise
         self.last_run = run = state.build()
         return run
 
-    async def _fan_out(
-        self,
-        state: _RunState,
-        items: list[tuple[int, Query]],
-        mode: str,
-        call: Call,
-        emit: Emit | None,
-        bar: Any,
+    async def _settle(
+        self, state: RunState, index: int, query: Query, chain: Callable[[Query, Attempt], Awaitable[Completion]]
     ) -> None:
-        """Run ``items`` one at a time (sequential) or with up to ``max_concurrency`` in flight.
+        """Run one query to its result: wait for a slot, then attempts and backoffs in one timeout scope.
 
-        Concurrent modes start ``min(len(items), max_concurrency)`` workers that take the next query
-        as each one finishes, rather than one task per query all waiting on the semaphore: the same
-        schedule, without tens of thousands of parked tasks (the semaphore still bounds runs that
-        share this orchestrator).
-
-        Workers start one loop turn apart, so each first request is on the wire before the next
-        one is built.  Started in the same turn, no request would leave until all of them were
-        built (aiohttp writes a request in a task of its own on Python < 3.12, a turn later): the
-        server would get one burst and sit idle meanwhile.  Started apart, the server works on the
-        first requests while the client builds the rest, which at 256 workers of 0.2 s saves about
-        0.1 s of wall (``benchmarks/core_overhead.py``).
-        """
-        pending = iter(items)
-
-        async def worker() -> None:
-            for index, query in pending:
-                await self._one(state, index, query, call, emit, bar)
-
-        if mode.endswith("sequential"):
-            await worker()
-            return
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(len(items), self.max_concurrency)):
-                group.create_task(worker())
-                await asyncio.sleep(0)  # one loop turn per worker: see the docstring
-
-    async def _one(self, state: _RunState, index: int, query: Query, call: Call, emit: Emit | None, bar: Any) -> None:
-        """Run one query to a result: wait for a slot, then attempts and backoffs in one timeout scope.
-
+        ``started`` is when the first request left (after the slot and the rate limiter), so
+        ``queue_s`` covers the waits before it and ``latency_s`` everything after, retries included.
+        The timeout runs from that moment too, over every later attempt, backoff and limiter wait;
+        waiting for the first turn (slot, rate limit) is queueing, not yet the query's time.
         Queue time counts from the start of the run (every query of a batch is submitted at once)
         or of its pipeline stage.
         """
         submitted = state.stage_started
+        assert self._slots is not None
         async with self._slots:
-            if self.limits.active:
-                await self.limits.acquire(query)
-            started = time.perf_counter()
-            if emit is not None:
-                emit(QueryStarted(index, query.name, started - state.t0))
             attempts = 0
+            first_sent: float | None = None
             completion: Completion | None = None
             error: QueryError | None = None
+            cost: float | None = None
+            scope = asyncio.timeout(None)
+
+            def sent(at: float) -> None:
+                nonlocal first_sent
+                if first_sent is None:
+                    first_sent = at
+                    if self.timeout is not None:
+                        scope.reschedule(at + self.timeout)
+                    state.started(index, at)
+
             try:
-                async with asyncio.timeout(self.timeout) as scope:
+                async with scope:
                     while True:
                         attempts += 1
                         try:
-                            completion = await call(query)
+                            completion = await chain(query, Attempt(index=index, number=attempts, on_sent=sent))
                             break
                         except QueryError as exc:
                             if not self.retry.should_retry(exc, attempts):
                                 raise
-                            await asyncio.sleep(self.retry.delay(attempts, exc, self._rng))
+                            delay = self.retry.delay(attempts, exc, self._rng)
+                            _give_up_if_told_to_wait_too_long(exc, delay, scope)
+                            await asyncio.sleep(delay)
+                cost = self._cost(completion)
             except TimeoutError:
                 if not scope.expired():
                     raise
                 error = QueryTimeout(f"No answer within the {self.timeout}s timeout ({attempts} attempt(s)).")
             except QueryError as exc:
-                error = exc
+                error = exc.detached()
             except Exception as exc:  # a backend bug must still leave a row, not sink the run
-                error = QueryError(f"Unexpected {type(exc).__name__}: {exc}")
-            finished = time.perf_counter()
-        result = QueryResult(
-            query=query,
-            index=index,
-            stage=state.stages[index],
-            text=completion.text if completion else None,
-            error=error,
-            usage=completion.usage if completion else Usage(),
-            model=completion.model if completion else (query.model or self.backend.model),
-            finish_reason=completion.finish_reason if completion else None,
-            latency_s=finished - started,
-            queue_s=started - submitted,
-            ttft_s=completion.ttft_s if completion else None,
-            attempts=attempts,
-            started_s=started - state.t0,
-            finished_s=finished - state.t0,
-            cost_usd=self._cost(completion),
+                log.error("hybrid: the backend raised %s for query %r", type(exc).__name__, query.name, exc_info=exc)
+                error = QueryError(f"Unexpected {type(exc).__name__} from the backend: {exc}")
+                error.__cause__ = exc
+            finished = state.clock()
+        started = first_sent if first_sent is not None else finished
+        state.finish(
+            QueryResult(
+                query=query,
+                index=index,
+                stage=state.stages[index],
+                text=completion.text if completion else None,
+                error=error,
+                usage=completion.usage if completion else Usage(),
+                model=completion.model if completion else (query.model or self.backend.model),
+                finish_reason=completion.finish_reason if completion else None,
+                latency_s=finished - started,
+                queue_s=started - submitted,
+                ttft_s=completion.ttft_s if completion else None,
+                attempts=attempts,
+                started_s=started - state.t0,
+                finished_s=finished - state.t0,
+                cost_usd=cost,
+            )
         )
-        state.results[index] = result
-        progress.tick(bar)
-        if emit is not None:
-            emit(QueryFinished(result))
 
     def _cost(self, completion: Completion | None) -> float | None:
         if completion is None or completion.model not in self.prices:
             return None
         return self.prices[completion.model].cost(completion.usage)
+
+
+class EventStream:
+    """The events of one run: an async iterator, and an async context manager that cancels the run
+    when its block is left (see :meth:`Orchestrator.stream`)."""
+
+    def __init__(self, start: Callable[[Callable[[Event], None]], Awaitable[RunResult]]) -> None:
+        self._start = start
+        self._task: asyncio.Task[RunResult] | None = None
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._iterator: AsyncIterator[Event] | None = None
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel the run if it is still going, wait until its requests are closed, end the iteration."""
+        await self._cancel()
+        if self._iterator is not None:
+            await self._iterator.aclose()  # type: ignore[attr-defined]
+
+    async def _cancel(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        if self._iterator is None:
+            self._iterator = self._iterate()
+        return self._iterator
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        task = self._task = asyncio.ensure_future(self._start(self._events.put_nowait))
+        task.add_done_callback(lambda _: self._events.put_nowait(None))
+        try:
+            while (event := await self._events.get()) is not None:
+                yield event
+            run = task.result()
+            yield RunFinished(run)
+            _raise_if_all_failed(run)
+        finally:
+            await self._cancel()
+
+
+def _filled(query: Query, answers: Mapping[str, str]) -> Query | DependencyFailed:
+    """``query`` with its ``{{name}}`` placeholders filled, or why it cannot be sent."""
+    names = placeholders(query.prompt) + placeholders(query.system or "")
+    missing = [name for name in names if name not in answers]
+    if missing:
+        return DependencyFailed(f"Not sent: it uses the answer of {missing}, which failed.")
+    if not names:
+        return query
+    prompt = render(query.prompt, answers)
+    if not prompt.strip():
+        empty = [name for name in names if not answers[name].strip()]
+        return DependencyFailed(f"Not sent: its prompt is blank once filled (empty answer from {empty}).")
+    system = None if query.system is None else render(query.system, answers)
+    return replace(query, prompt=prompt, system=system)
+
+
+def _give_up_if_told_to_wait_too_long(error: QueryError, delay: float, scope: asyncio.Timeout) -> None:
+    """A server asking to wait past the query's timeout (``Retry-After: 99999``) fails the query at
+    once, as ``rate_limited`` with the server's value, instead of sleeping out the timeout."""
+    deadline = scope.when()
+    if deadline is None or not isinstance(error, RateLimited) or error.retry_after_s is None:
+        return
+    if asyncio.get_running_loop().time() + max(delay, error.retry_after_s) >= deadline:
+        raise RateLimited(
+            f"{error.message} The server asked to wait {error.retry_after_s:g}s, longer than the time left "
+            "before this query's timeout; not retried.",
+            status=error.status,
+            retry_after_s=error.retry_after_s,
+        )
 
 
 def _raise_if_all_failed(run: RunResult) -> RunResult:

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 from hybrid.results import RunResult
 
-matplotlib.rcParams.setdefault("figure.dpi", 100)
-
 _STAGE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 _RUN_COLOUR = "#8172B3"
 

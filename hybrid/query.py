@@ -7,12 +7,12 @@ whatever happened: ``ok`` tells whether ``text`` or ``error`` is the answer.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-from hybrid.errors import ConfigError, QueryError
+from hybrid.errors import ConfigError, QueryError, check_int, check_number, check_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,34 +28,34 @@ class Query:
     temperature: float | None = None
     stream: bool = False
     json_mode: bool = False
-    metadata: Mapping[str, Any] | None = None
+    #: Free-form labels carried to the result row; not part of the hash (values need not be hashable).
+    metadata: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
+        name = self.name if isinstance(self.name, str) and self.name.strip() else None
+        if name is None:
             raise ConfigError(f"Query name must be a non-empty string, got {self.name!r}: give each query a label.")
         if not isinstance(self.prompt, str):
             raise ConfigError(
-                f"Query {self.name!r}: prompt must be a string, got {type(self.prompt).__name__}; "
-                "format it into text first."
+                f"Query {name!r}: prompt must be a string, got {type(self.prompt).__name__}; format it into text first."
             )
         if not self.prompt.strip():
-            raise ConfigError(f"Query {self.name!r}: prompt is empty; write what the model should answer.")
-        if self.system is not None and not isinstance(self.system, str):
-            raise ConfigError(f"Query {self.name!r}: system must be a string or None.")
-        if self.model is not None and (not isinstance(self.model, str) or not self.model):
-            raise ConfigError(f"Query {self.name!r}: model must be a non-empty string or None (backend default).")
-        if self.max_tokens is not None and (
-            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens <= 0
-        ):
-            raise ConfigError(f"Query {self.name!r}: max_tokens must be a positive integer, got {self.max_tokens!r}.")
-        if self.temperature is not None and (
-            isinstance(self.temperature, bool)
-            or not isinstance(self.temperature, int | float)
-            or not 0.0 <= float(self.temperature) <= 2.0
-        ):
-            raise ConfigError(
-                f"Query {self.name!r}: temperature must be a number from 0 to 2, got {self.temperature!r}."
-            )
+            raise ConfigError(f"Query {name!r}: prompt is empty; write what the model should answer.")
+        check_text(f"Query {name!r}: prompt", self.prompt)
+        check_text(f"Query {name!r}: system", self.system, optional=True)
+        check_text(f"Query {name!r}: model", self.model, optional=True)
+        if self.max_tokens is not None:
+            check_int(f"Query {name!r}: max_tokens", self.max_tokens, minimum=1)
+        if self.temperature is not None:
+            check_number(f"Query {name!r}: temperature", self.temperature, minimum=0.0, maximum=2.0)
+        for flag in ("stream", "json_mode"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"Query {name!r}: {flag} must be True or False, got {getattr(self, flag)!r}.")
+        if self.metadata is not None:
+            if not isinstance(self.metadata, Mapping):
+                raise ConfigError(f"Query {name!r}: metadata must be a mapping (a dict) or None.")
+            # A read-only copy: the query stays frozen even if the caller's dict changes later.
+            object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
     def messages(self) -> list[dict[str, str]]:
         """The chat messages this query sends."""
@@ -71,6 +71,11 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False
+
+    def __post_init__(self) -> None:
+        # Validated here so that one bad count from a server can never break a run's totals later.
+        check_int("Usage.prompt_tokens", self.prompt_tokens, minimum=0)
+        check_int("Usage.completion_tokens", self.completion_tokens, minimum=0)
 
     @property
     def total_tokens(self) -> int:
@@ -103,9 +108,8 @@ class Price:
     completion_per_mtok: float
 
     def __post_init__(self) -> None:
-        for value in (self.prompt_per_mtok, self.completion_per_mtok):
-            if not isinstance(value, int | float) or value < 0 or math.isnan(value):
-                raise ConfigError("Prices must be non-negative numbers of dollars per million tokens.")
+        for name in ("prompt_per_mtok", "completion_per_mtok"):
+            check_number(f"Price({name}=...)", getattr(self, name), minimum=0.0, unit="dollars per million tokens")
 
     def cost(self, usage: Usage) -> float:
         return (usage.prompt_tokens * self.prompt_per_mtok + usage.completion_tokens * self.completion_per_mtok) / 1e6

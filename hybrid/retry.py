@@ -14,11 +14,10 @@ exception, but the per-query attempt count, the one timeout scope around all att
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
-from hybrid.errors import ConfigError, QueryError, RateLimited
+from hybrid.errors import QueryError, RateLimited, check_int, check_number
 
 #: Extra wait on top of a server's Retry-After, as a fraction of it, times ``jitter``.
 RETRY_AFTER_SPREAD = 0.1
@@ -39,14 +38,10 @@ class Retry:
     retry_after_cap: float = 60.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ConfigError(f"Retry(attempts=...) must be an integer >= 1 (1 = no retries), got {self.attempts!r}.")
+        check_int("Retry(attempts=...) (1 = no retries)", self.attempts, minimum=1)
         for name in ("base", "cap", "retry_after_cap"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0 or not math.isfinite(value):
-                raise ConfigError(f"Retry({name}=...) must be a finite number of seconds >= 0, got {value!r}.")
-        if not 0.0 <= self.jitter <= 1.0:
-            raise ConfigError(f"Retry(jitter=...) must be between 0 and 1, got {self.jitter!r}.")
+            check_number(f"Retry({name}=...)", getattr(self, name), minimum=0.0, unit="seconds")
+        check_number("Retry(jitter=...)", self.jitter, minimum=0.0, maximum=1.0)
 
     @classmethod
     def never(cls) -> Retry:

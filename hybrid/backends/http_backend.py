@@ -8,21 +8,37 @@ on a 2-core machine, against 0.12 ms for a raw aiohttp POST) would otherwise be 
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import orjson
 
-from hybrid.backends.base import Backend, StreamAssembler, completion_from_body, error_for_status, error_message
-from hybrid.errors import ConnectionFailed, InvalidResponse, QueryError
+from hybrid.backends.endpoint import Endpoint
+from hybrid.backends.openai_wire import (
+    StreamAssembler,
+    completion_from_body,
+    error_for_status,
+    error_message,
+    request_body,
+)
+from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError
 from hybrid.query import Completion, Query
 
 
-class HTTPBackend(Backend):
+class HTTPBackend(Endpoint):
     """A lean aiohttp client for OpenAI-compatible servers; same constructor shape as OpenAIBackend."""
 
     name = "http"
 
-    def __init__(self, *, base_url: str | None = None, api_key: str | None = None, model: str | None = None) -> None:
-        super().__init__(base_url=base_url, api_key=api_key, model=model)
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        check_reachable: bool = True,
+    ) -> None:
+        super().__init__(base_url=base_url, api_key=api_key, model=model, check_reachable=check_reachable)
         self._session: aiohttp.ClientSession | None = None
         self._url = self.base_url + "/chat/completions"
 
@@ -34,46 +50,51 @@ class HTTPBackend(Backend):
             connector=connector,
             headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0),
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
+
+    def complete_blocking(self, query: Query) -> Completion:
+        raise ConfigError("HTTPBackend has no synchronous client; mode='threads' needs OpenAIBackend.")
 
     async def complete(self, query: Query) -> Completion:
         if self._session is None:
-            raise QueryError("The backend is not open: use it inside `async with Orchestrator(...)`.")
-        body = self.request_body(query)
-        assembler = StreamAssembler(query, body["model"]) if query.stream else None
+            raise ConfigError("The backend is not open: use it inside `async with Orchestrator(...)`.")
+        body = request_body(query, self.model)
+        assembler = StreamAssembler(query, body["model"], asyncio.get_running_loop().time) if query.stream else None
         try:
             async with self._session.post(self._url, data=orjson.dumps(body)) as response:
                 if response.status >= 400:
-                    raise await _status_error(response)
+                    raise await self._status_error(response)
                 if assembler is None:
                     return completion_from_body(query, orjson.loads(await response.read()), body["model"])
                 await _read_events(response, assembler)
                 return assembler.result()
-        except QueryError:
-            raise
+        except QueryError as exc:
+            raise exc.detached() from None
         except orjson.JSONDecodeError as exc:
-            raise InvalidResponse(f"The server's answer is not valid JSON: {exc}") from exc
+            raise InvalidResponse(f"The server's answer is not valid JSON: {exc}") from None
         except aiohttp.ClientPayloadError as exc:
-            raise InvalidResponse(f"The answer was cut off midway: {exc}") from exc
+            raise InvalidResponse(f"The answer was cut off midway: {type(exc).__name__}") from None
+        except aiohttp.ClientResponseError as exc:
+            # aiohttp's response errors carry request_info, whose headers hold the API key: keep only the words.
+            raise InvalidResponse(f"The server's answer could not be read: HTTP {exc.status}, {exc.message}") from None
         except (aiohttp.ClientError, OSError) as exc:
             if assembler is not None and assembler.chunks:
-                raise InvalidResponse(f"The stream was cut off after {assembler.chunks} chunks.") from exc
-            raise ConnectionFailed(f"Connection failed: {type(exc).__name__}: {exc}") from exc
+                raise InvalidResponse(f"The stream was cut off after {assembler.chunks} chunks.") from None
+            raise ConnectionFailed(f"Connection failed: {type(exc).__name__}: {self.redact(str(exc))}") from None
+
+    async def _status_error(self, response: aiohttp.ClientResponse) -> QueryError:
+        """The kit's error for an HTTP error answer, with the server's message (key redacted) when it sent one."""
+        try:
+            parsed: object = orjson.loads(await response.read())
+        except orjson.JSONDecodeError:
+            parsed = None
+        message = self.redact(error_message(parsed, response.status))
+        return error_for_status(response.status, message, response.headers)
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-async def _status_error(response: aiohttp.ClientResponse) -> QueryError:
-    """The kit's error for an HTTP error answer, with the server's message when it sent one."""
-    try:
-        parsed: object = orjson.loads(await response.read())
-    except orjson.JSONDecodeError:
-        parsed = None
-    return error_for_status(response.status, error_message(parsed, response.status), response.headers)
 
 
 async def _read_events(response: aiohttp.ClientResponse, assembler: StreamAssembler) -> None:
@@ -84,11 +105,4 @@ async def _read_events(response: aiohttp.ClientResponse, assembler: StreamAssemb
         data = line[5:].strip()
         if data == b"[DONE]":
             return
-        chunk = orjson.loads(data)
-        choices = chunk.get("choices") or []
-        usage = chunk.get("usage")
-        if choices:
-            delta = choices[0].get("delta") or {}
-            assembler.feed(delta.get("content"), choices[0].get("finish_reason"), None)
-        if isinstance(usage, dict):
-            assembler.feed(None, None, (usage["prompt_tokens"], usage["completion_tokens"]))
+        assembler.feed_chunk(orjson.loads(data))

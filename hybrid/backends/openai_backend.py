@@ -13,6 +13,7 @@ that mode a timeout or an interrupt abandons the call instead of stopping it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from typing import Any, Literal
@@ -21,8 +22,16 @@ import httpx2
 import openai
 import orjson
 
-from hybrid.backends.base import Backend, StreamAssembler, completion_from_body, error_for_status, error_message
-from hybrid.errors import ConnectionFailed, InvalidResponse, QueryError
+from hybrid.backends.endpoint import Endpoint
+from hybrid.backends.openai_wire import (
+    StreamAssembler,
+    completion_from_body,
+    error_for_status,
+    error_message,
+    request_body,
+    usage_from,
+)
+from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, check_choice
 from hybrid.query import Completion, Query
 
 Transport = Literal["aiohttp", "httpx"]
@@ -31,8 +40,8 @@ Transport = Literal["aiohttp", "httpx"]
 _HTTP_TIMEOUT = httpx2.Timeout(None, connect=30.0)
 
 
-def translate(exc: Exception, *, received_chunks: int = 0) -> QueryError:
-    """The kit's error for anything the SDK or its transport raised."""
+def translate(exc: Exception, endpoint: Endpoint, *, received_chunks: int = 0) -> QueryError:
+    """The kit's error for anything the SDK or its transport raised (server text with the key redacted)."""
     if isinstance(exc, QueryError):
         return exc
     if isinstance(exc, openai.APIStatusError):
@@ -40,14 +49,14 @@ def translate(exc: Exception, *, received_chunks: int = 0) -> QueryError:
             message = error_message(orjson.loads(exc.response.content), exc.status_code)
         except (orjson.JSONDecodeError, httpx2.ResponseNotRead):
             message = f"HTTP {exc.status_code}: {exc.message}"
-        return error_for_status(exc.status_code, message, exc.response.headers)
+        return error_for_status(exc.status_code, endpoint.redact(message), exc.response.headers)
     if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError | orjson.JSONDecodeError | ValueError):
         return InvalidResponse(f"The server's answer could not be parsed: {exc}")
     if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
         if received_chunks or _is_truncated_body(exc):
             return InvalidResponse(f"The answer was cut off midway ({type(exc).__name__}).")
-        return ConnectionFailed(f"Connection failed: {_root_cause(exc)}")
-    return InvalidResponse(f"Unexpected {type(exc).__name__} from the client: {exc}")
+        return ConnectionFailed(f"Connection failed: {endpoint.redact(_root_cause(exc))}")
+    return InvalidResponse(f"Unexpected {type(exc).__name__} from the client: {endpoint.redact(str(exc))}")
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -69,7 +78,7 @@ def _is_truncated_body(exc: BaseException) -> bool:
     return False
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(Endpoint):
     """Queries through ``openai.AsyncOpenAI`` (and ``openai.OpenAI`` for the threads baseline).
 
     With no arguments it reads ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_MODEL``, like
@@ -77,6 +86,7 @@ class OpenAIBackend(Backend):
     """
 
     name = "openai"
+    supports_threads = True
 
     def __init__(
         self,
@@ -85,11 +95,10 @@ class OpenAIBackend(Backend):
         api_key: str | None = None,
         model: str | None = None,
         transport: Transport = "aiohttp",
+        check_reachable: bool = True,
     ) -> None:
-        super().__init__(base_url=base_url, api_key=api_key, model=model)
-        if transport not in ("aiohttp", "httpx"):
-            raise ValueError("transport must be 'aiohttp' or 'httpx'")
-        self.transport = transport
+        super().__init__(base_url=base_url, api_key=api_key, model=model, check_reachable=check_reachable)
+        self.transport: Transport = check_choice("OpenAIBackend(transport=...)", transport, ("aiohttp", "httpx"))
         self._client: openai.AsyncOpenAI | None = None
         self._sync_client: openai.OpenAI | None = None
         self._sync_client_lock = threading.Lock()
@@ -110,28 +119,29 @@ class OpenAIBackend(Backend):
     @property
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
-            raise QueryError("The backend is not open: use it inside `async with Orchestrator(...)`.")
+            raise ConfigError("The backend is not open: use it inside `async with Orchestrator(...)`.")
         return self._client
 
     async def complete(self, query: Query) -> Completion:
-        body = self.request_body(query)
+        body = request_body(query, self.model)
+        client = self.client
         if query.stream:
-            return await self._complete_streamed(query, body)
+            return await self._complete_streamed(client, query, body)
         try:
-            raw = await self.client.chat.completions.with_raw_response.create(**body)
+            raw = await client.chat.completions.with_raw_response.create(**body)
             return completion_from_body(query, orjson.loads(raw.http_response.content), body["model"])
         except Exception as exc:
-            raise translate(exc) from exc
+            raise translate(exc, self) from None
 
-    async def _complete_streamed(self, query: Query, body: dict[str, Any]) -> Completion:
-        assembler = StreamAssembler(query, body["model"])
+    async def _complete_streamed(self, client: openai.AsyncOpenAI, query: Query, body: dict[str, Any]) -> Completion:
+        assembler = StreamAssembler(query, body["model"], asyncio.get_running_loop().time)
         try:
-            stream = await self.client.chat.completions.create(**body)
+            stream = await client.chat.completions.create(**body)
             async with stream:
                 async for chunk in stream:
                     _feed(assembler, chunk)
         except Exception as exc:
-            raise translate(exc, received_chunks=assembler.chunks) from exc
+            raise translate(exc, self, received_chunks=assembler.chunks) from None
         return assembler.result()
 
     def _sync(self) -> openai.OpenAI:
@@ -142,18 +152,21 @@ class OpenAIBackend(Backend):
                 limits = httpx2.Limits(
                     max_connections=self.max_connections, max_keepalive_connections=self.max_connections
                 )
+                # A thread cannot be cancelled: the sync client itself must give up at the query's timeout,
+                # or a server that never answers keeps the thread (and interpreter exit) waiting forever.
+                timeout = httpx2.Timeout(self.timeout, connect=min(30.0, self.timeout or 30.0))
                 self._sync_client = openai.OpenAI(
                     base_url=self.base_url,
                     api_key=self._api_key,
                     max_retries=0,
-                    http_client=openai.DefaultHttpxClient(limits=limits, timeout=_HTTP_TIMEOUT),
+                    http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout),
                 )
             return self._sync_client
 
     def complete_blocking(self, query: Query) -> Completion:
         """The same call on the synchronous client, for ``mode="threads"``."""
         client = self._sync()
-        body = self.request_body(query)
+        body = request_body(query, self.model)
         assembler = StreamAssembler(query, body["model"])
         try:
             if not query.stream:
@@ -163,7 +176,7 @@ class OpenAIBackend(Backend):
                 for chunk in stream:
                     _feed(assembler, chunk)
         except Exception as exc:
-            raise translate(exc, received_chunks=assembler.chunks) from exc
+            raise translate(exc, self, received_chunks=assembler.chunks) from None
         return assembler.result()
 
     async def aclose(self) -> None:
@@ -176,9 +189,12 @@ class OpenAIBackend(Backend):
 
 
 def _feed(assembler: StreamAssembler, chunk: Any) -> None:
-    usage = chunk.usage
+    """Feed one SDK chunk object; the SDK does not validate field types, so the assembler does."""
     if chunk.choices:
         choice = chunk.choices[0]
-        assembler.feed(choice.delta.content, choice.finish_reason, None)
+        delta = choice.delta
+        assembler.feed(None if delta is None else delta.content, choice.finish_reason, None)
+    usage = chunk.usage
     if usage is not None:
-        assembler.feed(None, None, (usage.prompt_tokens, usage.completion_tokens))
+        counts = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+        assembler.feed(None, None, usage_from(counts))

@@ -4,8 +4,8 @@
 ...     backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
 """
 
-from hybrid.sim.app import Simulator
 from hybrid.sim.config import PROFILES, Faults, ModelProfile, Script, SimConfig
+from hybrid.sim.openai_protocol import Simulator
 from hybrid.sim.serve import SimServer, new_api_key, serve, serve_in_thread, serve_process
 
 __all__ = [

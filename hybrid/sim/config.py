@@ -8,12 +8,13 @@ or in another process (``hybrid sim --config FILE``).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from hybrid.errors import ConfigError
+from hybrid.errors import ConfigError, check_int, check_number
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,11 +37,14 @@ class ModelProfile:
     max_completion_tokens: int = 96
 
     def __post_init__(self) -> None:
-        if self.ttft_s < 0 or self.prompt_tps <= 0 or self.completion_tps <= 0:
-            raise ConfigError("ModelProfile needs ttft_s >= 0 and positive prompt_tps / completion_tps.")
-        if self.jitter < 0 or self.contention < 0:
-            raise ConfigError("ModelProfile jitter and contention must be >= 0.")
-        if not 1 <= self.min_completion_tokens <= self.max_completion_tokens:
+        check_number("ModelProfile(ttft_s=...)", self.ttft_s, minimum=0.0, unit="seconds")
+        check_number("ModelProfile(prompt_tps=...)", self.prompt_tps, positive=True, unit="tokens per second")
+        check_number("ModelProfile(completion_tps=...)", self.completion_tps, positive=True, unit="tokens per second")
+        check_number("ModelProfile(jitter=...)", self.jitter, minimum=0.0)
+        check_number("ModelProfile(contention=...)", self.contention, minimum=0.0)
+        check_int("ModelProfile(min_completion_tokens=...)", self.min_completion_tokens, minimum=1)
+        check_int("ModelProfile(max_completion_tokens=...)", self.max_completion_tokens, minimum=1)
+        if not self.min_completion_tokens <= self.max_completion_tokens:
             raise ConfigError("ModelProfile needs 1 <= min_completion_tokens <= max_completion_tokens.")
 
 
@@ -102,8 +106,13 @@ class Faults:
     )
 
     def __post_init__(self) -> None:
-        rates = [getattr(self, kind) for kind in self.KINDS]
-        if any(not 0.0 <= rate <= 1.0 for rate in rates) or sum(rates) > 1.0 + 1e-9:
+        rates = [
+            check_number(f"Faults({kind}=...)", getattr(self, kind), minimum=0.0, maximum=1.0) for kind in self.KINDS
+        ]
+        check_int("Faults(fail_first=...)", self.fail_first, minimum=0)
+        check_number("Faults(retry_after_s=...)", self.retry_after_s, minimum=0.0, unit="seconds")
+        check_number("Faults(hang_s=...)", self.hang_s, positive=True, unit="seconds")
+        if sum(rates) > 1.0 + 1e-9:
             raise ConfigError("Fault rates must each be in [0, 1] and add up to at most 1.")
         if self.fail_first < 0 or self.fail_first_status not in (429, 500, 502, 503, 504):
             raise ConfigError("fail_first must be >= 0 and fail_first_status one of 429, 500, 502, 503, 504.")
@@ -143,26 +152,23 @@ class SimConfig:
     limit_window_s: float = 60.0
     faults: Faults = field(default_factory=Faults)
     scripts: tuple[Script, ...] = ()
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, int):
-            raise ConfigError("seed must be an integer.")
-        if not (self.time_scale >= 0 and math.isfinite(self.time_scale)):
-            raise ConfigError("time_scale must be a finite number >= 0 (0 = no waiting at all).")
+        check_int("SimConfig(seed=...)", self.seed)
+        check_number("SimConfig(time_scale=...) (0 = no waiting at all)", self.time_scale, minimum=0.0)
+        check_int("SimConfig(slots=...)", self.slots, minimum=1)
+        if self.max_queue is not None:
+            check_int("SimConfig(max_queue=...)", self.max_queue, minimum=0)
+        for name in ("rpm", "tpm"):
+            if getattr(self, name) is not None:
+                check_int(f"SimConfig({name}=...)", getattr(self, name), minimum=1)
+        check_number("SimConfig(limit_window_s=...)", self.limit_window_s, positive=True, unit="seconds")
+        check_int("SimConfig(port=...) (0 = any free port)", self.port, minimum=0, maximum=65535)
         if not self.profiles:
             raise ConfigError("SimConfig needs at least one model profile.")
-        if self.slots < 1 or (self.max_queue is not None and self.max_queue < 0):
-            raise ConfigError("slots must be >= 1 and max_queue >= 0 (or None for unbounded).")
-        for limit in (self.rpm, self.tpm):
-            if limit is not None and limit < 1:
-                raise ConfigError("rpm and tpm must be positive integers, or None for no limit.")
-        if self.limit_window_s <= 0:
-            raise ConfigError("limit_window_s must be > 0.")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError("port must be 0 (any free port) to 65535.")
 
     @property
     def default_model(self) -> str:
@@ -181,18 +187,36 @@ class SimConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
         """Build a config from :meth:`to_dict` output or a hand-written JSON file."""
-        data = dict(data)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"The simulator settings must be a JSON object, got {data!r}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"Unknown simulator settings {sorted(unknown)}; known: {sorted(known)}.")
+            raise ConfigError(f"Unknown simulator settings {unknown}; known: {sorted(known)}.")
+        data = dict(data)
         if "profiles" in data:
-            data["profiles"] = {name: ModelProfile(**p) for name, p in data["profiles"].items()}
+            profiles = data["profiles"]
+            if not isinstance(profiles, Mapping):
+                raise ConfigError("SimConfig profiles must be an object of model name -> profile fields.")
+            data["profiles"] = {
+                name: _build(ModelProfile, p, f"profile {name!r} settings") for name, p in profiles.items()
+            }
         if "faults" in data:
-            data["faults"] = Faults(**data["faults"])
+            data["faults"] = _build(Faults, data["faults"], "faults")
         if "scripts" in data:
-            data["scripts"] = tuple(Script(**s) for s in data["scripts"])
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"Bad simulator config: {exc}") from exc
+            data["scripts"] = tuple(_build(Script, s, "script fields") for s in data["scripts"])
+        return cls(**data)
+
+
+def _build(cls: type[T], data: object, what: str) -> T:
+    """Dataclass ``cls`` from a JSON object; any unknown or missing field is a ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"The {what} must be a JSON object, got {data!r}.")
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"Unknown {what} {unknown}; known: {sorted(known)}.")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"Bad {what}: {exc}") from None

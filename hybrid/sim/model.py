@@ -12,7 +12,7 @@ import hashlib
 import math
 import random
 import re
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -159,20 +159,29 @@ def pace(profile: ModelProfile, reply: Reply, *, seed: int, time_scale: float) -
 
 
 class FaultPlan:
-    """Decides, per attempt, which fault (if any) a request meets, and counts what it injected."""
+    """Decides, per attempt, which fault (if any) a request meets, and counts what it injected.
+
+    The attempt number of each distinct request is remembered for the ``ATTEMPTS_KEPT`` most
+    recently seen requests only, so a long soak of distinct prompts holds bounded memory; a request
+    not seen for that long starts again at attempt 0.
+    """
+
+    ATTEMPTS_KEPT = 65536
 
     def __init__(self, faults: Faults, seed: int) -> None:
         self.faults = faults
         self._seed = seed
-        self._attempts: Counter[int] = Counter()
+        self._attempts: OrderedDict[int, int] = OrderedDict()
         self.injected: Counter[str] = Counter()
         self._active = faults.fail_first > 0 or any(getattr(faults, kind) for kind in Faults.KINDS)
 
     def draw(self, request_key: int, *, stream: bool) -> str | None:
         if not self._active:
             return None
-        attempt = self._attempts[request_key]
+        attempt = self._attempts.pop(request_key, 0)
         self._attempts[request_key] = attempt + 1
+        if len(self._attempts) > self.ATTEMPTS_KEPT:
+            self._attempts.popitem(last=False)
         if attempt < self.faults.fail_first:
             kind: str | None = "fail_first"
         else:

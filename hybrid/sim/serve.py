@@ -31,8 +31,8 @@ from aiohttp import web
 
 from hybrid.errors import HybridError
 from hybrid.process import stop
-from hybrid.sim.app import Simulator
 from hybrid.sim.config import SimConfig
+from hybrid.sim.openai_protocol import Simulator
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _PLACEHOLDER_KEY = "sim-no-key-required"
@@ -90,7 +90,7 @@ async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
     runner = web.AppRunner(simulator.app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     server = runner.server
-    simulator.open_connections = lambda: 0 if server is None else len(server.connections)
+    simulator.engine.open_connections = lambda: 0 if server is None else len(server.connections)
     site = web.TCPSite(runner, config.host, config.port, backlog=4096)
     try:
         await site.start()
@@ -115,21 +115,31 @@ def serve_in_thread(config: SimConfig | None = None, *, start_timeout: float = 1
             async with serve(config) as server:
                 state["server"] = server
                 ready.set()
-                await stop.wait()
+                if not abandon.is_set():  # the caller gave up waiting for start-up: stop at once
+                    await stop.wait()
         except BaseException as exc:
             state["error"] = exc
             ready.set()
             raise
 
+    def shut_down() -> None:
+        """Stop the thread's loop (now, or as soon as it has made its stop event) and join it."""
+        abandon.set()
+        loop = state.get("loop")
+        if loop is not None and "stop" in state:
+            loop.call_soon_threadsafe(state["stop"].set)
+        thread.join(timeout=10)
+
+    abandon = threading.Event()
     thread = threading.Thread(target=lambda: asyncio.run(main()), name="hybrid-sim", daemon=True)
     thread.start()
     if not ready.wait(start_timeout) or "error" in state:
+        shut_down()
         raise HybridError(f"The simulator thread did not start: {state.get('error', 'timed out')}")
     try:
         yield state["server"]
     finally:
-        state["loop"].call_soon_threadsafe(state["stop"].set)
-        thread.join(timeout=10)
+        shut_down()
 
 
 @contextlib.asynccontextmanager

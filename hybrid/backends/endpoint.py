@@ -1,0 +1,126 @@
+"""Where an OpenAI-compatible backend sends its requests: base URL, API key, model, and a check
+that the host answers before anything is sent.
+
+Both HTTP backends (:class:`~hybrid.backends.openai_backend.OpenAIBackend` and
+:class:`~hybrid.backends.http_backend.HTTPBackend`) build on :class:`Endpoint`; a backend for
+another protocol need not.  Settings come from the arguments or, like the ``openai`` SDK, from
+``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` / ``OPENAI_MODEL`` when an argument is left out (None).
+An *empty* argument is an error, never a fallback: ``base_url=os.getenv("LOCAL_URL", "")`` must
+not silently send prompts (and the real key) to api.openai.com.
+
+The API key lives only on the endpoint: ``repr`` hides it, and :meth:`Endpoint.redact` removes it
+from any text a server sends back (a server that echoes the key in a 401 message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+from urllib.parse import urlsplit
+
+from hybrid.errors import ConfigError
+
+#: How long :meth:`Endpoint.check_reachable` waits for a TCP connection.
+REACHABILITY_TIMEOUT_S = 5.0
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_REDACTED = "<redacted>"
+
+
+def _setting(name: str, value: object, env: str, default: str | None = None) -> str | None:
+    """An explicit value (must be a non-empty string), else the environment, else ``default``."""
+    if value is None:
+        return os.environ.get(env) or default
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r} ({type(value).__name__}).")
+    if not value.strip():
+        raise ConfigError(
+            f"{name} is an empty string. Pass a real value, or leave it out (None) to read {env} from the environment."
+        )
+    return value.strip()
+
+
+class Endpoint:
+    """An OpenAI-compatible endpoint: ``base_url``, ``model`` and a hidden API key.
+
+    ``check_reachable`` (default True) makes :meth:`open` try one TCP connect first, so a wrong
+    URL fails in the cell that opened it, with advice.  It is skipped when a proxy is configured
+    for the host (``HTTPS_PROXY`` / ``HTTP_PROXY`` without a matching ``NO_PROXY``): the host may
+    then be reachable only through the proxy.  Pass ``check_reachable=False`` to skip it always.
+    """
+
+    supports_threads = False
+
+    def __init__(
+        self, *, base_url: str | None, api_key: str | None, model: str | None, check_reachable: bool = True
+    ) -> None:
+        url = _setting("base_url", base_url, "OPENAI_BASE_URL", DEFAULT_BASE_URL)
+        assert url is not None
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(
+                f"base_url {url!r} is not a valid URL ({exc}); use e.g. http://127.0.0.1:8000/v1."
+            ) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"base_url {url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8000/v1 "
+                "(the simulator's server.url) or set OPENAI_BASE_URL."
+            )
+        if parts.username or parts.password:
+            raise ConfigError("base_url must not hold credentials (user:password@); pass the key as api_key=.")
+        key = _setting("api_key", api_key, "OPENAI_API_KEY")
+        if not key:
+            raise ConfigError(
+                "No API key: pass api_key=... or set OPENAI_API_KEY (for the embedded simulator use server.api_key)."
+            )
+        name = _setting("model", model, "OPENAI_MODEL")
+        if not name:
+            raise ConfigError("No model: pass model=... (e.g. 'sim-small' on the simulator) or set OPENAI_MODEL.")
+        self.base_url = url.rstrip("/")
+        self._host = parts.hostname
+        self._port = port or (443 if parts.scheme == "https" else 80)
+        self._api_key = key
+        self.model = name
+        self.check_reachable = bool(check_reachable)
+        self.max_connections = 100
+        self.timeout: float | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r}, api_key=<hidden>)"
+
+    def redact(self, text: str) -> str:
+        """``text`` with this endpoint's API key replaced (servers may echo it in error messages)."""
+        return text.replace(self._api_key, _REDACTED) if self._api_key in text else text
+
+    async def open(self, *, max_connections: int = 100, query_timeout: float | None = None) -> None:
+        """Remember the pool size and timeout, check the host answers, then make the client."""
+        self.max_connections = max_connections
+        self.timeout = query_timeout
+        if self.check_reachable and not self._behind_proxy():
+            await self._probe()
+        await self._connect()
+
+    def _behind_proxy(self) -> bool:
+        scheme = "https" if self.base_url.startswith("https") else "http"
+        proxies = urllib.request.getproxies()
+        return scheme in proxies and not urllib.request.proxy_bypass(self._host)
+
+    async def _probe(self) -> None:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), REACHABILITY_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(
+                f"Cannot reach {self.base_url} ({exc.__class__.__name__}). Is the server running? "
+                "Start the simulator with `hybrid sim` or `sim.serve()`, or check OPENAI_BASE_URL "
+                "(behind a proxy the kit does not detect, pass check_reachable=False)."
+            ) from None
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+    async def _connect(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,116 @@
+"""One run in progress: its queries, the results landed so far, its clock, and who to tell.
+
+A :class:`RunState` is made per call of ``run`` / ``stream`` / ``pipeline`` and handed to the
+strategy, so the per-run things (results, clock origin, the event callback, the progress bar) are
+not threaded through every signature.  :meth:`RunState.build` turns it into a
+:class:`~hybrid.results.RunResult` at any moment, which is how a cancelled run still reports what
+finished, and it cannot lose a row: if computing the metrics fails, the rows are kept and the
+failure is logged and written into the run's warnings.
+
+Every time here is the running loop's clock (``loop.time()``), the one clock of the kit, so a
+virtual clock makes every timing exact; CPU is ``time.process_time()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hybrid import progress
+from hybrid.errors import Cancelled
+from hybrid.events import Event, QueryFinished, QueryStarted
+from hybrid.metrics import RunMetrics
+from hybrid.query import Query, QueryResult
+from hybrid.results import RunResult
+
+log = logging.getLogger("hybrid")
+
+#: Failed queries named one by one in ``RunResult.warnings``; the rest are summed up in one line.
+MAX_DETAILED_WARNINGS = 20
+
+
+class RunState:
+    """The results of one run in progress (see the module docstring)."""
+
+    def __init__(
+        self,
+        queries: Sequence[Query],
+        stages: Sequence[int | None],
+        *,
+        mode: str,
+        concurrency: int,
+        emit: Callable[[Event], None] | None,
+        bar: Any,
+    ) -> None:
+        self.queries = list(queries)
+        self.stages = list(stages)
+        self.mode = mode
+        self.concurrency = concurrency
+        self.results: list[QueryResult | None] = [None] * len(self.queries)
+        self.clock = asyncio.get_running_loop().time
+        self.t0 = self.stage_started = self.clock()
+        self.cpu0 = time.process_time()
+        self._emit = emit
+        self._bar = bar
+
+    def now(self) -> float:
+        """Seconds since the run started, on the loop's clock."""
+        return self.clock() - self.t0
+
+    def started(self, index: int, at: float) -> None:
+        """The first request of query ``index`` left at loop time ``at``."""
+        if self._emit is not None:
+            self._emit(QueryStarted(index, self.queries[index].name, at - self.t0))
+
+    def finish(self, result: QueryResult) -> None:
+        """Record a query's final result (sent or not), tick the bar, tell the listener."""
+        self.results[result.index] = result
+        progress.tick(self._bar)
+        if self._emit is not None:
+            self._emit(QueryFinished(result))
+
+    def build(self, *, cancelled: bool = False, stopped_by: BaseException | None = None) -> RunResult:
+        """The run as it stands: one row per query, the unfinished ones as ``Cancelled`` rows."""
+        wall = self.now()
+        cpu = time.process_time() - self.cpu0
+        why = "was cancelled" if stopped_by is None else f"stopped on {type(stopped_by).__name__}"
+        results = tuple(
+            r
+            if r is not None
+            else QueryResult(
+                query=q, index=i, stage=self.stages[i], error=Cancelled(f"The run {why} before this query finished.")
+            )
+            for i, (q, r) in enumerate(zip(self.queries, self.results, strict=True))
+        )
+        warnings = self._failure_warnings(results)
+        try:
+            metrics = RunMetrics.compute(results, wall_s=wall, cpu_s=cpu, concurrency=self.concurrency)
+        except Exception as exc:  # never lose the rows over a number
+            log.exception("hybrid: computing the run's metrics failed; the rows are kept")
+            metrics = RunMetrics.unavailable(results, wall_s=wall)
+            warnings.append(
+                f"The run's metrics could not be computed ({type(exc).__name__}: {exc}); rows are complete."
+            )
+        if cancelled or stopped_by is not None:
+            finished = sum(r is not None for r in self.results)
+            warnings.append(f"The run {why}; {finished} of {len(results)} queries had finished.")
+        return RunResult(
+            results=results, metrics=metrics, mode=self.mode, warnings=tuple(warnings), cancelled=cancelled
+        )
+
+    @staticmethod
+    def _failure_warnings(results: Sequence[QueryResult]) -> list[str]:
+        failed = [r for r in results if r.error is not None and not isinstance(r.error, Cancelled)]
+        if not failed or len(failed) == len(results):
+            return []
+        warnings = [f"{len(failed)} of {len(results)} queries failed; the other answers are complete."]
+        log.warning(warnings[0])
+        warnings.extend(f"{r.name}: {r.error.kind}: {r.error}" for r in failed[:MAX_DETAILED_WARNINGS] if r.error)
+        if len(failed) > MAX_DETAILED_WARNINGS:
+            warnings.append(f"... and {len(failed) - MAX_DETAILED_WARNINGS} more: see run.to_frame()['error'].")
+        for warning in warnings[1:]:
+            log.debug(warning)
+        return warnings

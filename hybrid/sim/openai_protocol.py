@@ -1,0 +1,356 @@
+"""The simulator's HTTP face: OpenAI's chat-completions protocol over aiohttp, on top of the engine.
+
+Routes: ``POST /v1/chat/completions`` (JSON, or SSE when ``stream`` is true), ``GET /v1/models``,
+``GET /sim/stats`` (the engine's counters) and ``GET /health``.
+
+This module owns the wire: validating a request into a frozen :class:`ChatRequest`, shaping the
+JSON and SSE answers, and turning the engine's :class:`~hybrid.sim.engine.Rejected` into
+OpenAI-shaped error bodies (``{"error": {"message", "type", "param", "code"}}``) with 400/401/404,
+and :class:`~hybrid.sim.engine.Drop` into an aborted connection.  The engine
+(:mod:`hybrid.sim.engine`) decides everything else.
+
+The server is run with aiohttp's handler cancellation on, so a client that goes away cancels its
+handler: it is counted as a disconnect and leaves nothing in flight.  An unexpected bug answers
+500 with the same error shape and no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from hybrid.sim.config import SimConfig
+from hybrid.sim.engine import Drop, Engine, Pacer, Rejected
+from hybrid.sim.model import Pace, Reply
+from hybrid.tokens import message_text
+
+log = logging.getLogger("hybrid.sim")
+
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+_JSON = "application/json"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A validated ``/v1/chat/completions`` request: the fields the simulator understands."""
+
+    model: str
+    messages: tuple[dict[str, Any], ...]
+    max_tokens: int | None
+    temperature: float
+    stream: bool
+    include_usage: bool
+    json_mode: bool
+
+
+class Simulator:
+    """One simulated OpenAI-compatible server: the :class:`~hybrid.sim.engine.Engine` behind an aiohttp app."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.engine = Engine(config)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start: requests seen, in flight now, peak in flight, by status, disconnects."""
+        return self.engine.stats()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/v1/models/{model}", self.get_model)
+        app.router.add_get("/sim/stats", self.stats_endpoint)
+        app.router.add_get("/health", self.health)
+        return app
+
+    # -- small routes -------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
+
+    async def stats_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.stats()), content_type=_JSON)
+
+    def _model_card(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "hybrid-sim"}
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return await self._guarded(request, self._list_models)
+
+    async def _list_models(self, request: web.Request) -> web.StreamResponse:
+        self._check_key(request)
+        data = [self._model_card(name) for name in self.config.profiles]
+        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        return await self._guarded(request, self._get_model)
+
+    async def _get_model(self, request: web.Request) -> web.StreamResponse:
+        self._check_key(request)
+        name = request.match_info["model"]
+        if name not in self.config.profiles:
+            raise Rejected(404, f"The model `{name}` does not exist.", code="model_not_found", param="model")
+        return web.Response(body=orjson.dumps(self._model_card(name)), content_type=_JSON)
+
+    # -- the main route -----------------------------------------------------------------------
+    async def chat_completions(self, request: web.Request) -> web.Response:
+        return await self._guarded(request, self._chat)
+
+    async def _guarded(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.Response:
+        """Count the request, turn rejections into OpenAI-shaped errors, notice disconnects."""
+        engine = self.engine
+        with engine.tracked():
+            try:
+                response: web.StreamResponse = await handler(request)
+            except Rejected as rejected:
+                response = web.Response(
+                    status=rejected.status,
+                    body=error_body(rejected.message, rejected.type, rejected.param, rejected.code),
+                    content_type=_JSON,
+                    headers=rejected.headers,
+                )
+            except Drop:
+                # Abort the transport; cancelling ends the handler the way aiohttp ends one whose
+                # client left, without counting it as a client disconnect.
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError from None
+            except asyncio.CancelledError:
+                engine.disconnects += 1
+                raise
+            except Exception:
+                log.exception("simulator bug while answering %s", request.path)
+                response = web.Response(
+                    status=500,
+                    body=error_body("The simulator failed unexpectedly.", "server_error"),
+                    content_type=_JSON,
+                )
+        engine.by_status[response.status] += 1
+        return response  # type: ignore[return-value]
+
+    def _check_key(self, request: web.Request) -> None:
+        expected = self.config.api_key
+        if expected is None:
+            return
+        header = request.headers.get("Authorization", "")
+        if header != f"Bearer {expected}":
+            raise Rejected(
+                401,
+                "Incorrect API key provided. Pass the simulator's key (server.api_key) as the API key.",
+                code="invalid_api_key",
+            )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self._check_key(request)
+        chat = self._validate(await self._parse_body(request))
+        engine = self.engine
+        profile = self.config.profiles[chat.model]
+        messages = list(chat.messages)
+        reply = engine.replies.reply(
+            chat.model,
+            message_text(messages),
+            len(messages),
+            chat.max_tokens,
+            chat.temperature,
+            chat.json_mode,
+            profile,
+        )
+        limit_headers = engine.admit(reply, chat.max_tokens)
+        fault = engine.faults.draw(reply.key, stream=chat.stream)
+        await engine.before_answer(fault)
+        async with engine.slot(reply, profile) as request_pace:
+            request_id = f"chatcmpl-sim{reply.key:016x}"
+            if chat.stream:
+                return await self._stream(request, reply, chat, request_id, request_pace, fault, limit_headers)
+            pacer = Pacer()
+            await pacer.wait(request_pace.ttft_s)
+            for _, tokens in reply.pieces:
+                await pacer.wait(request_pace.decode_s(tokens, engine.busy))
+            await pacer.settle()
+            payload = self._completion(reply, chat.model, request_id, with_usage=fault != "no_usage")
+            if fault == "malformed":
+                return web.Response(body=payload[: len(payload) // 2], content_type=_JSON, headers=limit_headers)
+            if fault == "truncate":
+                response = web.StreamResponse(headers={**limit_headers, "Content-Type": _JSON})
+                response.content_length = len(payload)
+                await response.prepare(request)
+                await response.write(payload[: len(payload) // 2])
+                raise Drop
+            return web.Response(body=payload, content_type=_JSON, headers=limit_headers)
+
+    async def _parse_body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Rejected(400, "The request body is not valid JSON.", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise Rejected(400, "The request body must be a JSON object.", code="invalid_json")
+        return body
+
+    def _validate(self, body: dict[str, Any]) -> ChatRequest:
+        """Check the fields the simulator understands, as OpenAI would, and normalise them."""
+
+        def bad(param: str, message: str, code: str | None = "invalid_value") -> Rejected:
+            return Rejected(400, message, param=param, code=code)
+
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise bad("model", "you must provide a model parameter (a string).", "missing_required_parameter")
+        if model not in self.config.profiles:
+            known = ", ".join(self.config.profiles)
+            raise Rejected(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it. Known models: {known}.",
+                param="model",
+                code="model_not_found",
+            )
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad("messages", "messages must be a non-empty array.", "missing_required_parameter")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in _ROLES:
+                raise bad(f"messages[{i}].role", f"messages[{i}] must be an object with a role in {sorted(_ROLES)}.")
+            content = message.get("content")
+            if not (isinstance(content, str | list) or (content is None and message["role"] == "assistant")):
+                raise bad(f"messages[{i}].content", f"messages[{i}].content must be a string or an array of parts.")
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise bad("max_tokens", "max_tokens must be an integer >= 1.")
+        temperature = body.get("temperature", 1.0)
+        if temperature is None:
+            temperature = 1.0
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+            raise bad("temperature", "temperature must be a number between 0 and 2.")
+        n = body.get("n", 1)
+        if n is not None and n != 1:
+            raise bad("n", "The simulator supports only n=1.")
+        stream = body.get("stream", False)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):
+            raise bad("stream", "stream must be a boolean.")
+        stream_options = body.get("stream_options")
+        if stream_options is not None:
+            if not stream:
+                raise bad("stream_options", "stream_options is only allowed when stream is true.")
+            if not isinstance(stream_options, dict):
+                raise bad("stream_options", "stream_options must be an object.")
+        response_format = body.get("response_format")
+        json_mode = False
+        if response_format is not None:
+            kind = response_format.get("type") if isinstance(response_format, dict) else None
+            if kind not in ("text", "json_object", "json_schema"):
+                raise bad("response_format.type", "response_format.type must be text, json_object or json_schema.")
+            json_mode = kind != "text"
+        return ChatRequest(
+            model=model,
+            messages=tuple(messages),
+            max_tokens=max_tokens,
+            temperature=float(temperature),
+            stream=stream,
+            include_usage=bool((stream_options or {}).get("include_usage", False)),
+            json_mode=json_mode,
+        )
+
+    def _completion(self, reply: Reply, model: str, request_id: str, *, with_usage: bool) -> bytes:
+        body: dict[str, Any] = {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "hybrid-sim",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+        }
+        if with_usage:
+            body["usage"] = _usage(reply)
+        return orjson.dumps(body)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        reply: Reply,
+        chat: ChatRequest,
+        request_id: str,
+        request_pace: Pace,
+        fault: str | None,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """Send the reply as SSE chunks: role, content in up to 8 paced pieces, finish, usage."""
+        response = web.StreamResponse(
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        created = int(time.time())
+        model = chat.model
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            data = {
+                "id": request_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "hybrid-sim",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            return b"data: " + orjson.dumps(data) + b"\n\n"
+
+        pieces = reply.pieces
+        pacer = Pacer()
+        await pacer.wait(request_pace.ttft_s)
+        await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
+        for i, (piece, tokens) in enumerate(pieces):
+            if fault == "truncate" and i >= len(pieces) // 2:
+                raise Drop
+            if fault == "malformed" and i == len(pieces) // 2:
+                await response.write(b'data: {"id": "' + request_id.encode() + b'", "choices": [{"delta": \n\n')
+            await pacer.wait(request_pace.decode_s(tokens, self.engine.busy))
+            await response.write(chunk({"content": piece}))
+        if fault == "truncate":
+            raise Drop
+        await pacer.settle()
+        await response.write(chunk({}, reply.finish_reason))
+        if chat.include_usage and fault != "no_usage":
+            usage = {
+                "id": request_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "hybrid-sim",
+                "choices": [],
+                "usage": _usage(reply),
+            }
+            await response.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _usage(reply: Reply) -> dict[str, int]:
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }

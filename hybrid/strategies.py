@@ -1,0 +1,117 @@
+"""Strategies: *how* a run's queries are spread over time — gather, sequential, threads.
+
+The orchestrator turns each query into a result (slot, timeout scope, attempts through the call
+chain); a strategy decides how those per-query coroutines are scheduled and what one attempt
+ultimately calls.  ``orch.run(queries, mode="gather")`` looks the strategy up by name here; a new
+way to run (a provider's batch API, a cluster) is a new :class:`Strategy`, not a second
+orchestrator.
+
+* :class:`Gather` — up to ``max_concurrency`` queries in flight on the event loop (the default).
+* :class:`Sequential` — one query at a time: the baseline a speedup is measured against.
+* :class:`Threads` — the seeds' legacy pattern: the backend's synchronous client on a thread pool
+  of ``max_concurrency`` workers.  A thread cannot be cancelled, so a timeout or an interrupt
+  abandons the call instead of stopping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
+
+from hybrid.backends.protocol import Backend
+from hybrid.errors import ConfigError
+from hybrid.query import Completion, Query
+
+#: What one attempt calls at the end of the chain.
+Send = Callable[[Query], Awaitable[Completion]]
+#: Runs query number ``index`` to its result.
+RunOne = Callable[[int, Query], Awaitable[None]]
+
+
+class Strategy:
+    """How a run's queries are scheduled (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    def concurrency(self, limit: int) -> int:
+        """Queries in flight at once under an orchestrator limit of ``limit``."""
+        return limit
+
+    def sender(self, backend: Backend, pool: Callable[[], ThreadPoolExecutor]) -> Send:
+        """What one attempt calls; checked before anything is sent."""
+        return backend.complete
+
+    async def fan_out(self, items: Sequence[tuple[int, Query]], run_one: RunOne, limit: int) -> None:
+        raise NotImplementedError
+
+
+class Sequential(Strategy):
+    name = "sequential"
+
+    def concurrency(self, limit: int) -> int:
+        return 1
+
+    async def fan_out(self, items: Sequence[tuple[int, Query]], run_one: RunOne, limit: int) -> None:
+        for index, query in items:
+            await run_one(index, query)
+
+
+class Gather(Strategy):
+    """Up to ``limit`` queries in flight, in an ``asyncio.TaskGroup`` (the structured form of
+    ``gather(..., return_exceptions=True)``: on cancellation every in-flight request is cancelled
+    and awaited before the cancel propagates, so no task is left behind).
+
+    ``min(len(items), limit)`` workers take the next query as each finishes, rather than one task
+    per query all waiting on a semaphore: the same schedule, without tens of thousands of parked
+    tasks.  Workers start one loop turn apart, so each first request is on the wire before the next
+    one is built.  Started in the same turn, no request would leave until all of them were built
+    (aiohttp writes a request in a task of its own on Python < 3.12, a turn later): the server would
+    get one burst and sit idle meanwhile.  Started apart, the server works on the first requests
+    while the client builds the rest, which at 256 workers of 0.2 s saves about 0.1 s of wall
+    (``benchmarks/core_overhead.py``).
+    """
+
+    name = "gather"
+
+    async def fan_out(self, items: Sequence[tuple[int, Query]], run_one: RunOne, limit: int) -> None:
+        pending = iter(items)
+
+        async def worker() -> None:
+            for index, query in pending:
+                await run_one(index, query)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(len(items), limit)):
+                group.create_task(worker())
+                await asyncio.sleep(0)  # one loop turn per worker: see the docstring
+
+
+class Threads(Gather):
+    """Gather's schedule, but each attempt runs ``backend.complete_blocking`` on a worker thread."""
+
+    name = "threads"
+
+    def sender(self, backend: Backend, pool: Callable[[], ThreadPoolExecutor]) -> Send:
+        if not backend.supports_threads:
+            raise ConfigError(f"mode='threads' needs a synchronous client; {type(backend).__name__} has none.")
+        executor, blocking = pool(), backend.complete_blocking
+
+        def send(query: Query) -> Awaitable[Completion]:
+            return asyncio.get_running_loop().run_in_executor(executor, blocking, query)
+
+        return send
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Gather(), Sequential(), Threads())}
+
+
+def strategy_for(mode: str | Strategy) -> Strategy:
+    """The strategy named ``mode`` (or ``mode`` itself); :class:`ConfigError` for an unknown name."""
+    if isinstance(mode, Strategy):
+        return mode
+    try:
+        return STRATEGIES[mode]
+    except (KeyError, TypeError):
+        raise ConfigError(f"Unknown mode {mode!r}; use one of {', '.join(STRATEGIES)}.") from None

@@ -1,0 +1,167 @@
+"""Test doubles for the kit and for your own scenarios: a scripted backend and virtual time.
+
+:class:`FakeBackend` meets the :class:`~hybrid.backends.protocol.Backend` protocol without sockets.
+It answers each query from a script, per attempt: an :class:`Answer` (text, usage, a delay), a
+:class:`Fail` (any :class:`~hybrid.errors.QueryError`, after a delay) or a :class:`Hang` (never
+answers, until the orchestrator's timeout or a cancel).  It records every call with the loop
+time it arrived, so a test can assert the exact schedule of attempts.
+
+Virtual time comes from `looptime <https://pypi.org/project/looptime/>`_: mark a test
+``@pytest.mark.looptime`` (pytest-asyncio) and its event loop's clock jumps from timer to timer
+instead of waiting.  Every timestamp the kit records is the loop's clock, so under looptime a
+retry after a 0.2 s backoff happens at exactly t=0.2 and the test takes microseconds::
+
+    @pytest.mark.looptime
+    async def test_retries_then_answers():
+        backend = FakeBackend({"q": [Fail(ServerError("boom")), Answer("ok", delay=1.0)]})
+        async with Orchestrator(backend, retry=Retry(base=0.2, jitter=0)) as orch:
+            run = await orch.run([Query("q", "hi")])
+        assert backend.times("q") == [0.0, 0.2]
+        assert run["q"].latency_s == 1.2
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from hybrid.errors import ConfigError, QueryError, check_number
+from hybrid.query import Completion, Query, Usage
+from hybrid.tokens import count_message_tokens, count_tokens
+
+__all__ = ["Answer", "Call", "Fail", "FakeBackend", "Hang", "Step"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Timed:
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_number(f"{type(self).__name__}(delay=...)", self.delay, minimum=0.0, unit="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer(_Timed):
+    """Answer ``text`` after ``delay`` seconds.  Usage defaults to the kit's token rule (not estimated);
+    ``ttft`` (seconds after the request) is reported for streamed queries."""
+
+    text: str = "ok"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str = "stop"
+    ttft: float | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fail(_Timed):
+    """Raise ``error`` after ``delay`` seconds."""
+
+    error: QueryError
+
+
+@dataclass(frozen=True, slots=True)
+class Hang:
+    """Never answer; the orchestrator's timeout (or a cancel) ends the attempt."""
+
+
+Step = Answer | Fail | Hang
+#: A script: per query name, the steps of its attempts (the last one repeats), or a function of
+#: (query, attempt number) that returns the step.
+Script = Mapping[str, Step | Sequence[Step]] | Callable[[Query, int], Step]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One attempt the fake received: which query, which attempt of it, when (loop time), on which client."""
+
+    name: str
+    attempt: int
+    at: float
+    blocking: bool = False
+
+
+class FakeBackend:
+    """A scripted backend (see the module docstring).  Queries not in the script get ``default``."""
+
+    supports_threads = False
+
+    def __init__(self, script: Script | None = None, *, default: Step | None = None, model: str = "fake") -> None:
+        if script is not None and not (callable(script) or isinstance(script, Mapping)):
+            raise ConfigError("FakeBackend script must be a mapping of query name -> step(s) or a function.")
+        self._script = script if script is not None else {}
+        self.default: Step = default if default is not None else Answer()
+        self.model = model
+        self.calls: list[Call] = []
+        self.open_count = 0
+        self.is_open = False
+        self.max_connections: int | None = None
+        self.timeout: float | None = None
+        self._attempts: defaultdict[str, int] = defaultdict(int)
+
+    def __repr__(self) -> str:
+        return f"FakeBackend(model={self.model!r}, calls={len(self.calls)})"
+
+    async def open(self, *, max_connections: int = 100, query_timeout: float | None = None) -> None:
+        self.open_count += 1
+        self.is_open = True
+        self.max_connections, self.timeout = max_connections, query_timeout
+
+    async def aclose(self) -> None:
+        self.is_open = False
+
+    def step(self, query: Query, attempt: int) -> Step:
+        """The scripted step for attempt number ``attempt`` (1-based) of ``query``."""
+        if callable(self._script):
+            return self._script(query, attempt)
+        steps = self._script.get(query.name, self.default)
+        if isinstance(steps, Answer | Fail | Hang):
+            return steps
+        if not steps:
+            return self.default
+        return steps[min(attempt, len(steps)) - 1]
+
+    def times(self, name: str) -> list[float]:
+        """The loop times at which each attempt of query ``name`` arrived."""
+        return [call.at for call in self.calls if call.name == name]
+
+    def attempts(self, name: str) -> int:
+        return self._attempts[name]
+
+    async def complete(self, query: Query) -> Completion:
+        if not self.is_open:
+            raise ConfigError("The backend is not open: use it inside `async with Orchestrator(...)`.")
+        loop = asyncio.get_running_loop()
+        self._attempts[query.name] += 1
+        attempt = self._attempts[query.name]
+        self.calls.append(Call(query.name, attempt, loop.time()))
+        step = self.step(query, attempt)
+        if isinstance(step, Hang):
+            await asyncio.Event().wait()
+        assert not isinstance(step, Hang)
+        if step.delay:
+            await asyncio.sleep(step.delay)
+        if isinstance(step, Fail):
+            raise step.error
+        return self._completion(query, step)
+
+    def complete_blocking(self, query: Query) -> Completion:
+        raise ConfigError("FakeBackend has no synchronous client; test mode='threads' with the simulator.")
+
+    def _completion(self, query: Query, answer: Answer) -> Completion:
+        prompt = answer.prompt_tokens
+        completion = answer.completion_tokens
+        usage = Usage(
+            prompt_tokens=count_message_tokens(query.messages()) if prompt is None else prompt,  # type: ignore[arg-type]
+            completion_tokens=count_tokens(answer.text) if completion is None else completion,
+        )
+        ttft = (answer.ttft if answer.ttft is not None else answer.delay) if query.stream else None
+        return Completion(
+            text=answer.text,
+            usage=usage,
+            model=answer.model or query.model or self.model,
+            finish_reason=answer.finish_reason,
+            ttft_s=ttft,
+        )
