@@ -27,7 +27,8 @@ from contextlib import AbstractAsyncContextManager
 
 from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Query, sim
 from hybrid.backends import Backend
-from hybrid.bench import HandCall, by_hand, make_queries, peers, raw_aiohttp, raw_openai
+from hybrid.bench import make_queries
+from hybrid.bench.peers import HandCall, by_hand, peers, raw_aiohttp, raw_openai
 from hybrid.metrics import ideal_wall
 from hybrid.process import free_port, stop
 from hybrid.provenance import machine_info

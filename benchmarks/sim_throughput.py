@@ -17,7 +17,7 @@ import orjson
 import psutil
 
 from hybrid import Query, sim
-from hybrid.bench import by_hand, raw_aiohttp
+from hybrid.bench.peers import by_hand, raw_aiohttp
 from hybrid.provenance import machine_info
 
 

@@ -2,52 +2,41 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import subprocess
+import sys
+import types
 from pathlib import Path
+
+import pytest
 
 import hybrid
 
 PACKAGE = Path(hybrid.__file__).parent
 
-PUBLIC = {
-    "AllQueriesFailed",
-    "AuthenticationFailed",
-    "Backend",
-    "BadRequest",
-    "Cancelled",
-    "Completion",
-    "ConfigError",
-    "ConnectionFailed",
-    "DependencyFailed",
-    "HTTPBackend",
-    "HybridError",
-    "InvalidResponse",
-    "OpenAIBackend",
-    "Orchestrator",
-    "Price",
-    "Query",
-    "QueryError",
-    "QueryFinished",
-    "QueryResult",
-    "QueryStarted",
-    "QueryTimeout",
-    "RateLimited",
-    "Retry",
-    "RunFinished",
-    "RunMetrics",
-    "RunResult",
-    "ServerError",
-    "TemplateError",
-    "Usage",
-    "__version__",
-    "run_sync",
-    "sim",
-}
-
 
 def test_public_api_is_exactly_what_init_exports() -> None:
-    assert set(hybrid.__all__) == PUBLIC
-    assert all(hasattr(hybrid, name) for name in hybrid.__all__)
+    """httpx's test_exported_members: every public name bound in hybrid/__init__.py is in __all__,
+    and everything in __all__ resolves (lazy submodules included)."""
+    helpers = {"annotations", "importlib", "version", "PackageNotFoundError", "TYPE_CHECKING", "Any", "LAZY_SUBMODULES"}
+    bound = {
+        name
+        for name, value in vars(hybrid).items()
+        if not name.startswith("_") and name not in helpers and not isinstance(value, types.ModuleType)
+    }
+    assert bound | set(hybrid.LAZY_SUBMODULES) == set(hybrid.__all__) - {"__version__"}
+    assert all(getattr(hybrid, name) is not None for name in hybrid.__all__)
+    assert set(dir(hybrid)) >= set(hybrid.__all__)
+
+
+def test_tool_submodules_load_lazily() -> None:
+    code = (
+        "import sys, hybrid; assert 'hybrid.sim' not in sys.modules and 'hybrid.plots' not in sys.modules; "
+        "assert hybrid.plots.timeline and 'hybrid.plots' in sys.modules; "
+        "from importlib.metadata import version; assert hybrid.__version__ == version('hybrid-llm-kit')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_every_error_is_rooted_at_hybrid_error() -> None:
@@ -79,3 +68,69 @@ def test_the_bridging_check_would_catch_a_violation() -> None:
     assert BRIDGING.search("    return asyncio.run(main())")
     assert BRIDGING.search("loop = asyncio.new_event_loop()")
     assert not BRIDGING.search("await asyncio.sleep(0)")
+
+
+# -- layers ------------------------------------------------------------------------------------
+# entry points -> tools -> core; the simulator stands apart (ARCHITECTURE.md draws them).
+ENTRY_POINTS = {"cli", "__main__", "notebook"}
+TOOLS = {"bench", "plots", "demo", "calibrate", "real", "testing", "scenarios", "provenance"}
+SIM_MAY_IMPORT = {"sim", "tokens", "errors", "process"}
+
+
+def _layer(module: str) -> str:
+    top = module.split(".")[1] if module.count(".") else module
+    if top == "sim":
+        return "sim"
+    if top in ENTRY_POINTS:
+        return "entry"
+    return "tool" if top in TOOLS else "core"
+
+
+def _imports(path: Path) -> set[str]:
+    """The hybrid modules ``path`` imports (at any depth of the file, lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hybrid"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "hybrid")
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("hybrid"))
+    return {name for name in found if name != "hybrid"}
+
+
+def layer_violations() -> list[str]:
+    problems = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".")
+        if relative == "__init__":
+            continue  # the package root re-exports the core and names the lazy tools
+        module = "hybrid." + relative.removesuffix(".__init__")
+        mine = _layer(module)
+        for imported in _imports(path):
+            theirs = _layer(imported)
+            top = imported.split(".")[1]
+            if mine == "core" and theirs != "core":
+                problems.append(f"{module} (core) imports {imported} ({theirs})")
+            if mine == "tool" and theirs == "entry" and imported != "hybrid.notebook":
+                problems.append(f"{module} (tool) imports {imported} (entry point)")
+            if mine == "sim" and top not in SIM_MAY_IMPORT:
+                problems.append(f"{module} (simulator) imports {imported}")
+            if mine != "sim" and theirs == "sim" and mine == "core":
+                problems.append(f"{module} (core) imports the simulator")
+    return sorted(set(problems))
+
+
+def test_layers_are_respected() -> None:
+    assert layer_violations() == []
+
+
+def test_the_layer_check_would_catch_a_violation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "hybrid"
+    (fake / "sim").mkdir(parents=True)
+    (fake / "orchestrator.py").write_text("from hybrid.plots import timeline\n")
+    (fake / "sim" / "engine.py").write_text("def f():\n    from hybrid.orchestrator import Orchestrator\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert layer_violations() == [
+        "hybrid.orchestrator (core) imports hybrid.plots (tool)",
+        "hybrid.sim.engine (simulator) imports hybrid.orchestrator",
+    ]

@@ -223,7 +223,10 @@ async def test_pipeline_stages_run_in_order_and_fill_prompts_and_system() -> Non
     )
     stages = [
         [Query("facts", "List facts about {concrete}.")],
-        [Query("risks", "Given {{facts}}, list risks.", system="You know {{facts}}."), Query("costs", "Cost {{facts}}")],
+        [
+            Query("risks", "Given {{facts}}, list risks.", system="You know {{facts}}."),
+            Query("costs", "Cost {{facts}}"),
+        ],
         [Query("report", "Merge {{risks}} and {{costs}}.")],
     ]
     async with Orchestrator(backend) as orch:

@@ -1,9 +1,12 @@
-"""The async core against the simulator over loopback, for both backends."""
+"""The kit against the simulator over loopback, for both backends: what is about the wire.
+
+Kinds, order and ratios only, never a real-time window; orchestration logic (schedules, timeouts,
+metrics arithmetic) is tested in virtual time in test_orchestration.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import openai
@@ -21,7 +24,6 @@ from hybrid import (
     InvalidResponse,
     OpenAIBackend,
     Orchestrator,
-    Price,
     Query,
     QueryFinished,
     QueryStarted,
@@ -30,10 +32,8 @@ from hybrid import (
     Retry,
     RunFinished,
     ServerError,
-    TemplateError,
     sim,
 )
-from hybrid.bench import run_keeping_failures
 from hybrid.query import Completion
 from hybrid.sim import Faults, ModelProfile, SimConfig
 
@@ -104,7 +104,7 @@ async def test_non_retryable_errors_are_not_retried(backend_kind: str) -> None:
         async with Orchestrator(backend, retry=Retry(attempts=5, base=0.001)) as orch:
             with pytest.raises(AllQueriesFailed) as info:
                 await orch.run(QUERIES[:2])
-            bad_model = await run_keeping_failures(orch, [Query("m", "hi", model="no-such-model")])
+            bad_model = await orch.run([Query("m", "hi", model="no-such-model")], raise_if_all_failed=False)
     assert all(isinstance(r.error, AuthenticationFailed) and r.attempts == 1 for r in info.value.run.results)
     assert isinstance(bad_model.results[0].error, AuthenticationFailed)
     assert server.stats()["by_status"] == {"401": 3}
@@ -127,7 +127,7 @@ async def test_each_fault_becomes_its_error_kind(
 ) -> None:
     config = SimConfig(time_scale=0, faults=faults)
     async with orchestrated(backend_kind, config=config, retry=Retry(attempts=2, base=0.001)) as (orch, server):
-        run = await run_keeping_failures(orch, [Query("a", "hello", stream=stream)])
+        run = await orch.run([Query("a", "hello", stream=stream)], raise_if_all_failed=False)
         stats = server.stats()
     result = run.results[0]
     assert isinstance(result.error, error), result.error
@@ -137,7 +137,7 @@ async def test_each_fault_becomes_its_error_kind(
 
 async def test_bad_request_is_not_retried(backend_kind: str) -> None:
     async with orchestrated(backend_kind, retry=Retry(attempts=4, base=0.001)) as (orch, server):
-        run = await run_keeping_failures(orch, [Query("a", "hello", model="gpt-404")])
+        run = await orch.run([Query("a", "hello", model="gpt-404")], raise_if_all_failed=False)
     assert isinstance(run.results[0].error, BadRequest) and run.results[0].error.status == 404
     assert run.results[0].attempts == 1 and server.stats()["requests"] == 1
 
@@ -151,33 +151,10 @@ async def test_missing_usage_is_estimated_and_flagged(backend_kind: str) -> None
     assert run.metrics.tokens_estimated
 
 
-async def test_retry_after_is_honoured(backend_kind: str) -> None:
-    config = SimConfig(time_scale=0, faults=Faults(fail_first=1, fail_first_status=429, retry_after_s=0.3))
-    retry = Retry(attempts=2, base=0.0, jitter=0.0)
-    async with orchestrated(backend_kind, config=config, retry=retry) as (orch, _):
-        run = await orch.run([Query("a", "hello")])
-    assert run.results[0].ok and run.results[0].attempts == 2
-    assert 0.3 <= run.results[0].latency_s < 0.5
-
-
-async def test_timeout_is_one_scope_over_all_attempts(backend_kind: str) -> None:
-    # Every attempt fails fast with Retry-After 0.2 s; five attempts would take 0.8 s, the timeout is 0.5 s.
-    config = SimConfig(time_scale=0, faults=Faults(rate_limit=1.0, retry_after_s=0.2))
-    retry = Retry(attempts=5, jitter=0.0)
-    async with orchestrated(backend_kind, config=config, retry=retry, timeout=0.5) as (orch, server):
-        start = time.perf_counter()
-        run = await run_keeping_failures(orch, [Query("a", "hello")])
-        elapsed = time.perf_counter() - start
-    result = run.results[0]
-    assert isinstance(result.error, QueryTimeout)
-    assert result.attempts == 3 and server.stats()["requests"] == 3
-    assert 0.5 <= elapsed < 0.7
-
-
 async def test_hung_request_times_out_and_leaves_nothing_in_flight(backend_kind: str) -> None:
     config = SimConfig(time_scale=0, faults=Faults(hang=1.0))
     async with orchestrated(backend_kind, config=config, timeout=0.2) as (orch, server):
-        run = await run_keeping_failures(orch, QUERIES[:5])
+        run = await orch.run(QUERIES[:5], raise_if_all_failed=False)
         stats = await settled(server, within_s=2.0)
     assert all(isinstance(r.error, QueryTimeout) for r in run.results)
     assert stats["in_flight"] == 0 and stats["disconnects"] == 5
@@ -195,7 +172,9 @@ async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results
     async with orchestrated(backend_kind, config=config) as (orch, server):
         before = asyncio.all_tasks()
         task = asyncio.create_task(orch.run(queries))
-        await asyncio.sleep(0.4)
+        while server.stats()["by_status"].get("200", 0) < 3:  # the fast three answered; the slow three are in flight
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # let the client read the three answers
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -208,27 +187,6 @@ async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results
     assert [r.ok for r in partial.results] == [True] * 3 + [False] * 3
     assert all(isinstance(r.error, Cancelled) for r in partial.results[3:])
     assert again.ok
-
-
-async def test_gather_overlaps_and_metrics_follow_their_definitions() -> None:
-    config = SimConfig(time_scale=0.1, profiles=STEADY)
-    async with orchestrated("http", config=config, max_concurrency=4) as (orch, _):
-        run = await orch.run(QUERIES[:8])
-        seq = await orch.run(QUERIES[:3], mode="sequential")
-    m = run.metrics
-    latencies = [r.latency_s for r in run.results]
-    assert m.sum_latency_s == pytest.approx(sum(latencies))
-    assert m.parallel_efficiency == pytest.approx(sum(latencies) / m.wall_s)
-    # 8 queries of 0.1 s on 4 slots: two waves, ideal efficiency 0.8 / 0.2 = 4.
-    assert m.ideal_efficiency == pytest.approx(4.0, rel=0.1)
-    assert m.percent_of_ideal == pytest.approx(m.parallel_efficiency / m.ideal_efficiency)
-    assert 0.8 < m.percent_of_ideal <= 1.05
-    assert 0.2 <= m.wall_s < 0.35
-    assert sorted(r.queue_s > 0.05 for r in run.results) == [False] * 4 + [True] * 4
-    assert m.p50_latency_s <= m.p95_latency_s <= m.p99_latency_s <= m.max_latency_s
-    assert m.total_tokens == sum(r.usage.total_tokens for r in run.results)
-    assert m.cpu_per_call_ms > 0
-    assert seq.metrics.parallel_efficiency == pytest.approx(1.0, abs=0.1) and seq.metrics.ideal_efficiency == 1.0
 
 
 async def test_first_requests_reach_the_server_while_later_workers_start() -> None:
@@ -256,7 +214,7 @@ async def test_streaming_reports_ttft_and_usage(backend_kind: str) -> None:
         run = await orch.run([Query("s", "stream me", stream=True), Query("p", "stream me")])
     streamed, plain = run.results
     assert streamed.text == plain.text and streamed.usage == plain.usage and not streamed.usage.estimated
-    assert streamed.ttft_s is not None and 0.01 < streamed.ttft_s < streamed.latency_s
+    assert streamed.ttft_s is not None and 0 < streamed.ttft_s < streamed.latency_s
     assert plain.ttft_s is None
 
 
@@ -279,13 +237,6 @@ async def test_threads_mode_uses_the_sync_client_and_matches(monkeypatch: pytest
     assert server.stats()["open_connections"] == 0
 
 
-async def test_threads_mode_needs_a_sync_client() -> None:
-    async with orchestrated("http") as (orch, server):
-        with pytest.raises(ConfigError, match="threads"):
-            await orch.run(QUERIES[:1], mode="threads")
-    assert server.stats()["requests"] == 0
-
-
 async def test_stream_yields_started_finished_then_the_run() -> None:
     async with orchestrated("http") as (orch, _):
         events = [event async for event in orch.stream(QUERIES[:4])]
@@ -298,16 +249,6 @@ async def test_stream_yields_started_finished_then_the_run() -> None:
             i for i, e in enumerate(events) if isinstance(e, QueryStarted) and e.index == event.result.index
         )
         assert first_start < events.index(event)
-
-
-async def test_stream_raises_after_run_finished_when_all_failed() -> None:
-    config = SimConfig(time_scale=0, faults=Faults(server_error=1.0))
-    seen: list[object] = []
-    async with orchestrated("http", config=config, retry=Retry.never()) as (orch, _):
-        with pytest.raises(AllQueriesFailed):
-            async for event in orch.stream(QUERIES[:2]):
-                seen.append(event)
-    assert isinstance(seen[-1], RunFinished)
 
 
 async def test_pipeline_runs_stages_in_order_and_fills_templates(backend_kind: str) -> None:
@@ -354,29 +295,6 @@ async def test_pipeline_skips_queries_whose_input_failed() -> None:
     assert run["b"].attempts == 0 and server.stats()["requests"] == 1
 
 
-def test_template_error_is_a_config_error() -> None:
-    assert issubclass(TemplateError, ConfigError)
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: Query("a", ""),
-        lambda: Query("a", "   "),
-        lambda: Query("a", 42),
-        lambda: Query("", "x"),
-        lambda: Query("a", "x", max_tokens=0),
-        lambda: Query("a", "x", temperature=3),
-        lambda: Retry(attempts=0),
-        lambda: Retry(jitter=2),
-        lambda: Price(prompt_per_mtok=-1, completion_per_mtok=1),
-    ],
-)
-def test_bad_queries_and_settings_say_what_to_do(make: Any) -> None:
-    with pytest.raises(ConfigError):
-        make()
-
-
 async def test_bad_orchestrator_settings_and_modes_fail_before_sending() -> None:
     async with sim.serve(SimConfig(time_scale=0)) as server:
         backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
@@ -415,24 +333,6 @@ async def test_backend_reads_the_sdk_environment(monkeypatch: pytest.MonkeyPatch
         async with Orchestrator(OpenAIBackend()) as orch:
             run = await orch.run(QUERIES[:1])
     assert run.results[0].model == "sim-large"
-
-
-async def test_prices_give_a_cost_column() -> None:
-    prices = {"sim-small": Price(prompt_per_mtok=1.0, completion_per_mtok=2.0)}
-    async with orchestrated("http", prices=prices) as (orch, _):
-        run = await orch.run(QUERIES[:2])
-    for r in run.results:
-        assert r.cost_usd == pytest.approx((r.usage.prompt_tokens + 2 * r.usage.completion_tokens) / 1e6)
-    assert run.metrics.cost_usd == pytest.approx(sum(r.cost_usd or 0 for r in run.results))
-
-
-async def test_client_side_rpm_limit_spaces_requests() -> None:
-    async with orchestrated("http", rpm=120) as (orch, server):
-        start = time.perf_counter()
-        run = await orch.run(QUERIES[:4])
-        elapsed = time.perf_counter() - start
-    # aiolimiter admits a burst up to the bucket then meters; no 429 ever reaches the server.
-    assert run.ok and server.stats()["by_status"] == {"200": 4} and elapsed < 5
 
 
 async def test_json_export_and_html_repr() -> None:
