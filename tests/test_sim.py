@@ -343,8 +343,11 @@ async def test_langchain_openai_works_unchanged() -> None:
     langchain_openai = pytest.importorskip("langchain_openai", reason="the peers extra is not installed")
     async with sim.serve(SimConfig(seed=1, time_scale=0)) as server:
         llm = langchain_openai.ChatOpenAI(base_url=server.url, api_key=server.api_key, model="sim-small", max_retries=0)
-        replies = await llm.abatch(["one", "two"])
-        streamed = [chunk.content async for chunk in llm.astream("three")]
+        try:
+            replies = await llm.abatch(["one", "two"])
+            streamed = [chunk.content async for chunk in llm.astream("three")]
+        finally:
+            await llm.root_async_client.close()  # ChatOpenAI never closes the client it made
     assert all(r.content for r in replies) and "".join(streamed)
 
 

@@ -132,7 +132,10 @@ async def _peer_langchain(url: str, key: str, model: str, queries: Sequence[Quer
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(base_url=url, api_key=key, model=model, max_retries=0)  # type: ignore[arg-type]
-    replies = await llm.abatch([q.prompt for q in queries], config={"max_concurrency": c}, return_exceptions=True)
+    try:
+        replies = await llm.abatch([q.prompt for q in queries], config={"max_concurrency": c}, return_exceptions=True)
+    finally:
+        await llm.root_async_client.close()  # ChatOpenAI never closes the client it made
     return sum(not isinstance(r, BaseException) for r in replies)
 
 
