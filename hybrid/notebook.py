@@ -66,5 +66,5 @@ def enable_nested() -> None:
     except ImportError as exc:
         from hybrid.errors import ConfigError
 
-        raise ConfigError("enable_nested() needs nest-asyncio: pip install 'hybrid[notebook]'.") from exc
+        raise ConfigError("enable_nested() needs nest-asyncio: pip install 'hybrid-llm-kit[notebook]'.") from exc
     nest_asyncio.apply()

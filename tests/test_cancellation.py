@@ -93,10 +93,3 @@ async def test_threads_mode_cannot_stop_its_in_flight_calls() -> None:
     assert still_running == 4  # cancelled, yet all four calls are still at the server
     assert stats["by_status"] == {"200": 4} and stats["disconnects"] == 0  # ...and ran to completion
     assert gather_left == 0  # the async modes close theirs at once
-
-
-def test_the_docs_say_threads_mode_cannot_be_cancelled() -> None:
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert "A thread cannot be cancelled" in readme

@@ -1,0 +1,210 @@
+"""Hostile servers, misuse and secrets: a misbehaving aiohttp server of our own on loopback (faults
+the simulator cannot produce), and the usual notebook mistakes, each rejected or contained."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from hybrid import (
+    ConfigError,
+    HTTPBackend,
+    OpenAIBackend,
+    Orchestrator,
+    Price,
+    Query,
+    Retry,
+    sim,
+)
+from hybrid.sim import Faults, SimConfig
+
+CANARY = "sk-canary-5f0e7c1d9a2b4c6e8f0a1b2c3d4e5f60"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def hostile(handler: Handler) -> AsyncIterator[str]:
+    """A plain aiohttp server answering every chat request with ``handler``; yields its base URL."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+def backend_for(kind: str, url: str, key: str = CANARY) -> OpenAIBackend | HTTPBackend:
+    return (OpenAIBackend if kind == "openai" else HTTPBackend)(base_url=url, api_key=key, model="m")
+
+
+def sse(*events: object) -> bytes:
+    return b"".join(b"data: " + (e if isinstance(e, bytes) else orjson.dumps(e)) + b"\n\n" for e in events)
+
+
+def chunk(delta: object, finish: str | None = None, usage: object = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    body["choices"] = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+async def streamed(request: web.Request, payload: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(payload)
+    await response.write_eof()
+    return response
+
+
+GARBAGE_STREAMS = {
+    "usage-strings": sse(
+        chunk({"content": "hi"}),
+        chunk({}, "stop"),
+        chunk(None, usage={"prompt_tokens": "5", "completion_tokens": None}),
+    ),
+    "list-chunk": sse([1, 2, 3]),
+    "delta-number": sse(chunk({"content": 42}), chunk({}, "stop")),
+    "delta-list": sse(chunk({"content": "a"}), chunk(["x"], "stop")),
+    "negative-usage": sse(chunk({"content": "hi"}), chunk({}, "stop"), chunk(None, usage={"prompt_tokens": -1})),
+}
+
+
+async def test_server_garbage_in_a_stream_is_invalid_response_on_both_backends(backend_kind: str) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        return await streamed(request, GARBAGE_STREAMS[body["messages"][-1]["content"]] + b"data: [DONE]\n\n")
+
+    async with hostile(handler) as url, Orchestrator(backend_for(backend_kind, url), retry=Retry.never()) as orch:
+        run = await orch.run([Query(name, name, stream=True) for name in GARBAGE_STREAMS], raise_if_all_failed=False)
+    assert [r.error.kind if r.error else "ok" for r in run.results] == ["invalid_response"] * len(GARBAGE_STREAMS)
+    assert orch.last_run is run
+
+
+async def test_one_malformed_usage_value_costs_one_row_not_the_run(backend_kind: str) -> None:
+    good = sse(
+        chunk({"content": "fine"}), chunk({}, "stop"), chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 1})
+    )
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        bad = body["messages"][-1]["content"] == "bad"
+        return await streamed(request, (GARBAGE_STREAMS["usage-strings"] if bad else good) + b"data: [DONE]\n\n")
+
+    queries = [Query(f"q{i}", "bad" if i == 7 else f"fine {i}", stream=True) for i in range(50)]
+    async with hostile(handler) as url, Orchestrator(backend_for(backend_kind, url), retry=Retry.never()) as orch:
+        first = await orch.run(queries[:2])
+        run = await orch.run(queries)
+    assert run.metrics.succeeded == 49 and run["q7"].error is not None
+    assert run["q7"].error.kind == "invalid_response" and orch.last_run is run and orch.last_run is not first
+    assert run.metrics.total_tokens == 49 * 6
+
+
+async def test_a_key_echoed_by_the_server_is_redacted_everywhere(backend_kind: str) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        key = request.headers["Authorization"].removeprefix("Bearer ")
+        message = f"Incorrect API key provided: {key}. You can find your key at ..."
+        return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=401)
+
+    async with hostile(handler) as url, Orchestrator(backend_for(backend_kind, url), retry=Retry.never()) as orch:
+        run = await orch.run([Query("q", "hi")], raise_if_all_failed=False)
+    error = run["q"].error
+    assert error is not None and error.kind == "authentication" and "<redacted>" in str(error)
+    surfaces = [str(error), repr(error), run.to_json(), run.to_frame().to_csv(), repr(run), run._repr_html_()]
+    surfaces += [repr(error.__cause__), repr(error.__context__), repr(orch), repr(orch.backend)]
+    assert not [s for s in surfaces if CANARY in s]
+
+
+def test_the_key_stays_out_of_reprs_of_configs_and_backends() -> None:
+    assert CANARY not in repr(SimConfig(api_key=CANARY))
+    assert CANARY not in repr(HTTPBackend(base_url="http://127.0.0.1:9/v1", api_key=CANARY, model="m"))
+    with pytest.raises(ConfigError, match="credentials") as info:
+        OpenAIBackend(base_url=f"http://user:{CANARY}@127.0.0.1:9/v1", api_key="k", model="m")
+    assert CANARY not in str(info.value)
+
+
+async def test_failed_rows_do_not_pin_transport_frames(backend_kind: str) -> None:
+    """A refused connection leaves a row whose error has no chain or traceback to hold on to."""
+    backend = backend_for(backend_kind, "http://127.0.0.1:9/v1")
+    backend.check_reachable = False
+    async with Orchestrator(backend, retry=Retry.never()) as orch:
+        run = await orch.run([Query("q", "hi")], raise_if_all_failed=False)
+    error = run["q"].error
+    assert error is not None and error.kind == "connection_failed"
+    assert error.__traceback__ is None and error.__cause__ is None and error.__context__ is None
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: OpenAIBackend(base_url="", api_key="k", model="m"), "base_url is an empty string"),
+        (lambda: HTTPBackend(base_url="http://127.0.0.1:1/v1", api_key="", model="m"), "api_key is an empty string"),
+        (lambda: HTTPBackend(base_url=123, api_key="k", model="m"), "base_url must be a string"),  # type: ignore[arg-type]
+        (lambda: HTTPBackend(base_url="http://[::1/v1", api_key="k", model="m"), "not a valid URL"),
+        (lambda: HTTPBackend(base_url="http://127.0.0.1:99999/v1", api_key="k", model="m"), "not a valid URL"),
+        (lambda: HTTPBackend(base_url="http://127.0.0.1:abc/v1", api_key="k", model="m"), "not a valid URL"),
+        (lambda: OpenAIBackend(base_url="http://x/v1", api_key="k", model="m", transport="h3"), "transport"),  # type: ignore[arg-type]
+        (lambda: Query("a", "x", model=5), "model must be a string"),  # type: ignore[arg-type]
+        (lambda: Query("a", "bad \ud800 text"), "lone surrogate"),
+        (lambda: Query("a", ""), "prompt is empty"),
+        (lambda: Query("", "x"), "non-empty string"),
+        (lambda: Query("a", "x", max_tokens=0), "max_tokens must be >= 1"),
+        (lambda: Query("a", "x", temperature=3), "temperature must be a finite number <= 2"),
+        (lambda: Retry(attempts=0), r"attempts=...\) \(1 = no retries\) must be >= 1"),
+        (lambda: Retry(jitter="0.5"), r"jitter=...\) must be a finite number, got '0.5'"),  # type: ignore[arg-type]
+        (lambda: Price(prompt_per_mtok=-1, completion_per_mtok=1), "must be a finite number of dollars"),
+        (lambda: SimConfig.from_dict({"faults": {"bogus": 1}}), r"Unknown faults \['bogus'\]"),
+        (lambda: SimConfig.from_dict({"profiles": {"m": {"ttft_s": 1}}}), "Bad profile 'm' settings"),
+        (lambda: SimConfig(time_scale="fast"), "time_scale"),  # type: ignore[arg-type]
+        (lambda: Faults(drop=2.0), r"drop=...\) must be a finite number <= 1.0"),
+    ],
+)
+def test_bad_input_is_a_config_error_that_names_the_value(make: Callable[[], object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"timeout": True}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"retry": 3}, "retry must be a Retry"),
+        ({"seed": object()}, "seed must be an integer"),
+        ({"max_concurrency": 0}, "max_concurrency must be >= 1"),
+        ({"rpm": 0}, "rpm"),
+        ({"prices": {"m": 1.5}}, r"prices\['m'\] must be a Price"),
+        ({"progress": "yes"}, "progress must be True or False"),
+    ],
+)
+def test_bad_orchestrator_settings_fail_at_construction(settings: dict[str, Any], message: str) -> None:
+    backend = HTTPBackend(base_url="http://127.0.0.1:9/v1", api_key="k", model="m")
+    with pytest.raises(ConfigError, match=message):
+        Orchestrator(backend, **settings)
+
+
+async def test_an_empty_base_url_never_falls_back_to_openai(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    with pytest.raises(ConfigError, match="empty string"):
+        OpenAIBackend(base_url="", model="m")
+
+
+async def test_threads_mode_gives_the_sync_client_the_query_timeout() -> None:
+    """A server that never answers: the blocking call itself gives up, so no worker thread (and no
+    interpreter exit) waits forever after the run returned its timeout rows."""
+    async with sim.serve(SimConfig(time_scale=0, faults=Faults(hang=1.0))) as server:
+        backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
+        async with Orchestrator(backend, timeout=0.3, retry=Retry.never()) as orch:
+            run = await orch.run([Query("q", "hi")], mode="threads", raise_if_all_failed=False)
+            client = backend._sync()
+    assert run["q"].error is not None and run["q"].error.kind == "timeout"
+    assert client.timeout.read == 0.3  # type: ignore[union-attr]
