@@ -208,3 +208,65 @@ async def test_threads_mode_gives_the_sync_client_the_query_timeout() -> None:
             client = backend._sync()
     assert run["q"].error is not None and run["q"].error.kind == "timeout"
     assert client.timeout.read == 0.3  # type: ignore[union-attr]
+
+
+def test_queries_with_metadata_are_hashable_and_frozen() -> None:
+    labels = {"variant": "a", "tags": ["x", "y"]}
+    query = Query("q", "hi", metadata=labels)
+    labels["variant"] = "changed"
+    assert query.metadata is not None and query.metadata["variant"] == "a"
+    twin = Query("q", "hi", metadata={"variant": "a", "tags": ["x", "y"]})
+    assert hash(query) == hash(Query("q", "hi", metadata={"other": 1})) and {query: 1}[twin] == 1
+    with pytest.raises(TypeError):
+        query.metadata["variant"] = "b"  # type: ignore[index]
+
+
+async def test_open_skips_the_reachability_probe_behind_a_proxy_or_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    unreachable = "http://10.255.255.1:9/v1"  # would time out or be refused without a proxy
+    for setting in ({"check_reachable": False}, {}):
+        if not setting:
+            monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+        backend = HTTPBackend(base_url=unreachable, api_key="k", model="m", **setting)
+        await backend.open(max_connections=1)
+        await backend.aclose()
+
+
+def test_serve_in_thread_stops_its_thread_when_start_up_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import importlib
+    import threading
+
+    from hybrid import HybridError
+
+    serve_module = importlib.import_module("hybrid.sim.serve")
+
+    @contextlib.asynccontextmanager
+    async def stuck(config: object) -> AsyncIterator[None]:
+        await asyncio.sleep(3600)  # a start-up that never finishes
+        yield
+
+    monkeypatch.setattr(serve_module, "serve", stuck)
+    with pytest.raises(HybridError, match="did not start"), sim.serve_in_thread(SimConfig(), start_timeout=0.05):
+        pass
+    assert not [t for t in threading.enumerate() if t.name == "hybrid-sim"]
+
+
+def test_the_simulator_remembers_a_bounded_number_of_request_attempts() -> None:
+    from hybrid.sim.model import FaultPlan
+
+    plan = FaultPlan(Faults(fail_first=1), seed=0)
+    plan.ATTEMPTS_KEPT = 100
+    for key in range(1000):
+        plan.draw(key, stream=False)
+    assert len(plan._attempts) == 100
+    assert plan.draw(999, stream=False) is None  # a recent request is still on its second attempt
+
+
+def test_comparisons_of_runs_that_took_no_time_do_not_divide_by_zero() -> None:
+    import math
+
+    from hybrid.metrics import ratio
+
+    assert ratio(3.0, 1.5) == 2.0 and math.isnan(ratio(1.0, 0.0)) and math.isnan(ratio(1.0, float("inf")))

@@ -54,16 +54,17 @@ class HandRun:
 async def by_hand(call: HandCall, queries: Sequence[Query], c: int) -> HandRun:
     """What a user writes by hand around a client: a semaphore of ``c`` and ``gather``."""
     semaphore = asyncio.Semaphore(c)
+    clock = asyncio.get_running_loop().time
 
     async def one(q: Query) -> float | None:
         async with semaphore:
-            t0 = time.perf_counter()
+            t0 = clock()
             answered = await call(q)
-            return time.perf_counter() - t0 if answered else None
+            return clock() - t0 if answered else None
 
-    start = time.perf_counter()
+    start = clock()
     results = await asyncio.gather(*(one(q) for q in queries), return_exceptions=True)
-    wall = time.perf_counter() - start
+    wall = clock() - start
     latencies = [r for r in results if isinstance(r, float)]
     return HandRun(succeeded=len(latencies), wall_s=wall, latencies=latencies)
 
@@ -178,9 +179,10 @@ async def peers(
     rows = []
     for repeat in range(repeats):
         for name, runner in runners.items():
-            wall0, cpu0 = time.perf_counter(), time.process_time()
+            clock = asyncio.get_running_loop().time
+            wall0, cpu0 = clock(), time.process_time()
             ok = await runner(url, api_key, model, queries, concurrency)
-            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            wall, cpu = clock() - wall0, time.process_time() - cpu0
             rows.append(
                 {
                     "peer": name,

@@ -107,30 +107,33 @@ def serve_in_thread(config: SimConfig | None = None, *, start_timeout: float = 1
     """Serve the simulator on its own loop in a daemon thread, for synchronous callers."""
     ready = threading.Event()
     state: dict[str, Any] = {}
+    lock = threading.Lock()
 
     async def main() -> None:
-        state["loop"] = asyncio.get_running_loop()
-        state["stop"] = stop = asyncio.Event()
+        with lock:
+            if state.get("abandoned"):  # the caller gave up before the loop even started
+                return
+            state["loop"], state["task"] = asyncio.get_running_loop(), asyncio.current_task()
         try:
             async with serve(config) as server:
                 state["server"] = server
                 ready.set()
-                if not abandon.is_set():  # the caller gave up waiting for start-up: stop at once
-                    await stop.wait()
+                await asyncio.Event().wait()  # until shut_down cancels this task
+        except asyncio.CancelledError:
+            pass
         except BaseException as exc:
             state["error"] = exc
             ready.set()
             raise
 
     def shut_down() -> None:
-        """Stop the thread's loop (now, or as soon as it has made its stop event) and join it."""
-        abandon.set()
-        loop = state.get("loop")
-        if loop is not None and "stop" in state:
-            loop.call_soon_threadsafe(state["stop"].set)
+        """Cancel the server's task, wherever it is (starting up or serving), and join the thread."""
+        with lock:
+            state["abandoned"] = True
+            if "task" in state:
+                state["loop"].call_soon_threadsafe(state["task"].cancel)
         thread.join(timeout=10)
 
-    abandon = threading.Event()
     thread = threading.Thread(target=lambda: asyncio.run(main()), name="hybrid-sim", daemon=True)
     thread.start()
     if not ready.wait(start_timeout) or "error" in state:
