@@ -36,18 +36,21 @@ from hybrid.query import Completion, Usage
 from hybrid.sim import ModelProfile, SimConfig
 
 
-class InstantBackend(Backend):
-    """Answers at once without I/O, so what remains is the orchestrator's own cost."""
+class InstantBackend:
+    """Answers at once without I/O, so what remains is the orchestrator's own cost (a bare
+    implementation of the Backend protocol: no scripting or call log, unlike hybrid.testing.FakeBackend)."""
 
     _ANSWER = Completion(text="ok", usage=Usage(prompt_tokens=1, completion_tokens=1), model="instant")
+    model = "instant"
+    supports_threads = False
 
-    def __init__(self) -> None:
-        super().__init__(base_url="http://127.0.0.1:9/v1", api_key="none", model="instant")
-
-    async def open(self, *, max_connections: int = 100, check: bool = True) -> None:
+    async def open(self, *, max_connections: int = 100, query_timeout: float | None = None) -> None:
         return None
 
     async def complete(self, query: Query) -> Completion:
+        return self._ANSWER
+
+    def complete_blocking(self, query: Query) -> Completion:
         return self._ANSWER
 
     async def aclose(self) -> None:
