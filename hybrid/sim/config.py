@@ -187,13 +187,7 @@ class SimConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
         """Build a config from :meth:`to_dict` output or a hand-written JSON file."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"The simulator settings must be a JSON object, got {data!r}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"Unknown simulator settings {unknown}; known: {sorted(known)}.")
-        data = dict(data)
+        data = _checked_fields(cls, data, "simulator settings")
         if "profiles" in data:
             profiles = data["profiles"]
             if not isinstance(profiles, Mapping):
@@ -208,15 +202,21 @@ class SimConfig:
         return cls(**data)
 
 
-def _build(cls: type[T], data: object, what: str) -> T:
-    """Dataclass ``cls`` from a JSON object; any unknown or missing field is a ConfigError."""
+def _checked_fields(cls: type, data: object, what: str) -> dict[str, Any]:
+    """``data`` as a dict, if it is a JSON object whose keys are all fields of dataclass ``cls``."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"The {what} must be a JSON object, got {data!r}.")
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"Unknown {what} {unknown}; known: {sorted(known)}.")
+    return dict(data)
+
+
+def _build(cls: type[T], data: object, what: str) -> T:
+    """Dataclass ``cls`` from a JSON object; any unknown or missing field is a ConfigError."""
+    fields = _checked_fields(cls, data, what)
     try:
-        return cls(**data)
+        return cls(**fields)
     except TypeError as exc:
         raise ConfigError(f"Bad {what}: {exc}") from None
