@@ -38,11 +38,22 @@ The ``check_*`` helpers at the end are the one way the kit rejects a bad setting
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from hybrid.results import RunResult
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception behind it (``__cause__``, else ``__context__``): backends look
+    through a transport's wrapping for the fault that really happened."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 class HybridError(Exception):

@@ -270,3 +270,83 @@ def test_comparisons_of_runs_that_took_no_time_do_not_divide_by_zero() -> None:
     from hybrid.metrics import ratio
 
     assert ratio(3.0, 1.5) == 2.0 and math.isnan(ratio(1.0, 0.0)) and math.isnan(ratio(1.0, float("inf")))
+
+
+# --- Bounded memory: a response may hold only so many bytes ------------------------------------
+
+LIMIT = 256 * 1024  # small, so that an endless body trips it in a few milliseconds
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    """A body that never ends: an event stream, a JSON answer or an error body, by the prompt."""
+    body = await request.json()
+    shape = body["messages"][-1]["content"]
+    status, content_type, head, piece = {
+        "stream": (200, "text/event-stream", b"", sse(chunk({"content": "x" * 1000}))),
+        "json": (200, "application/json", b'{"choices": [{"message": {"content": "', b"x" * 65536),
+        "error": (500, "application/json", b'{"error": {"message": "', b"x" * 65536),
+        "line": (200, "text/event-stream", b"data: ", b"y" * 65536),
+    }[shape]
+    response = web.StreamResponse(status=status, headers={"Content-Type": content_type})
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        await response.write(head)
+        while True:  # until the client goes away
+            await response.write(piece)
+    return response
+
+
+async def test_an_endless_response_is_cut_at_the_size_limit(backend_kind: str) -> None:
+    backend = backend_for(backend_kind, "http://127.0.0.1:9/v1")
+    async with hostile(endless) as url:
+        backend = type(backend)(base_url=url, api_key=CANARY, model="m", max_response_bytes=LIMIT)
+        async with Orchestrator(backend, timeout=60, retry=Retry.never()) as orch:
+            shapes = ["stream", "json", "error"]
+            run = await orch.run([Query(s, s, stream=s == "stream") for s in shapes], raise_if_all_failed=False)
+    kinds = {r.query.name: (r.error.kind if r.error else "ok") for r in run.results}
+    assert kinds == dict.fromkeys(shapes, "invalid_response")
+    assert all("max_response_bytes" in str(r.error) for r in run.results)
+
+
+async def test_an_endless_event_line_is_invalid_response_on_both_backends(backend_kind: str) -> None:
+    """One SSE line may hold at most 512 KiB, whatever the response limit."""
+    async with hostile(endless) as url, Orchestrator(backend_for(backend_kind, url), retry=Retry.never()) as orch:
+        run = await orch.run([Query("line", "line", stream=True)], raise_if_all_failed=False)
+    error = run["line"].error
+    assert error is not None and error.kind == "invalid_response" and "line" in str(error)
+
+
+def test_the_response_limit_is_checked_when_the_backend_is_made() -> None:
+    with pytest.raises(ConfigError, match="max_response_bytes"):
+        HTTPBackend(base_url="http://127.0.0.1:9/v1", api_key="k", model="m", max_response_bytes=0)
+
+
+async def test_a_lying_content_encoding_is_invalid_response_on_both_backends(backend_kind: str) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        payload = orjson.dumps({"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]})
+        return web.Response(body=payload, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+
+    async with hostile(handler) as url, Orchestrator(backend_for(backend_kind, url), retry=Retry.never()) as orch:
+        run = await orch.run([Query("q", "hi")], raise_if_all_failed=False)
+    error = run["q"].error
+    assert error is not None and error.kind == "invalid_response" and "decode" in str(error)
+
+
+async def test_a_redirect_loop_leaves_no_key_in_errors_or_verbose_tracebacks(backend_kind: str) -> None:
+    """aiohttp's redirect error carries the request headers; a verbose traceback (``%xmode Verbose``,
+    rich's ``show_locals``, Sentry) prints frame locals.  Neither may show the key."""
+    import traceback
+
+    from hybrid import AllQueriesFailed
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(str(request.url))
+
+    async with hostile(handler) as url, Orchestrator(backend_for(backend_kind, url), retry=Retry.never()) as orch:
+        with pytest.raises(AllQueriesFailed) as info:
+            await orch.run([Query("q", "hi")])
+    run = orch.last_run
+    assert run is not None and run["q"].error is not None and run["q"].error.kind == "invalid_response"
+    verbose = "".join(traceback.TracebackException.from_exception(info.value, capture_locals=True).format())
+    surfaces = [verbose, repr(run["q"].error), repr(run["q"].error.__cause__), run.to_json()]
+    assert "hi" in verbose and not [s for s in surfaces if CANARY in s]

@@ -19,7 +19,8 @@ import os
 import urllib.request
 from urllib.parse import urlsplit
 
-from hybrid.errors import ConfigError
+from hybrid.backends.response_limits import DEFAULT_MAX_RESPONSE_BYTES
+from hybrid.errors import ConfigError, check_int
 
 #: How long :meth:`Endpoint.check_reachable` waits for a TCP connection.
 REACHABILITY_TIMEOUT_S = 5.0
@@ -52,7 +53,13 @@ class Endpoint:
     supports_threads = False
 
     def __init__(
-        self, *, base_url: str | None, api_key: str | None, model: str | None, check_reachable: bool = True
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        model: str | None,
+        check_reachable: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         url = _setting("base_url", base_url, "OPENAI_BASE_URL", DEFAULT_BASE_URL)
         assert url is not None
@@ -84,6 +91,7 @@ class Endpoint:
         self._api_key = key
         self.model = name
         self.check_reachable = bool(check_reachable)
+        self.max_response_bytes = check_int("max_response_bytes", max_response_bytes, minimum=1024)
         self.max_connections = 100
         self.timeout: float | None = None
 

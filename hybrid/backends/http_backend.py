@@ -12,6 +12,7 @@ import asyncio
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import ContentEncodingError
 
 from hybrid.backends.endpoint import Endpoint
 from hybrid.backends.openai_wire import (
@@ -21,7 +22,13 @@ from hybrid.backends.openai_wire import (
     error_message,
     request_body,
 )
-from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError
+from hybrid.backends.response_limits import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ResponseMeter,
+    redirect_loop,
+    undecodable,
+)
+from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, exception_chain
 from hybrid.query import Completion, Query
 
 
@@ -37,8 +44,15 @@ class HTTPBackend(Endpoint):
         api_key: str | None = None,
         model: str | None = None,
         check_reachable: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        super().__init__(base_url=base_url, api_key=api_key, model=model, check_reachable=check_reachable)
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            model=model,
+            check_reachable=check_reachable,
+            max_response_bytes=max_response_bytes,
+        )
         self._session: aiohttp.ClientSession | None = None
         self._url = self.base_url + "/chat/completions"
 
@@ -65,15 +79,20 @@ class HTTPBackend(Endpoint):
                 if response.status >= 400:
                     raise await self._status_error(response)
                 if assembler is None:
-                    return completion_from_body(query, orjson.loads(await response.read()), body["model"])
-                await _read_events(response, assembler)
+                    return completion_from_body(query, orjson.loads(await self._read(response)), body["model"])
+                await self._read_events(response, assembler)
                 return assembler.result()
         except QueryError as exc:
             raise exc.detached() from None
         except orjson.JSONDecodeError as exc:
             raise InvalidResponse(f"The server's answer is not valid JSON: {exc}") from None
         except aiohttp.ClientPayloadError as exc:
+            encoding = [e for e in exception_chain(exc) if isinstance(e, ContentEncodingError)]
+            if encoding:
+                raise undecodable(encoding[0].message) from None
             raise InvalidResponse(f"The answer was cut off midway: {type(exc).__name__}") from None
+        except aiohttp.TooManyRedirects as exc:
+            raise redirect_loop(f"{len(exc.history)} redirects") from None
         except aiohttp.ClientResponseError as exc:
             # aiohttp's response errors carry request_info, whose headers hold the API key: keep only the words.
             raise InvalidResponse(f"The server's answer could not be read: HTTP {exc.status}, {exc.message}") from None
@@ -85,24 +104,37 @@ class HTTPBackend(Endpoint):
     async def _status_error(self, response: aiohttp.ClientResponse) -> QueryError:
         """The kit's error for an HTTP error answer, with the server's message (key redacted) when it sent one."""
         try:
-            parsed: object = orjson.loads(await response.read())
+            parsed: object = orjson.loads(await self._read(response))
         except orjson.JSONDecodeError:
             parsed = None
         message = self.redact(error_message(parsed, response.status))
         return error_for_status(response.status, message, response.headers)
 
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body, metered: never more than ``max_response_bytes`` in memory."""
+        meter = ResponseMeter(self.max_response_bytes, event_stream=False)
+        body = bytearray()
+        async for part in response.content.iter_any():
+            body += meter.count(part)
+        return bytes(body)
+
+    async def _read_events(self, response: aiohttp.ClientResponse, assembler: StreamAssembler) -> None:
+        """Feed the SSE ``data:`` events of ``response`` to ``assembler`` until ``[DONE]``, metered
+        (lines are split here rather than by aiohttp's ``readline``, whose own limit raises a bare
+        ``ValueError``)."""
+        meter = ResponseMeter(self.max_response_bytes, event_stream=True)
+        pending = b""
+        async for part in response.content.iter_any():
+            *lines, pending = (pending + meter.count(part)).split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    return
+                assembler.feed_chunk(orjson.loads(data))
+
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-async def _read_events(response: aiohttp.ClientResponse, assembler: StreamAssembler) -> None:
-    """Feed the SSE ``data:`` events of ``response`` to ``assembler`` until ``[DONE]``."""
-    async for line in response.content:
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return
-        assembler.feed_chunk(orjson.loads(data))

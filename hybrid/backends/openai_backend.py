@@ -31,7 +31,13 @@ from hybrid.backends.openai_wire import (
     request_body,
     usage_from,
 )
-from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, check_choice
+from hybrid.backends.response_limits import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    httpx2_event_hooks,
+    redirect_loop,
+    undecodable,
+)
+from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, check_choice, exception_chain
 from hybrid.query import Completion, Query
 
 Transport = Literal["aiohttp", "httpx"]
@@ -41,9 +47,19 @@ _HTTP_TIMEOUT = httpx2.Timeout(None, connect=30.0)
 
 
 def translate(exc: Exception, endpoint: Endpoint, *, received_chunks: int = 0) -> QueryError:
-    """The kit's error for anything the SDK or its transport raised (server text with the key redacted)."""
-    if isinstance(exc, QueryError):
-        return exc
+    """The kit's error for anything the SDK or its transport raised (server text with the key redacted).
+
+    A kit error raised while the SDK read the body (the response meter's) is found behind the
+    SDK's ``APIConnectionError`` wrapping, and so are httpx2's decoding and redirect errors, so
+    that both backends give the same fault the same kind.
+    """
+    for cause in exception_chain(exc):
+        if isinstance(cause, QueryError):
+            return cause
+        if isinstance(cause, httpx2.DecodingError):
+            return undecodable(str(cause))
+        if isinstance(cause, httpx2.TooManyRedirects):
+            return redirect_loop(str(cause))
     if isinstance(exc, openai.APIStatusError):
         try:
             message = error_message(orjson.loads(exc.response.content), exc.status_code)
@@ -68,14 +84,11 @@ def _root_cause(exc: BaseException) -> str:
 def _is_truncated_body(exc: BaseException) -> bool:
     """Whether the chain says the headers came but the body did not (aiohttp's "payload is not
     completed", httpx2's "peer closed connection without sending complete message body")."""
-    current: BaseException | None = exc
-    while current is not None:
-        if type(current).__name__ in ("ClientPayloadError", "ContentLengthError", "TransferEncodingError"):
-            return True
-        if "complete message body" in str(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(
+        type(e).__name__ in ("ClientPayloadError", "ContentLengthError", "TransferEncodingError")
+        or "complete message body" in str(e)
+        for e in exception_chain(exc)
+    )
 
 
 class OpenAIBackend(Endpoint):
@@ -96,8 +109,15 @@ class OpenAIBackend(Endpoint):
         model: str | None = None,
         transport: Transport = "aiohttp",
         check_reachable: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        super().__init__(base_url=base_url, api_key=api_key, model=model, check_reachable=check_reachable)
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            model=model,
+            check_reachable=check_reachable,
+            max_response_bytes=max_response_bytes,
+        )
         self.transport: Transport = check_choice("OpenAIBackend(transport=...)", transport, ("aiohttp", "httpx"))
         self._client: openai.AsyncOpenAI | None = None
         self._sync_client: openai.OpenAI | None = None
@@ -107,10 +127,11 @@ class OpenAIBackend(Endpoint):
         if self._client is not None:
             return
         limits = httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+        hooks = httpx2_event_hooks(self.max_response_bytes)
         http_client: httpx2.AsyncClient = (
-            openai.DefaultAioHttpClient(limits=limits, timeout=_HTTP_TIMEOUT)
+            openai.DefaultAioHttpClient(limits=limits, timeout=_HTTP_TIMEOUT, event_hooks=hooks)
             if self.transport == "aiohttp"
-            else openai.DefaultAsyncHttpxClient(limits=limits, timeout=_HTTP_TIMEOUT)
+            else openai.DefaultAsyncHttpxClient(limits=limits, timeout=_HTTP_TIMEOUT, event_hooks=hooks)
         )
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url, api_key=self._api_key, max_retries=0, http_client=http_client
@@ -159,7 +180,11 @@ class OpenAIBackend(Endpoint):
                     base_url=self.base_url,
                     api_key=self._api_key,
                     max_retries=0,
-                    http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout),
+                    http_client=openai.DefaultHttpxClient(
+                        limits=limits,
+                        timeout=timeout,
+                        event_hooks=httpx2_event_hooks(self.max_response_bytes, blocking=True),
+                    ),
                 )
             return self._sync_client
 
