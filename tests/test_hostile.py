@@ -350,3 +350,17 @@ async def test_a_redirect_loop_leaves_no_key_in_errors_or_verbose_tracebacks(bac
     verbose = "".join(traceback.TracebackException.from_exception(info.value, capture_locals=True).format())
     surfaces = [verbose, repr(run["q"].error), repr(run["q"].error.__cause__), run.to_json()]
     assert "hi" in verbose and not [s for s in surfaces if CANARY in s]
+
+
+async def test_a_server_asking_to_wait_longer_than_the_timeout_fails_at_once(backend_kind: str) -> None:
+    """``Retry-After: 99999`` or ``inf`` with a 30 s timeout: one attempt, ``rate_limited`` with the
+    server's value, not a 30 s sleep ending in ``timeout``."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        wait = (await request.json())["messages"][-1]["content"]
+        return web.json_response({"error": {"message": "slow down"}}, status=429, headers={"Retry-After": wait})
+
+    async with hostile(handler) as url, Orchestrator(backend_for(backend_kind, url), timeout=30) as orch:
+        run = await orch.run([Query("a", "99999"), Query("b", "inf")], raise_if_all_failed=False)
+    waits = [r.error.retry_after_s if r.error and r.error.kind == "rate_limited" else None for r in run.results]
+    assert waits == [99999.0, float("inf")] and [r.attempts for r in run.results] == [1, 1]
