@@ -60,7 +60,7 @@ async def storm(way: str, trials: int, backend_kind: str) -> None:
 
 @pytest.mark.parametrize("way", ["gather", "sequential", "pipeline", "stream"])
 async def test_cancellation_storm(backend_kind: str, way: str) -> None:
-    await storm(way, trials=12, backend_kind=backend_kind)
+    await storm(way, trials=8, backend_kind=backend_kind)
 
 
 @pytest.mark.slow
