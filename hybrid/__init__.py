@@ -36,6 +36,7 @@ from hybrid.orchestrator import Orchestrator
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
 from hybrid.retry import Retry
+from hybrid.virtual_time import simulate
 
 if TYPE_CHECKING:
     from hybrid import bench, plots, real, sim, testing
@@ -84,6 +85,7 @@ __all__ = [
     "real",
     "run_sync",
     "sim",
+    "simulate",
     "testing",
 ]
 

@@ -95,7 +95,10 @@ class Threads(Gather):
 
     def sender(self, backend: Backend, pool: Callable[[], ThreadPoolExecutor]) -> Send:
         if not backend.supports_threads:
-            raise ConfigError(f"mode='threads' needs a synchronous client; {type(backend).__name__} has none.")
+            raise ConfigError(
+                f"mode='threads' needs a synchronous client; {type(backend).__name__} has none. "
+                "Use OpenAIBackend (for the simulator: against sim.serve(...))."
+            )
         executor, blocking = pool(), backend.complete_blocking
 
         def send(query: Query) -> Awaitable[Completion]:

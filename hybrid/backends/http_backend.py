@@ -20,6 +20,8 @@ from hybrid.backends.openai_wire import (
     completion_from_body,
     error_for_status,
     error_message,
+    feed_event_line,
+    json_answer,
     request_body,
 )
 from hybrid.backends.response_limits import (
@@ -79,13 +81,11 @@ class HTTPBackend(Endpoint):
                 if response.status >= 400:
                     raise await self._status_error(response)
                 if assembler is None:
-                    return completion_from_body(query, orjson.loads(await self._read(response)), body["model"])
+                    return completion_from_body(query, json_answer(await self._read(response)), body["model"])
                 await self._read_events(response, assembler)
                 return assembler.result()
         except QueryError as exc:
             raise exc.detached() from None
-        except orjson.JSONDecodeError as exc:
-            raise InvalidResponse(f"The server's answer is not valid JSON: {exc}") from None
         except aiohttp.ClientPayloadError as exc:
             encoding = [e for e in exception_chain(exc) if isinstance(e, ContentEncodingError)]
             if encoding:
@@ -127,12 +127,8 @@ class HTTPBackend(Endpoint):
         async for part in response.content.iter_any():
             *lines, pending = (pending + meter.count(part)).split(b"\n")
             for line in lines:
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
+                if feed_event_line(assembler, line):
                     return
-                assembler.feed_chunk(orjson.loads(data))
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

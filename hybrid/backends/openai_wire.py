@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
+
 from hybrid.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -177,6 +179,26 @@ class StreamAssembler:
             finish_reason=self.finish_reason,
             ttft_s=self.ttft_s,
         )
+
+
+def json_answer(data: bytes) -> object:
+    """``data`` parsed as JSON; :class:`InvalidResponse` when it is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidResponse(f"The server's answer is not valid JSON: {exc}") from None
+
+
+def feed_event_line(assembler: StreamAssembler, line: bytes) -> bool:
+    """Feed one line of a server-sent event stream to ``assembler``; True at ``data: [DONE]``.
+    Lines other than ``data:`` (comments, ``event:``, blank separators) are skipped."""
+    if not line.startswith(b"data:"):
+        return False
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return True
+    assembler.feed_chunk(json_answer(data))
+    return False
 
 
 def completion_from_body(query: Query, body: object, model: str) -> Completion:

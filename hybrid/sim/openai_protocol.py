@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -53,6 +53,48 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     json_mode: bool
+
+
+class Sink(Protocol):
+    """Where :meth:`Simulator.answer` writes an answer: an HTTP response here, or the in-process
+    backend's parser (:mod:`hybrid.sim.in_process`), so both get the same bytes."""
+
+    async def whole(self, body: bytes, headers: dict[str, str]) -> None:
+        """A complete JSON answer with status 200."""
+
+    async def start(self, headers: dict[str, str], content_type: str, content_length: int | None = None) -> None:
+        """Begin an answer sent in parts."""
+
+    async def write(self, data: bytes) -> None:
+        """One part: a JSON fragment, or one server-sent event."""
+
+    async def finish(self) -> None:
+        """The answer is complete."""
+
+
+class _HTTPSink:
+    """A :class:`Sink` onto an aiohttp response."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    async def whole(self, body: bytes, headers: dict[str, str]) -> None:
+        self.response = web.Response(body=body, content_type=_JSON, headers=headers)
+
+    async def start(self, headers: dict[str, str], content_type: str, content_length: int | None = None) -> None:
+        self.response = web.StreamResponse(headers={**headers, "Content-Type": content_type})
+        if content_length is not None:
+            self.response.content_length = content_length
+        await self.response.prepare(self.request)
+
+    async def write(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(data)
+
+    async def finish(self) -> None:
+        assert self.response is not None
+        await self.response.write_eof()
 
 
 class Simulator:
@@ -155,7 +197,16 @@ class Simulator:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self._check_key(request)
-        chat = self._validate(await self._parse_body(request))
+        sink = _HTTPSink(request)
+        await self.answer(await self._parse_body(request), sink)
+        assert sink.response is not None
+        return sink.response
+
+    async def answer(self, body: dict[str, Any], sink: Sink) -> None:
+        """Answer one chat-completions request ``body`` into ``sink``: the whole simulated server
+        behind the transport (validation, rate limits, faults, a slot, pacing, the answer's bytes).
+        Raises :class:`Rejected` or :class:`Drop` for the transport to shape."""
+        chat = self._validate(body)
         engine = self.engine
         profile = self.config.profiles[chat.model]
         messages = list(chat.messages)
@@ -174,7 +225,8 @@ class Simulator:
         async with engine.slot(reply, profile) as request_pace:
             request_id = f"chatcmpl-sim{reply.key:016x}"
             if chat.stream:
-                return await self._stream(request, reply, chat, request_id, request_pace, fault, limit_headers)
+                await self._stream(sink, reply, chat, request_id, request_pace, fault, limit_headers)
+                return
             pacer = Pacer()
             await pacer.wait(request_pace.ttft_s)
             for _, tokens in reply.pieces:
@@ -182,14 +234,13 @@ class Simulator:
             await pacer.settle()
             payload = self._completion(reply, chat.model, request_id, with_usage=fault != "no_usage")
             if fault == "malformed":
-                return web.Response(body=payload[: len(payload) // 2], content_type=_JSON, headers=limit_headers)
-            if fault == "truncate":
-                response = web.StreamResponse(headers={**limit_headers, "Content-Type": _JSON})
-                response.content_length = len(payload)
-                await response.prepare(request)
-                await response.write(payload[: len(payload) // 2])
+                await sink.whole(payload[: len(payload) // 2], limit_headers)
+            elif fault == "truncate":
+                await sink.start(limit_headers, _JSON, content_length=len(payload))
+                await sink.write(payload[: len(payload) // 2])
                 raise Drop
-            return web.Response(body=payload, content_type=_JSON, headers=limit_headers)
+            else:
+                await sink.whole(payload, limit_headers)
 
     async def _parse_body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
@@ -290,19 +341,16 @@ class Simulator:
 
     async def _stream(
         self,
-        request: web.Request,
+        sink: Sink,
         reply: Reply,
         chat: ChatRequest,
         request_id: str,
         request_pace: Pace,
         fault: str | None,
         headers: dict[str, str],
-    ) -> web.StreamResponse:
+    ) -> None:
         """Send the reply as SSE chunks: role, content in up to 8 paced pieces, finish, usage."""
-        response = web.StreamResponse(
-            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
+        await sink.start({**headers, "Cache-Control": "no-cache"}, "text/event-stream")
         created = int(time.time())
         model = chat.model
 
@@ -320,18 +368,18 @@ class Simulator:
         pieces = reply.pieces
         pacer = Pacer()
         await pacer.wait(request_pace.ttft_s)
-        await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
+        await sink.write(chunk({"role": "assistant", "content": "", "refusal": None}))
         for i, (piece, tokens) in enumerate(pieces):
             if fault == "truncate" and i >= len(pieces) // 2:
                 raise Drop
             if fault == "malformed" and i == len(pieces) // 2:
-                await response.write(b'data: {"id": "' + request_id.encode() + b'", "choices": [{"delta": \n\n')
+                await sink.write(b'data: {"id": "' + request_id.encode() + b'", "choices": [{"delta": \n\n')
             await pacer.wait(request_pace.decode_s(tokens, self.engine.busy))
-            await response.write(chunk({"content": piece}))
+            await sink.write(chunk({"content": piece}))
         if fault == "truncate":
             raise Drop
         await pacer.settle()
-        await response.write(chunk({}, reply.finish_reason))
+        await sink.write(chunk({}, reply.finish_reason))
         if chat.include_usage and fault != "no_usage":
             usage = {
                 "id": request_id,
@@ -342,10 +390,9 @@ class Simulator:
                 "choices": [],
                 "usage": _usage(reply),
             }
-            await response.write(b"data: " + orjson.dumps(usage) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+            await sink.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+        await sink.write(b"data: [DONE]\n\n")
+        await sink.finish()
 
 
 def _usage(reply: Reply) -> dict[str, int]:
