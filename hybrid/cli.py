@@ -72,7 +72,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from hybrid.demo import run_demo
 
-    return asyncio.run(run_demo(out_dir=Path(args.out), time_scale=args.time_scale, seed=args.seed))
+    return asyncio.run(
+        run_demo(out_dir=Path(args.out), time_scale=args.time_scale, seed=args.seed, virtual=args.virtual)
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -118,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="folder for summary.json and the plots")
     demo.add_argument("--time-scale", type=float, default=0.1, help="simulated time compression")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--virtual",
+        action="store_true",
+        help="run at the model's full pace on a virtual clock (exact, instant; the legacy pool is modelled by gathering)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="run benchmark suites against a simulator in its own process")

@@ -177,3 +177,14 @@ def test_hybrid_bench_writes_results_with_machine_info(tmp_path: Path) -> None:
         and (tmp_path / "sweep.csv").exists()
         and (tmp_path / "sweep_efficiency.png").exists()
     )
+
+
+async def test_the_virtual_demo_gives_the_seeds_study_at_full_pace_the_same_every_time() -> None:
+    from hybrid.demo import compare_runs, measure
+
+    first = compare_runs(*(await measure(virtual=True))[:2], time_scale=1.0)
+    second = compare_runs(*(await measure(virtual=True))[:2], time_scale=1.0)
+    assert first == second  # every number, to the last bit
+    assert 50 <= first["legacy_wall_s"] <= 75 and 15 <= first["hybrid_wall_s"] <= 20
+    stages = [q["stage"] for q in first["legacy_queries"]]
+    assert stages == [1, 2, 2, 2, 2, 3] and first["percent_of_ideal"] == pytest.approx(1.0)
