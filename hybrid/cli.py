@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--virtual",
         action="store_true",
-        help="run at the model's full pace on a virtual clock (exact, instant; the legacy pool is modelled by gathering)",
+        help="run at full model pace on a virtual clock (exact, instant; the legacy pool is modelled by gathering)",
     )
     demo.set_defaults(func=cmd_demo)
 
