@@ -151,3 +151,17 @@ async def test_a_studys_error_reaches_the_caller() -> None:
 
     with pytest.raises(ValueError, match="bad study"):
         await hybrid.simulate(broken)
+
+
+async def test_the_progress_bar_counts_every_query_of_a_simulated_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("HYBRID_PROGRESS", raising=False)
+
+    async def study() -> RunResult:
+        async with Orchestrator(sim.backend(SimConfig(seed=2)), progress=True) as orch:
+            return await orch.run([Query(f"p{i}", f"progress {i}") for i in range(5)])
+
+    run = await hybrid.simulate(study)
+    assert run.ok and "5/5" in capsys.readouterr().err
