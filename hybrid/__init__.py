@@ -36,6 +36,7 @@ from hybrid.orchestrator import Orchestrator
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
 from hybrid.retry import Retry
+from hybrid.store import Store
 from hybrid.virtual_time import simulate
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ __all__ = [
     "RunMetrics",
     "RunResult",
     "ServerError",
+    "Store",
     "TemplateError",
     "Usage",
     "__version__",

@@ -119,8 +119,8 @@ async def measure(
     """Run legacy (staged, thread pool per stage) and hybrid (gathered) on a simulator process, or
     with ``virtual`` on the in-process simulator at full pace on a virtual clock."""
     if virtual:
-        backend = sim_backend(audit.sim_config(seed=seed, time_scale=1.0), model=audit.MODEL)
-        return await simulate(_audit, backend, "gather", seed)
+        in_process = sim_backend(audit.sim_config(seed=seed, time_scale=1.0), model=audit.MODEL)
+        return await simulate(_audit, in_process, "gather", seed)
     async with serve_process(audit.sim_config(seed=seed, time_scale=time_scale)) as server:
         backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model=audit.MODEL)
         return await _audit(backend, "threads", seed)

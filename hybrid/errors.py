@@ -153,6 +153,21 @@ class Cancelled(QueryError):
     kind = "cancelled"
 
 
+def error_of_kind(kind: str, message: str, *, status: int | None = None) -> QueryError:
+    """The :class:`QueryError` subclass whose ``kind`` is ``kind`` (a plain ``QueryError`` for an
+    unknown kind): how a stored row gets its error back."""
+    classes: list[type[QueryError]] = [QueryError, *_subclasses(QueryError)]
+    cls = next((c for c in classes if c.kind == kind), QueryError)
+    return cls(message, status=status)
+
+
+def _subclasses(cls: type[QueryError]) -> list[type[QueryError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
 class AllQueriesFailed(HybridError):
     """Every query of a run failed.  ``.run`` holds the RunResult with each query's error."""
 

@@ -8,6 +8,12 @@
   semaphore-fed pool achieves at best; for unlimited concurrency it is ``sum / max``).
 * ``percent_of_ideal = parallel_efficiency / ideal_efficiency``.
 * client CPU per call: process CPU seconds during the run divided by the calls made (attempts).
+
+Rows that did not go over the wire in this run (``origin`` ``"cache"`` or ``"resumed"``) are
+counted (``queries``, ``succeeded``, ``from_cache``, ``resumed``, tokens) but kept out of every
+timing (latency, efficiency, ideal, throughput) and of attempts; cache hits cost 0 and resumed
+rows were paid for in an earlier run, so neither adds to the run's cost.  Mixing in
+answers that took no time would make a run look faster than any server is.
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ class RunMetrics:
     cpu_per_call_ms: float
     throughput_qps: float
     cost_usd: float | None
+    from_cache: int = 0
+    resumed: int = 0
 
     @classmethod
     def compute(
@@ -88,7 +96,7 @@ class RunMetrics:
         cpu_s: float,
         concurrency: int,
     ) -> RunMetrics:
-        sent = [r for r in results if r.attempts > 0]
+        sent = [r for r in results if r.attempts > 0 and r.origin == "sent"]
         latencies = sorted(r.latency_s for r in sent)
         total = sum(latencies)
         stages: dict[int | None, list[float]] = {}
@@ -98,8 +106,9 @@ class RunMetrics:
         efficiency = total / wall_s if wall_s > 0 else 0.0
         ideal = total / ideal_s if ideal_s > 0 else 0.0
         ttfts = [r.ttft_s for r in sent if r.ttft_s is not None]
-        attempts = sum(r.attempts for r in results)
-        costs = [r.cost_usd for r in results if r.cost_usd is not None]
+        attempts = sum(r.attempts for r in sent)
+        # This run's cost: what was sent, plus cache hits at 0; resumed rows were paid for earlier.
+        costs = [r.cost_usd for r in results if r.cost_usd is not None and r.origin != "resumed"]
         succeeded = sum(r.ok for r in results)
         return cls(
             queries=len(results),
@@ -122,11 +131,13 @@ class RunMetrics:
             total_tokens=sum(r.usage.total_tokens for r in results),
             tokens_estimated=any(r.usage.estimated for r in results if r.ok),
             attempts=attempts,
-            retries=sum(r.retries for r in results),
+            retries=sum(r.retries for r in sent),
             cpu_s=cpu_s,
             cpu_per_call_ms=cpu_s / attempts * 1000.0 if attempts else math.nan,
-            throughput_qps=succeeded / wall_s if wall_s > 0 else 0.0,
+            throughput_qps=sum(r.ok for r in sent) / wall_s if wall_s > 0 else 0.0,
             cost_usd=sum(costs) if costs else None,
+            from_cache=sum(r.origin == "cache" for r in results),
+            resumed=sum(r.origin == "resumed" for r in results),
         )
 
     @classmethod

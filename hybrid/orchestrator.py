@@ -26,14 +26,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from types import TracebackType
 
 from hybrid import progress
 from hybrid.backends.protocol import Backend
 from hybrid.chain import Attempt, Link, compose
+from hybrid.chain.cache import CACHE_MODES, ResponseCache
 from hybrid.chain.rate_limits import RateLimits
 from hybrid.errors import (
     AllQueriesFailed,
@@ -42,14 +46,18 @@ from hybrid.errors import (
     QueryError,
     QueryTimeout,
     RateLimited,
+    check_choice,
     check_int,
     check_number,
+    check_text,
 )
 from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
+from hybrid.fingerprint import fingerprint
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
 from hybrid.retry import Retry
 from hybrid.run_state import RunState
+from hybrid.store import Store
 from hybrid.strategies import Strategy, strategy_for
 from hybrid.templating import check_references, placeholders, render
 
@@ -67,6 +75,12 @@ class Orchestrator:
     :class:`Retry` policy; ``rpm``/``tpm`` are client-side rate limits, taken per attempt;
     ``progress`` shows a tqdm bar (never under CI or with ``HYBRID_PROGRESS=0``); ``prices`` maps
     model names to :class:`Price` for a cost column; ``seed`` makes the retry jitter reproducible.
+
+    ``store`` (a :class:`~hybrid.store.Store` or a file path) writes every result as it finishes,
+    so an interrupt, a crash or a ``kill -9`` loses at most what was in flight; runs get a
+    ``name`` and can be resumed.  ``cache`` (needs a store) answers a request already answered
+    before from the store: ``True`` or ``"on"``, ``"read"`` (read only), ``"write"`` (refresh),
+    ``False``; ``cache_max_age_s`` ignores older entries.
 
     An orchestrator belongs to the event loop that opened it (its semaphore, its clients): using it
     from another loop (a second ``asyncio.run``, ``run_sync`` inside the notebook) is refused with a
@@ -86,6 +100,9 @@ class Orchestrator:
         progress: bool = False,
         prices: Mapping[str, Price] | None = None,
         seed: int | None = None,
+        store: Store | str | Path | None = None,
+        cache: bool | str = False,
+        cache_max_age_s: float | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigError(
@@ -106,12 +123,29 @@ class Orchestrator:
                 raise ConfigError(
                     f"prices[{model!r}] must be a Price(prompt_per_mtok=..., completion_per_mtok=...), got {price!r}."
                 )
+        self.store = store if isinstance(store, Store) or store is None else Store(store)
+        cache_mode: str | None = ("on" if cache else None) if isinstance(cache, bool) else cache
+        if cache_mode is not None:
+            check_choice("cache (True, False, 'on', 'read' or 'write')", cache_mode, CACHE_MODES)
+            if self.store is None:
+                raise ConfigError(
+                    "cache= keeps answers in the run store: pass store=hybrid.Store('runs.sqlite') as well."
+                )
+        if cache_max_age_s is not None:
+            check_number("cache_max_age_s", cache_max_age_s, positive=True, unit="seconds")
         self.backend = backend
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.retry = retry if retry is not None else Retry()
         self.limits = RateLimits(rpm=rpm, tpm=tpm)
-        self.links: list[Link] = [self.limits] if self.limits.active else []
+        self.cache = (
+            None
+            if cache_mode is None or self.store is None
+            else ResponseCache(self.store, mode=cache_mode, default_model=backend.model, max_age_s=cache_max_age_s)
+        )
+        # Per attempt: the cache first (a hit takes no rate-limit token), then the limits, then the backend.
+        limits = self.limits if self.limits.active else None
+        self.links: list[Link] = [link for link in (self.cache, limits) if link is not None]
         self.progress = progress
         self.prices = dict(prices or {})
         self.last_run: RunResult | None = None
@@ -148,14 +182,26 @@ class Orchestrator:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
         await self.backend.aclose()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.flush)  # leaving the block means the rows are on disk
 
     # -- public API ---------------------------------------------------------------------------
     async def run(
-        self, queries: Sequence[Query], *, mode: str | Strategy = "gather", raise_if_all_failed: bool = True
+        self,
+        queries: Sequence[Query],
+        *,
+        mode: str | Strategy = "gather",
+        raise_if_all_failed: bool = True,
+        name: str | None = None,
+        resume: bool = False,
     ) -> RunResult:
         """Send every query and return the run.  ``mode`` is the :mod:`strategy <hybrid.strategies>`:
         ``gather`` (concurrently), ``sequential`` (one by one) or ``threads`` (the synchronous SDK
         client on a thread pool, the legacy baseline).
+
+        With a store, ``name`` names the run (default: ``run-<time>``); ``resume=True`` continues
+        the run of that name: queries it already answered ok (same name, same request) are not
+        sent and come back with ``origin="resumed"``; failed, missing and changed ones are sent.
 
         Raises :class:`AllQueriesFailed` only if every query failed (pass
         ``raise_if_all_failed=False`` to get that run back instead, as a measurement wants);
@@ -163,7 +209,8 @@ class Orchestrator:
         """
         strategy = strategy_for(mode)
         items = self._checked(queries)
-        run = await self._execute(items, [None] * len(items), strategy, strategy.name, None)
+        record = self._begin_record(name, resume, strategy.name, items)
+        run = await self._execute(items, [None] * len(items), strategy, strategy.name, None, record=record)
         return _raise_if_all_failed(run) if raise_if_all_failed else run
 
     def stream(self, queries: Sequence[Query], *, mode: str | Strategy = "gather") -> EventStream:
@@ -177,7 +224,10 @@ class Orchestrator:
         """
         strategy = strategy_for(mode)
         items = self._checked(queries)
-        return EventStream(lambda emit: self._execute(items, [None] * len(items), strategy, strategy.name, emit))
+        record = self._begin_record(None, False, strategy.name, items)
+        return EventStream(
+            lambda emit: self._execute(items, [None] * len(items), strategy, strategy.name, emit, record=record)
+        )
 
     async def pipeline(self, stages: Sequence[Sequence[Query]], *, mode: str | Strategy = "gather") -> RunResult:
         """Run stages in order, each stage's queries concurrently; return one run over all of them.
@@ -213,7 +263,9 @@ class Orchestrator:
                     if result is not None and result.ok and result.text is not None:
                         answers[result.name] = result.text
 
-        run = await self._execute(flat, stage_of, strategy, f"pipeline/{strategy.name}", None, body=body)
+        label = f"pipeline/{strategy.name}"
+        record = self._begin_record(None, False, label, flat)
+        run = await self._execute(flat, stage_of, strategy, label, None, body=body, record=record)
         return _raise_if_all_failed(run)
 
     # -- validation ---------------------------------------------------------------------------
@@ -270,12 +322,24 @@ class Orchestrator:
         emit: Callable[[Event], None] | None,
         *,
         body: Callable[[RunState, Callable[[int, Query], Awaitable[None]]], Awaitable[None]] | None = None,
+        record: RunRecord | None = None,
     ) -> RunResult:
         self._check_loop()
         send = strategy.sender(self.backend, self._thread_pool)
         concurrency = strategy.concurrency(self.max_concurrency)
         with progress.bar(len(queries), f"hybrid {label}", requested=self.progress) as bar:
-            state = RunState(queries, stage_of, mode=label, concurrency=concurrency, emit=emit, bar=bar)
+            state = RunState(
+                queries,
+                stage_of,
+                mode=label,
+                concurrency=concurrency,
+                emit=emit,
+                bar=bar,
+                on_finish=None if record is None else record.save,
+            )
+            if record is not None:
+                for result in record.resumed(queries, stage_of):
+                    state.finish(result)
 
             async def last(query: Query, attempt: Attempt) -> Completion:
                 attempt.mark_sent(state.clock())
@@ -290,15 +354,41 @@ class Orchestrator:
                 if body is not None:
                     await body(state, run_one)
                 else:
-                    await strategy.fan_out(list(enumerate(queries)), run_one, self.max_concurrency)
+                    todo = [(i, q) for i, q in enumerate(queries) if state.results[i] is None]
+                    await strategy.fan_out(todo, run_one, self.max_concurrency)
             except (asyncio.CancelledError, KeyboardInterrupt):
-                self.last_run = state.build(cancelled=True)
+                self.last_run = _with_store_warning(state.build(cancelled=True), record, "cancelled")
                 raise
             except BaseException as exc:
-                self.last_run = state.build(stopped_by=exc)
+                self.last_run = _with_store_warning(state.build(stopped_by=exc), record, "failed")
                 raise
-        self.last_run = run = state.build()
+        self.last_run = run = _with_store_warning(state.build(), record, "finished")
         return run
+
+    def _begin_record(self, name: str | None, resume: bool, mode: str, queries: list[Query]) -> RunRecord | None:
+        """The store's record of this run (None without a store); checks ``name`` and ``resume``."""
+        if self.store is None:
+            if name is not None or resume:
+                raise ConfigError("name= and resume= need a run store: Orchestrator(..., store='runs.sqlite').")
+            return None
+        if name is not None:
+            check_text("run name", name)
+        elif resume:
+            raise ConfigError("resume=True needs the name of the run to continue: run(..., name='grid', resume=True).")
+        settings = {
+            "backend": type(self.backend).__name__,
+            "model": self.backend.model,
+            "max_concurrency": self.max_concurrency,
+            "timeout": self.timeout,
+            "retry": repr(self.retry),
+            "rpm": self.limits.rpm,
+            "tpm": self.limits.tpm,
+            "cache": None if self.cache is None else self.cache.mode,
+        }
+        run_name = name or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run_id = self.store.begin_run(run_name, mode=mode, settings=settings, queries=len(queries), resume=resume)
+        answered = self.store.answered(run_name) if resume else {}
+        return RunRecord(self.store, run_id, run_name, self.backend.model, answered)
 
     async def _settle(
         self, state: RunState, index: int, query: Query, chain: Callable[[Query, Attempt], Awaitable[Completion]]
@@ -356,6 +446,9 @@ class Orchestrator:
                 error.__cause__ = exc
             finished = state.clock()
         started = first_sent if first_sent is not None else finished
+        cached = completion is not None and completion.cached
+        if cached:
+            attempts, cost = 0, 0.0  # nothing was sent or paid
         state.finish(
             QueryResult(
                 query=query,
@@ -373,6 +466,7 @@ class Orchestrator:
                 started_s=started - state.t0,
                 finished_s=finished - state.t0,
                 cost_usd=cost,
+                origin="cache" if cached else "sent",
             )
         )
 
@@ -380,6 +474,62 @@ class Orchestrator:
         if completion is None or completion.model not in self.prices:
             return None
         return self.prices[completion.model].cost(completion.usage)
+
+
+class RunRecord:
+    """One run's place in the store: saves each result as it lands, and knows what resume skips."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: int,
+        name: str,
+        default_model: str,
+        answered: Mapping[tuple[str, str], QueryResult],
+    ) -> None:
+        self.store, self.run_id, self.name = store, run_id, name
+        self.default_model = default_model
+        self.answered = answered
+
+    def save(self, result: QueryResult) -> None:
+        self.store.record(self.run_id, fingerprint(result.query, self.default_model), result)
+
+    def resumed(self, queries: Sequence[Query], stages: Sequence[int | None]) -> list[QueryResult]:
+        """The rows of ``queries`` already answered ok under this name: not sent again."""
+        found = []
+        for index, query in enumerate(queries):
+            earlier = self.answered.get((query.name, fingerprint(query, self.default_model)))
+            if earlier is not None:
+                found.append(
+                    replace(
+                        earlier,
+                        query=query,
+                        index=index,
+                        stage=stages[index],
+                        origin="resumed",
+                        latency_s=0.0,
+                        queue_s=0.0,
+                        ttft_s=None,
+                        started_s=0.0,
+                        finished_s=0.0,
+                    )
+                )
+        return found
+
+
+def _with_store_warning(run: RunResult, record: RunRecord | None, status: str) -> RunResult:
+    """Mark the run's end in the store; if the store failed, say so on the run (its rows are complete)."""
+    if record is None:
+        return run
+    record.store.end_run(record.run_id, status)
+    failure = record.store.failure
+    if failure is None:
+        return run
+    note = (
+        f"Writing to the run store {record.store} failed ({type(failure).__name__}: {failure}); "
+        "the run completed in memory, but not every row may be saved."
+    )
+    return replace(run, warnings=(*run.warnings, note))
 
 
 class EventStream:

@@ -28,6 +28,9 @@ class Query:
     temperature: float | None = None
     stream: bool = False
     json_mode: bool = False
+    #: Which repeat of the same request this is (0, 1, ...): repeated samples at temperature > 0
+    #: get distinct cache entries; not sent to the server.
+    sample: int = 0
     #: Free-form labels carried to the result row; not part of the hash (values need not be hashable).
     metadata: Mapping[str, Any] | None = field(default=None, hash=False)
 
@@ -48,6 +51,7 @@ class Query:
             check_int(f"Query {name!r}: max_tokens", self.max_tokens, minimum=1)
         if self.temperature is not None:
             check_number(f"Query {name!r}: temperature", self.temperature, minimum=0.0, maximum=2.0)
+        check_int(f"Query {name!r}: sample", self.sample, minimum=0)
         for flag in ("stream", "json_mode"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"Query {name!r}: {flag} must be True or False, got {getattr(self, flag)!r}.")
@@ -98,6 +102,8 @@ class Completion:
     model: str
     finish_reason: str | None = None
     ttft_s: float | None = None
+    #: True when the response cache answered instead of the server (no request was sent).
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +148,10 @@ class QueryResult:
     finished_s: float = 0.0
     stage: int | None = None
     cost_usd: float | None = None
+    #: ``"sent"`` (answered over the wire in this run), ``"cache"`` (the response cache answered) or
+    #: ``"resumed"`` (answered ok in an earlier run of the same name).  Only sent rows enter the
+    #: timing metrics.
+    origin: str = "sent"
 
     @property
     def ok(self) -> bool:
@@ -179,4 +189,5 @@ class QueryResult:
             "retries": self.retries,
             "started_s": self.started_s,
             "finished_s": self.finished_s,
+            "origin": self.origin,
         }

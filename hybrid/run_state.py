@@ -44,6 +44,7 @@ class RunState:
         concurrency: int,
         emit: Callable[[Event], None] | None,
         bar: Any,
+        on_finish: Callable[[QueryResult], None] | None = None,
     ) -> None:
         self.queries = list(queries)
         self.stages = list(stages)
@@ -55,6 +56,7 @@ class RunState:
         self.cpu0 = time.process_time()
         self._emit = emit
         self._bar = bar
+        self._on_finish = on_finish
 
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
@@ -66,8 +68,10 @@ class RunState:
             self._emit(QueryStarted(index, self.queries[index].name, at - self.t0))
 
     def finish(self, result: QueryResult) -> None:
-        """Record a query's final result (sent or not), tick the bar, tell the listener."""
+        """Record a query's final result (sent or not), save it (the run store), tick the bar, tell the listener."""
         self.results[result.index] = result
+        if self._on_finish is not None:
+            self._on_finish(result)
         progress.tick(self._bar)
         if self._emit is not None:
             self._emit(QueryFinished(result))

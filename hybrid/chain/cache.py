@@ -1,0 +1,43 @@
+"""The response cache, a link of the call chain: an answer already in the store is not paid for twice.
+
+Keyed by :func:`~hybrid.fingerprint.fingerprint` (model, messages, sampling parameters, response
+format, sample index; never concurrency, timeouts or retries).  A hit answers without passing on
+(no rate-limit token, no request) and the row comes back with ``origin="cache"``, cost 0 and no
+latency; a miss is sent and, when it succeeds, stored.  Errors are never cached.  ``mode`` is
+``"on"`` (read and write), ``"read"`` (use what is there, add nothing) or ``"write"`` (refresh:
+always send, store the answers); ``max_age_s`` ignores entries older than that.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hybrid.chain import Attempt, Next
+from hybrid.fingerprint import fingerprint
+from hybrid.query import Completion, Query
+
+if TYPE_CHECKING:
+    from hybrid.store import Store
+
+CACHE_MODES = ("on", "read", "write")
+
+
+class ResponseCache:
+    """A link answering from (and filling) ``store``'s cache (see the module docstring)."""
+
+    def __init__(self, store: Store, *, mode: str, default_model: str, max_age_s: float | None) -> None:
+        self.store = store
+        self.mode = mode
+        self.default_model = default_model
+        self.max_age_s = max_age_s
+
+    async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
+        key = fingerprint(query, self.default_model)
+        if self.mode in ("on", "read"):
+            hit = self.store.cached(key, max_age_s=self.max_age_s)
+            if hit is not None:
+                return hit
+        completion = await call_next(query, attempt)
+        if self.mode in ("on", "write"):
+            self.store.cache(key, completion)
+        return completion

@@ -1,0 +1,33 @@
+"""What determines an answer, as one stable key: the cache's key, and how resume recognises a query.
+
+The fingerprint covers the model (the query's, else the backend's), the messages, the sampling
+parameters (``max_tokens``, ``temperature``), the response format and the sample index
+(:attr:`Query.sample`, so repeated samples at temperature > 0 stay distinct).  It never covers
+operational settings (concurrency, timeouts, retries, streaming, the query's name or metadata):
+changing how a query is sent does not change what it asks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from hybrid.query import Query
+
+#: Bump when the fingerprint's content changes, so old cache entries stop matching.
+FINGERPRINT_VERSION = 1
+
+
+def fingerprint(query: Query, default_model: str) -> str:
+    """A hex SHA-256 of what determines ``query``'s answer (see the module docstring)."""
+    content = {
+        "v": FINGERPRINT_VERSION,
+        "model": query.model or default_model,
+        "messages": query.messages(),
+        "max_tokens": query.max_tokens,
+        "temperature": query.temperature,
+        "json_mode": query.json_mode,
+        "sample": query.sample,
+    }
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,503 @@
+"""The run store: every result written to SQLite as it lands, the response cache, and run history.
+
+Why ``sqlite3`` from the standard library, in WAL mode, with one writer thread: results must reach
+the disk while the run goes on (a crashed or killed kernel loses at most what was in flight), but
+the event loop must never wait on the disk.  ``record`` only puts the row on a queue; a single
+writer thread takes everything queued, writes it in one transaction and commits, so under load
+commits are batched and at low rates each row is committed within a millisecond.  WAL lets readers
+(``runs()``, ``load()``, ``hybrid view``, another notebook) read beside the writer, and with
+``synchronous=NORMAL`` a commit is in the OS's hands at once: a ``kill -9`` of the process loses
+nothing committed (a power cut may lose the last commits, never corrupt the file).  ``aiosqlite``
+was not needed: it also runs one thread per connection, but would put each write's round trip on
+the loop.
+
+Several processes may write to one store (two notebooks): SQLite serialises the writers and each
+waits up to ``BUSY_TIMEOUT_S`` for the lock.  The schema is versioned with ``PRAGMA user_version``;
+a file written by a newer kit, a corrupt file or a folder that cannot be written is a
+:class:`~hybrid.errors.ConfigError` when the store is opened, before anything is sent.  If writing
+fails mid-run (a full disk), the failure is logged, the run gets a warning, and the run completes
+in memory: no answer is lost.
+
+What is stored: runs (name, mode, settings without secrets, kit version, git commit, machine,
+start/end, status) and every result field, the request's fingerprint, and the cache.  Never the
+API key or request headers: nothing here ever sees them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from hybrid.errors import ConfigError, error_of_kind
+from hybrid.metrics import RunMetrics
+from hybrid.provenance import git_commit, machine_info
+from hybrid.query import Completion, Query, QueryResult, Usage
+from hybrid.results import RunResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("hybrid")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    mode TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    kit_version TEXT,
+    git_commit TEXT,
+    machine TEXT,
+    queries INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    query TEXT NOT NULL,
+    text TEXT,
+    error_kind TEXT,
+    error_message TEXT,
+    error_status INTEGER,
+    retry_after_s REAL,
+    model TEXT,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    tokens_estimated INTEGER NOT NULL,
+    cost_usd REAL,
+    latency_s REAL NOT NULL,
+    queue_s REAL NOT NULL,
+    ttft_s REAL,
+    attempts INTEGER NOT NULL,
+    started_s REAL NOT NULL,
+    finished_s REAL NOT NULL,
+    stage INTEGER,
+    origin TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE TABLE IF NOT EXISTS cache (
+    fingerprint TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    model TEXT NOT NULL,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    tokens_estimated INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+_RESULT_COLUMNS = (
+    "run_id, idx, name, fingerprint, query, text, error_kind, error_message, error_status, retry_after_s, model, "
+    "finish_reason, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, latency_s, queue_s, ttft_s, "
+    "attempts, started_s, finished_s, stage, origin, recorded_at"
+)
+_QUERY_FIELDS = ("prompt", "system", "model", "max_tokens", "temperature", "stream", "json_mode", "sample")
+
+
+@dataclass(frozen=True, slots=True)
+class _Flush:
+    """A marker on the writer's queue: set ``done`` once everything before it is committed."""
+
+    done: threading.Event
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    return connection
+
+
+class Store:
+    """A SQLite run store at ``path`` (created if missing).  See the module docstring."""
+
+    def __init__(self, path: str | Path) -> None:
+        if not isinstance(path, str | Path) or not str(path).strip():
+            raise ConfigError(f"Store(path) needs a file path such as 'runs.sqlite', got {path!r}.")
+        self.path = Path(path).expanduser()
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise ConfigError(f"Store({str(path)!r}): the folder {str(folder)!r} does not exist; create it first.")
+        try:
+            self._reader = _connect(self.path)
+            self._prepare_schema()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"Store({str(path)!r}) cannot be used: {exc}. If it is not a hybrid run store (or is damaged), "
+                "pass another path; to inspect it, open it with the sqlite3 shell."
+            ) from None
+        self._read_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.failure: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_forever, name="hybrid-store-writer", daemon=True)
+        self._writer.start()
+        # A script that ends without closing the store must still have every row on disk.
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    def _prepare_schema(self) -> None:
+        version = self._reader.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"Store({str(self.path)!r}) was written by a newer version of the kit (schema {version}, this one "
+                f"reads {SCHEMA_VERSION}); upgrade hybrid-llm-kit, or use another file."
+            )
+        if version == 0:
+            try:
+                self._reader.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+            except sqlite3.OperationalError as exc:
+                raise ConfigError(
+                    f"Store({str(self.path)!r}) cannot be written ({exc}): choose a folder you can write to."
+                ) from None
+
+    # -- writing (off the event loop) ---------------------------------------------------------
+    def _write_forever(self) -> None:
+        connection: sqlite3.Connection | None = None
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                connection = connection or _connect(self.path)
+                self._write(connection, [item for item in batch if isinstance(item, tuple)])
+            except (sqlite3.Error, OSError) as exc:
+                if self.failure is None:
+                    log.error("hybrid: writing to the run store %s failed: %s; runs continue in memory", self, exc)
+                self.failure = exc
+            for item in batch:
+                if isinstance(item, _Flush):
+                    item.done.set()
+            if None in batch:
+                if connection is not None:
+                    connection.close()
+                return
+
+    @staticmethod
+    def _write(connection: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        if not statements:
+            return
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, values in statements:
+                connection.execute(sql, values)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def _enqueue(self, sql: str, values: tuple[Any, ...]) -> None:
+        self._queue.put((sql, values))
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Wait until everything recorded so far is committed."""
+        if not self._writer.is_alive():
+            return
+        marker = _Flush(threading.Event())
+        self._queue.put(marker)
+        marker.done.wait(timeout)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and close the file."""
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
+        with self._read_lock:
+            self._reader.close()
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs ---------------------------------------------------------------------------------
+    def _read(self, sql: str, values: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, tuple(values)).fetchall()
+
+    def begin_run(self, name: str, *, mode: str, settings: dict[str, Any], queries: int, resume: bool) -> int:
+        """The id of run ``name``: a new run, or with ``resume`` the existing one (marked running again)."""
+        self.flush()
+        found = self._read("SELECT id FROM runs WHERE name = ?", (name,))
+        now = time.time()
+        if found and not resume:
+            raise ConfigError(
+                f"A run named {name!r} is already in {self}. Pass resume=True to continue it (only what is not "
+                "answered ok yet is sent), or choose another name."
+            )
+        with self._read_lock:
+            if found:
+                run_id = int(found[0][0])
+                self._reader.execute(
+                    "UPDATE runs SET mode = ?, settings = ?, queries = ?, status = 'running', ended_at = NULL "
+                    "WHERE id = ?",
+                    (mode, orjson.dumps(settings).decode(), queries, run_id),
+                )
+                return run_id
+            cursor = self._reader.execute(
+                "INSERT INTO runs (name, mode, settings, kit_version, git_commit, machine, queries, started_at, "
+                "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                (
+                    name,
+                    mode,
+                    orjson.dumps(settings).decode(),
+                    _kit_version(),
+                    git_commit(),
+                    orjson.dumps(machine_info()).decode(),
+                    queries,
+                    now,
+                ),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def record(self, run_id: int, fingerprint: str, result: QueryResult) -> None:
+        """Queue ``result`` for writing (returns at once; the writer thread commits it)."""
+        error = result.error
+        query = result.query
+        self._enqueue(
+            f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({', '.join('?' * 25)})",
+            (
+                run_id,
+                result.index,
+                query.name,
+                fingerprint,
+                _query_json(query),
+                result.text,
+                None if error is None else error.kind,
+                None if error is None else error.message,
+                None if error is None else error.status,
+                getattr(error, "retry_after_s", None),
+                result.model,
+                result.finish_reason,
+                result.usage.prompt_tokens,
+                result.usage.completion_tokens,
+                int(result.usage.estimated),
+                result.cost_usd,
+                result.latency_s,
+                result.queue_s,
+                result.ttft_s,
+                result.attempts,
+                result.started_s,
+                result.finished_s,
+                result.stage,
+                result.origin,
+                time.time(),
+            ),
+        )
+
+    def end_run(self, run_id: int, status: str) -> None:
+        """Queue the run's end: ``finished``, ``cancelled`` or ``failed``."""
+        self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, time.time(), run_id))
+
+    def answered(self, name: str) -> dict[tuple[str, str], QueryResult]:
+        """The results answered ok in run ``name``, by (query name, fingerprint): what resume skips."""
+        self.flush()
+        rows = self._result_rows(
+            "SELECT r.* FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND r.error_kind IS NULL",
+            (name,),
+        )
+        return {(row["name"], row["fingerprint"]): _result_from(row) for row in rows}
+
+    # -- the cache ----------------------------------------------------------------------------
+    def cached(self, fingerprint: str, *, max_age_s: float | None = None) -> Completion | None:
+        """The cached answer for ``fingerprint``, if any (and younger than ``max_age_s``)."""
+        rows = self._read(
+            "SELECT text, model, finish_reason, prompt_tokens, completion_tokens, tokens_estimated, created_at "
+            "FROM cache WHERE fingerprint = ?",
+            (fingerprint,),
+        )
+        if not rows:
+            return None
+        text, model, finish, prompt, completion, estimated, created = rows[0]
+        if max_age_s is not None and time.time() - created > max_age_s:
+            return None
+        usage = Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=bool(estimated))
+        return Completion(text=text, usage=usage, model=model, finish_reason=finish, cached=True)
+
+    def cache(self, fingerprint: str, completion: Completion) -> None:
+        """Queue ``completion`` as the cached answer for ``fingerprint`` (errors are never cached)."""
+        usage = completion.usage
+        self._enqueue(
+            "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                fingerprint,
+                completion.text,
+                completion.model,
+                completion.finish_reason,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                int(usage.estimated),
+                time.time(),
+            ),
+        )
+
+    # -- history ------------------------------------------------------------------------------
+    def runs(self) -> pd.DataFrame:
+        """One row per saved run: name, mode, status, when, queries, ok/failed, wall, tokens, cost."""
+        import pandas as pd
+
+        self.flush()
+        rows = self._read(
+            "SELECT runs.name, runs.mode, runs.status, runs.started_at, runs.ended_at, runs.queries, "
+            "SUM(r.error_kind IS NULL), SUM(r.error_kind IS NOT NULL), MAX(r.finished_s), "
+            "SUM(r.prompt_tokens + r.completion_tokens), SUM(CASE WHEN r.origin = 'sent' THEN r.cost_usd END), "
+            "runs.kit_version, runs.git_commit "
+            "FROM runs LEFT JOIN results r ON r.run_id = runs.id AND r.idx < runs.queries "
+            "GROUP BY runs.id ORDER BY runs.started_at"
+        )
+        columns = [
+            "name",
+            "mode",
+            "status",
+            "started_at",
+            "ended_at",
+            "queries",
+            "ok",
+            "failed",
+            "wall_s",
+            "total_tokens",
+            "cost_usd",
+            "kit_version",
+            "git_commit",
+        ]
+        frame = pd.DataFrame(rows, columns=columns)
+        for column in ("started_at", "ended_at"):
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        return frame
+
+    def load(self, name: str) -> RunResult:
+        """Run ``name`` as it was saved: a :class:`RunResult` with ``to_frame()``, plots and all.
+        Queries that never finished (a killed run) come back as ``cancelled`` rows."""
+        self.flush()
+        found = self._read("SELECT id, mode, queries, status FROM runs WHERE name = ?", (name,))
+        if not found:
+            known = [row[0] for row in self._read("SELECT name FROM runs ORDER BY started_at")]
+            raise ConfigError(f"No run named {name!r} in {self}; saved runs: {known}.")
+        run_id, mode, count, status = found[0]
+        rows = self._result_rows("SELECT * FROM results WHERE run_id = ? AND idx < ? ORDER BY idx", (run_id, count))
+        results = [_result_from(row) for row in rows]
+        missing = count - len(results)
+        if missing:
+            done = {r.index for r in results}
+            results += [
+                QueryResult(
+                    query=Query(f"#{i}", "(never finished)"),
+                    index=i,
+                    error=error_of_kind("cancelled", f"Run {name!r} ended before this query finished."),
+                )
+                for i in range(count)
+                if i not in done
+            ]
+            results.sort(key=lambda r: r.index)
+        wall = max((r.finished_s for r in results), default=0.0)
+        metrics = RunMetrics.compute(results, wall_s=wall, cpu_s=float("nan"), concurrency=len(results) or 1)
+        warnings = (f"{missing} of {count} queries never finished (the run was {status}).",) if missing else ()
+        return RunResult(
+            results=tuple(results), metrics=metrics, mode=mode, warnings=warnings, cancelled=status != "finished"
+        )
+
+    def compare(self, a: str, b: str) -> pd.DataFrame:
+        """Per query name, runs ``a`` and ``b`` side by side: text changed, tokens, latency, cost, error."""
+        import pandas as pd
+
+        left = self.load(a).to_frame().set_index("name")
+        right = self.load(b).to_frame().set_index("name")
+        columns = ["ok", "error_kind", "total_tokens", "latency_s", "cost_usd", "text"]
+        frame = left[columns].add_suffix(f"_{a}").join(right[columns].add_suffix(f"_{b}"), how="outer")
+        frame.insert(0, "text_changed", frame[f"text_{a}"].fillna("") != frame[f"text_{b}"].fillna(""))
+        frame.insert(1, "tokens_delta", frame[f"total_tokens_{b}"] - frame[f"total_tokens_{a}"])
+        frame.insert(2, "latency_delta_s", frame[f"latency_s_{b}"] - frame[f"latency_s_{a}"])
+        return pd.DataFrame(frame)
+
+    def export(self, name: str, path: str | Path) -> Path:
+        """Write run ``name``'s rows to ``path``: ``.parquet``, ``.csv`` or ``.jsonl`` by its suffix."""
+        target = Path(path)
+        frame = self.load(name).to_frame()
+        if target.suffix == ".parquet":
+            frame.to_parquet(target)
+        elif target.suffix == ".csv":
+            frame.to_csv(target, index=False)
+        elif target.suffix == ".jsonl":
+            frame.to_json(target, orient="records", lines=True)
+        else:
+            raise ConfigError(f"Export to {str(path)!r}: use a .parquet, .csv or .jsonl file name.")
+        return target
+
+    def _result_rows(self, sql: str, values: Iterable[Any]) -> list[dict[str, Any]]:
+        with self._read_lock:
+            cursor = self._reader.execute(sql, tuple(values))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _query_json(query: Query) -> str:
+    fields: dict[str, Any] = {f: getattr(query, f) for f in _QUERY_FIELDS}
+    fields["metadata"] = None if query.metadata is None else dict(query.metadata)
+    return orjson.dumps(fields, default=str).decode()
+
+
+def _kit_version() -> str | None:
+    try:
+        return metadata.version("hybrid-llm-kit")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _result_from(row: dict[str, Any]) -> QueryResult:
+    """A stored row back as a :class:`QueryResult`."""
+    query = Query(row["name"], **orjson.loads(row["query"]))
+    error = None
+    if row["error_kind"] is not None:
+        error = error_of_kind(row["error_kind"], row["error_message"] or "", status=row["error_status"])
+        if row["retry_after_s"] is not None:
+            error.retry_after_s = row["retry_after_s"]  # type: ignore[attr-defined]
+    usage = Usage(
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        estimated=bool(row["tokens_estimated"]),
+    )
+    return QueryResult(
+        query=query,
+        index=row["idx"],
+        text=row["text"],
+        error=error,
+        usage=usage,
+        model=row["model"],
+        finish_reason=row["finish_reason"],
+        latency_s=row["latency_s"],
+        queue_s=row["queue_s"],
+        ttft_s=row["ttft_s"],
+        attempts=row["attempts"],
+        started_s=row["started_s"],
+        finished_s=row["finished_s"],
+        stage=row["stage"],
+        cost_usd=row["cost_usd"],
+        origin=row["origin"],
+    )

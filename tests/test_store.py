@@ -1,0 +1,204 @@
+"""The run store: results persisted as they land, resume, the response cache, history, and a store
+that fails or is unusable.  Orchestration runs on FakeBackend in virtual time; the store is a real
+SQLite file in a temporary folder."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hybrid import ConfigError, Orchestrator, Price, Query, Retry, ServerError, Store
+from hybrid.testing import Answer, Fail, FakeBackend
+
+pytestmark = pytest.mark.looptime
+
+
+def grid(n: int, prefix: str = "q") -> list[Query]:
+    return [Query(f"{prefix}{i}", f"question {i}") for i in range(n)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    with Store(tmp_path / "runs.sqlite") as opened:
+        yield opened
+
+
+async def test_every_result_is_in_the_store_as_the_run_returns(store: Store) -> None:
+    backend = FakeBackend({"q1": Fail(ServerError("down", status=503))}, default=Answer("fine", delay=1.0))
+    async with Orchestrator(backend, store=store, retry=Retry.never()) as orch:
+        run = await orch.run(grid(4), name="first")
+    saved = store.load("first")
+    assert [r.as_row() for r in saved.results] == [r.as_row() for r in run.results]
+    assert (
+        saved["q1"].error is not None and saved["q1"].error.kind == "server_error" and saved["q1"].error.status == 503
+    )
+    assert store.runs()[["name", "status", "queries", "ok", "failed"]].values.tolist() == [
+        ["first", "finished", 4, 3, 1]
+    ]
+
+
+async def test_resume_sends_only_what_is_not_answered_ok_and_keeps_the_order(store: Store) -> None:
+    later = Answer("later", delay=1.0)
+    flaky = {"q1": [Fail(ServerError("down")), later], "q3": [Fail(ServerError("down")), later]}
+    backend = FakeBackend(flaky, default=Answer("fine", delay=1.0))
+    async with Orchestrator(backend, store=store, retry=Retry.never()) as orch:
+        first = await orch.run(grid(4), name="grid")
+        assert [r.ok for r in first.results] == [True, False, True, False]
+        changed = [*grid(3), Query("q3", "a changed question")]
+        resumed = await orch.run(changed, name="grid", resume=True)
+    assert [c.name for c in backend.calls[4:]] == ["q1", "q3"]  # the failed and the changed query only
+    assert [r.origin for r in resumed.results] == ["resumed", "sent", "resumed", "sent"]
+    assert [r.name for r in resumed.results] == ["q0", "q1", "q2", "q3"] and resumed.ok
+    m = resumed.metrics
+    assert m.resumed == 2 and m.attempts == 2 and m.sum_latency_s == 2.0  # resumed rows stay out of the timings
+    assert store.load("grid").ok
+
+
+async def test_a_run_name_is_never_silently_reused(store: Store) -> None:
+    async with Orchestrator(FakeBackend(), store=store) as orch:
+        await orch.run(grid(1), name="once")
+        with pytest.raises(ConfigError, match="resume=True"):
+            await orch.run(grid(1), name="once")
+        with pytest.raises(ConfigError, match="needs the name"):
+            await orch.run(grid(1), resume=True)
+    with pytest.raises(ConfigError, match="need a run store"):
+        async with Orchestrator(FakeBackend()) as plain:
+            await plain.run(grid(1), name="x")
+
+
+async def test_the_cache_answers_a_repeated_grid_for_free_and_only_changed_queries_are_sent(store: Store) -> None:
+    backend = FakeBackend(default=Answer("fine", delay=2.0, prompt_tokens=10, completion_tokens=5))
+    prices = {"fake": Price(prompt_per_mtok=1e5, completion_per_mtok=1e5)}
+    async with Orchestrator(backend, store=store, cache=True, prices=prices) as orch:
+        first = await orch.run(grid(3))
+        again = await orch.run(grid(3))
+        edited = await orch.run([*grid(2), Query("q2", "question 2, reworded")])
+    assert len(backend.calls) == 3 + 0 + 1
+    assert [r.origin for r in again.results] == ["cache"] * 3 and again.texts() == first.texts()
+    assert all(r.cost_usd == 0.0 and r.latency_s == 0.0 and r.attempts == 0 for r in again.results)
+    assert again.metrics.from_cache == 3 and again.metrics.sum_latency_s == 0.0 and again.metrics.cost_usd == 0.0
+    assert [r.origin for r in edited.results] == ["cache", "cache", "sent"]
+    assert edited.metrics.cost_usd == pytest.approx(1.5) and edited.metrics.sum_latency_s == 2.0
+
+
+async def test_errors_are_never_cached_and_samples_stay_distinct(store: Store) -> None:
+    backend = FakeBackend({"bad": Fail(ServerError("down"))})
+    async with Orchestrator(backend, store=store, cache=True, retry=Retry.never()) as orch:
+        await orch.run(
+            [Query("bad", "x"), Query("s0", "same"), Query("s1", "same", sample=1)], raise_if_all_failed=False
+        )
+        again = await orch.run(
+            [Query("bad", "x"), Query("s0", "same"), Query("s1", "same", sample=1)], raise_if_all_failed=False
+        )
+    assert [r.origin for r in again.results] == ["sent", "cache", "cache"]
+    assert [c.name for c in backend.calls] == ["bad", "s0", "s1", "bad"]
+
+
+async def test_cache_modes_read_write_and_expiry(store: Store) -> None:
+    backend = FakeBackend()
+    async with Orchestrator(backend, store=store, cache="read") as reader:
+        await reader.run(grid(1))
+        await reader.run(grid(1))
+    assert len(backend.calls) == 2  # read-only adds nothing
+    async with Orchestrator(backend, store=store, cache="write") as writer:
+        await writer.run(grid(1))
+        await writer.run(grid(1))
+    assert len(backend.calls) == 4  # refresh always sends, and stores
+    async with Orchestrator(backend, store=store, cache=True) as cached:
+        assert (await cached.run(grid(1))).results[0].origin == "cache"
+    store.flush()
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE cache SET created_at = created_at - 7200")
+    async with Orchestrator(backend, store=store, cache=True, cache_max_age_s=3600) as fresh_only:
+        assert (await fresh_only.run(grid(1))).results[0].origin == "sent"
+
+
+def test_a_cache_needs_a_store_and_a_known_mode() -> None:
+    with pytest.raises(ConfigError, match="store="):
+        Orchestrator(FakeBackend(), cache=True)
+    with pytest.raises(ConfigError, match="cache"):
+        Orchestrator(FakeBackend(), store=":memory:", cache="sometimes")
+
+
+def test_unusable_stores_are_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        Store(tmp_path / "missing" / "runs.sqlite")
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match="cannot be used"):
+        Store(garbage)
+    newer = tmp_path / "newer.sqlite"
+    with sqlite3.connect(newer) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(ConfigError, match="newer version"):
+        Store(newer)
+    with pytest.raises(ConfigError, match="cannot be"):
+        Store("/proc/hybrid-runs.sqlite")  # a folder nobody can create files in, not even root
+
+
+async def test_a_store_that_fails_mid_run_is_loud_and_loses_no_answer(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def disk_full(*args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "_write", staticmethod(disk_full))
+    async with Orchestrator(FakeBackend(), store=store) as orch:
+        with caplog.at_level(logging.ERROR, logger="hybrid"):
+            run = await orch.run(grid(5))
+            store.flush()
+    assert run.ok and len(run.results) == 5 and "disk is full" in caplog.text
+    follow_up = orch.last_run
+    assert follow_up is not None and any("run store" in w for w in follow_up.warnings)
+
+
+async def test_history_compare_and_export(store: Store, tmp_path: Path) -> None:
+    async with Orchestrator(FakeBackend(default=Answer("one")), store=store) as orch:
+        await orch.run(grid(2), name="a")
+    async with Orchestrator(FakeBackend({"q1": Answer("two, longer")}, default=Answer("one")), store=store) as orch:
+        await orch.run(grid(2), name="b")
+    diff = store.compare("a", "b")
+    assert diff["text_changed"].tolist() == [False, True] and diff.loc["q1", "text_b"] == "two, longer"
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        path = store.export("b", tmp_path / f"b{suffix}")
+        frame = (
+            pd.read_csv(path)
+            if suffix == ".csv"
+            else (pd.read_json(path, lines=True) if suffix == ".jsonl" else pd.read_parquet(path))
+        )
+        assert frame["text"].tolist() == ["one", "two, longer"]
+    with pytest.raises(ConfigError, match="No run named"):
+        store.load("zzz")
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from hybrid import Orchestrator, Query, Store
+    from hybrid.testing import Answer, FakeBackend
+
+    async def main():
+        async with Orchestrator(FakeBackend(default=Answer("x")), store=Store(sys.argv[1]), max_concurrency=50) as orch:
+            await orch.run([Query(f"q{i}", f"p {i}") for i in range(300)], name=sys.argv[2])
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.looptime(False)
+def test_two_processes_write_one_store_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    Store(path).close()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name]) for name in ("left", "right")]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    with Store(path) as shared:
+        assert sorted(shared.runs()["name"]) == ["left", "right"]
+        assert shared.load("left").ok and shared.load("right").ok and len(shared.load("right")) == 300
