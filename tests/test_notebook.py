@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +169,27 @@ def test_enable_nested_lets_legacy_asyncio_run_work_in_a_kernel(kernel: Kernel) 
         "print(asyncio.run(asyncio.sleep(0, result='nested ok')))"
     )
     assert nested["error"] is None and nested["text"].strip() == "nested ok"
+
+
+def test_an_interrupted_run_resumes_from_the_store_in_a_real_kernel(kernel: Kernel, tmp_path: Path) -> None:
+    """Interrupt a stored run mid-way: the finished rows are on disk, and a resumed run sends only the rest."""
+    kernel.run(SETUP)
+    kernel.run(
+        "from hybrid import Store\n"
+        f"store = Store({str(tmp_path / 'runs.sqlite')!r})\n"
+        "stored = await stack.enter_async_context(Orchestrator(backend, store=store, timeout=None))"
+    )
+    msg_id = kernel.client.execute("run = await stored.run(queries, name='interrupted')")
+    time.sleep(1.5)  # the fast queries finish, the slow ones are in flight for a minute
+    kernel.manager.interrupt_kernel()
+    assert kernel.collect(msg_id, timeout=30)["error"] in ("KeyboardInterrupt", "CancelledError")
+    resumed = kernel.run(
+        "fast = {name: sim.ModelProfile(ttft_s=0.01, prompt_tps=1e9, completion_tps=1e9) for name in profiles}\n"
+        "quick = await stack.enter_async_context(sim.serve(sim.SimConfig(profiles=fast)))\n"
+        "again = OpenAIBackend(base_url=quick.url, api_key=quick.api_key, model='sim-small')\n"
+        "async with Orchestrator(again, store=store) as o:\n"
+        "    done = await o.run(queries, name='interrupted', resume=True)\n"
+        "print([r.origin for r in done.results], quick.stats()['requests'], store.load('interrupted').ok)"
+    )
+    assert resumed["error"] is None, resumed
+    assert resumed["text"].strip() == "['resumed', 'resumed', 'resumed', 'sent', 'sent', 'sent'] 3 True"
