@@ -234,8 +234,12 @@ async def test_hang_until_client_gives_up_counts_a_disconnect_and_leaves_nothing
     async with sim.serve(SimConfig(time_scale=0, faults=Faults(hang=1.0))) as server:
         async with client(server) as c:
             with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.3):
-                    await c.chat.completions.create(model="sim-small", messages=MESSAGES)
+                async with asyncio.timeout(None) as give_up:
+                    request = asyncio.ensure_future(c.chat.completions.create(model="sim-small", messages=MESSAGES))
+                    while server.stats()["in_flight"] == 0:  # armed once the server holds it
+                        await asyncio.sleep(0.01)
+                    give_up.reschedule(asyncio.get_running_loop().time() + 0.05)
+                    await request
         stats = await settled(server, within_s=1.0)
     assert stats["in_flight"] == 0 and stats["disconnects"] == 1 and stats["peak_in_flight"] == 1
 

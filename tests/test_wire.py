@@ -153,11 +153,13 @@ async def test_missing_usage_is_estimated_and_flagged(backend_kind: str) -> None
 
 async def test_hung_request_times_out_and_leaves_nothing_in_flight(backend_kind: str) -> None:
     config = SimConfig(time_scale=0, faults=Faults(hang=1.0))
-    async with orchestrated(backend_kind, config=config, timeout=0.2) as (orch, server):
+    async with orchestrated(backend_kind, config=config, timeout=1.0) as (orch, server):
         run = await orch.run(QUERIES[:5], raise_if_all_failed=False)
         stats = await settled(server, within_s=2.0)
     assert all(isinstance(r.error, QueryTimeout) for r in run.results)
-    assert stats["in_flight"] == 0 and stats["disconnects"] == 5
+    # Every request that reached the server was given up as a disconnect (on a loaded machine one
+    # may time out before it even arrives; the timeout starts when it is sent).
+    assert stats["in_flight"] == 0 and stats["disconnects"] == stats["requests"] >= 1
 
 
 async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results(backend_kind: str) -> None:
@@ -172,8 +174,8 @@ async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results
     async with orchestrated(backend_kind, config=config) as (orch, server):
         before = asyncio.all_tasks()
         task = asyncio.create_task(orch.run(queries))
-        while server.stats()["by_status"].get("200", 0) < 3:  # the fast three answered; the slow three are in flight
-            await asyncio.sleep(0.01)
+        while server.stats()["by_status"].get("200", 0) < 3 or server.stats()["in_flight"] < 3:
+            await asyncio.sleep(0.01)  # the fast three answered; the slow three are in flight
         await asyncio.sleep(0.05)  # let the client read the three answers
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
