@@ -9,6 +9,7 @@ changing how a query is sent does not change what it asks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import orjson
@@ -19,8 +20,10 @@ from hybrid.query import Query
 FINGERPRINT_VERSION = 1
 
 
+@functools.lru_cache(maxsize=65536)
 def fingerprint(query: Query, default_model: str) -> str:
-    """A hex SHA-256 of what determines ``query``'s answer (see the module docstring)."""
+    """A hex SHA-256 of what determines ``query``'s answer (see the module docstring).  Memoised:
+    the cache, resume and the store each ask for it, and a grid asks again on every re-run."""
     content = {
         "v": FINGERPRINT_VERSION,
         "model": query.model or default_model,

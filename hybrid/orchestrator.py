@@ -340,6 +340,8 @@ class Orchestrator:
             if record is not None:
                 for result in record.resumed(queries, stage_of):
                     state.finish(result)
+            if self.cache is not None:
+                self.cache.prefetch(queries)
 
             async def last(query: Query, attempt: Attempt) -> Completion:
                 attempt.mark_sent(state.clock())

@@ -26,12 +26,14 @@ API key or request headers: nothing here ever sees them.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
+import math
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -52,6 +54,9 @@ log = logging.getLogger("hybrid")
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
+#: How long the writer lets rows gather before one commit: bounds what a kill can lose beyond
+#: the requests in flight (answers of the last few milliseconds), and keeps commits few under load.
+COMMIT_INTERVAL_S = 0.005
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -178,6 +183,7 @@ class Store:
         connection: sqlite3.Connection | None = None
         while True:
             batch = [self._queue.get()]
+            time.sleep(COMMIT_INTERVAL_S)  # let a burst gather: one commit for many rows
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -199,19 +205,22 @@ class Store:
                 return
 
     @staticmethod
-    def _write(connection: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _write(connection: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
+        """Write ``statements`` in one transaction; consecutive rows of one statement go in one
+        ``executemany``.  A statement's values may be a callable, which builds them here, off the loop."""
         if not statements:
             return
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for sql, values in statements:
-                connection.execute(sql, values)
+            for sql, group in itertools.groupby(statements, key=lambda statement: statement[0]):
+                rows = [values() if callable(values) else values for _, values in group]
+                connection.executemany(sql, rows)
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
 
-    def _enqueue(self, sql: str, values: tuple[Any, ...]) -> None:
+    def _enqueue(self, sql: str, values: tuple[Any, ...] | Callable[[], tuple[Any, ...]]) -> None:
         self._queue.put((sql, values))
 
     def flush(self, timeout: float | None = 60.0) -> None:
@@ -278,39 +287,9 @@ class Store:
             return int(cursor.lastrowid or 0)
 
     def record(self, run_id: int, fingerprint: str, result: QueryResult) -> None:
-        """Queue ``result`` for writing (returns at once; the writer thread commits it)."""
-        error = result.error
-        query = result.query
-        self._enqueue(
-            f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({', '.join('?' * 25)})",
-            (
-                run_id,
-                result.index,
-                query.name,
-                fingerprint,
-                _query_json(query),
-                result.text,
-                None if error is None else error.kind,
-                None if error is None else error.message,
-                None if error is None else error.status,
-                getattr(error, "retry_after_s", None),
-                result.model,
-                result.finish_reason,
-                result.usage.prompt_tokens,
-                result.usage.completion_tokens,
-                int(result.usage.estimated),
-                result.cost_usd,
-                result.latency_s,
-                result.queue_s,
-                result.ttft_s,
-                result.attempts,
-                result.started_s,
-                result.finished_s,
-                result.stage,
-                result.origin,
-                time.time(),
-            ),
-        )
+        """Queue ``result`` for writing (returns at once; the writer thread builds the row and commits it)."""
+        recorded_at = time.time()
+        self._enqueue(_INSERT_RESULT, lambda: _result_row(run_id, fingerprint, result, recorded_at))
 
     def end_run(self, run_id: int, status: str) -> None:
         """Queue the run's end: ``finished``, ``cancelled`` or ``failed``."""
@@ -340,6 +319,23 @@ class Store:
             return None
         usage = Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=bool(estimated))
         return Completion(text=text, usage=usage, model=model, finish_reason=finish, cached=True)
+
+    def cached_many(self, fingerprints: Iterable[str], *, max_age_s: float | None = None) -> dict[str, Completion]:
+        """The cached answers among ``fingerprints``, in a few queries (a run's look-up, done once)."""
+        wanted = list(dict.fromkeys(fingerprints))
+        found: dict[str, Completion] = {}
+        oldest = -math.inf if max_age_s is None else time.time() - max_age_s
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self._read(
+                "SELECT fingerprint, text, model, finish_reason, prompt_tokens, completion_tokens, tokens_estimated "
+                f"FROM cache WHERE created_at >= ? AND fingerprint IN ({', '.join('?' * len(chunk))})",
+                (oldest, *chunk),
+            )
+            for key, text, model, finish, prompt, completion, estimated in rows:
+                usage = Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=bool(estimated))
+                found[key] = Completion(text=text, usage=usage, model=model, finish_reason=finish, cached=True)
+        return found
 
     def cache(self, fingerprint: str, completion: Completion) -> None:
         """Queue ``completion`` as the cached answer for ``fingerprint`` (errors are never cached)."""
@@ -455,6 +451,40 @@ class Store:
             cursor = self._reader.execute(sql, tuple(values))
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+_INSERT_RESULT = f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({', '.join('?' * 25)})"
+
+
+def _result_row(run_id: int, fingerprint: str, result: QueryResult, recorded_at: float) -> tuple[Any, ...]:
+    error = result.error
+    return (
+        run_id,
+        result.index,
+        result.query.name,
+        fingerprint,
+        _query_json(result.query),
+        result.text,
+        None if error is None else error.kind,
+        None if error is None else error.message,
+        None if error is None else error.status,
+        getattr(error, "retry_after_s", None),
+        result.model,
+        result.finish_reason,
+        result.usage.prompt_tokens,
+        result.usage.completion_tokens,
+        int(result.usage.estimated),
+        result.cost_usd,
+        result.latency_s,
+        result.queue_s,
+        result.ttft_s,
+        result.attempts,
+        result.started_s,
+        result.finished_s,
+        result.stage,
+        result.origin,
+        recorded_at,
+    )
 
 
 def _query_json(query: Query) -> str:

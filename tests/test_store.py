@@ -229,3 +229,15 @@ async def test_the_runs_command_lists_shows_exports_and_compares(
     assert code == 0 and "True" in out  # the text changed
     code, _, err = hybrid("show", "sunday")
     assert code == 2 and "No run named 'sunday'" in err
+
+
+async def test_benchmarks_refuse_a_cache_unless_told(store: Store) -> None:
+    from hybrid import bench
+
+    async with Orchestrator(FakeBackend(), store=store, cache=True) as orch:
+        with pytest.raises(ConfigError, match="measures the cache"):
+            await bench.compare(orch, grid(2), modes=("gather",), repeats=1)
+        frame = await bench.compare(orch, grid(2), modes=("gather",), repeats=2, allow_cache=True)
+    assert frame["succeeded"].tolist() == [2, 2]
+    with pytest.raises(ConfigError, match="measures the cache"):
+        await bench.sweep(FakeBackend(), grid(2), levels=(1,), store=store, cache=True)

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from hybrid.backends import Backend
+from hybrid.errors import ConfigError
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Query
 from hybrid.results import RunResult
@@ -73,15 +74,27 @@ def run_row(run: RunResult, **labels: Any) -> dict[str, Any]:
     }
 
 
+def _refuse_cache(cached: bool, allowed: bool) -> None:
+    if cached and not allowed:
+        raise ConfigError(
+            "A benchmark with a response cache measures the cache: cached rows take no time and are left out "
+            "of the timings. Use an orchestrator without cache=, or pass allow_cache=True if that is the point."
+        )
+
+
 async def compare(
     orch: Orchestrator,
     queries: Sequence[Query],
     *,
     modes: Sequence[str] = ("sequential", "threads", "gather"),
     repeats: int = 3,
+    allow_cache: bool = False,
 ) -> pd.DataFrame:
     """Each mode ``repeats`` times, alternating; one row per (repeat, mode) with ``speedup`` vs
-    the median sequential wall (NaN if sequential was not measured)."""
+    the median sequential wall (NaN if sequential was not measured).  An orchestrator with a
+    response cache is refused unless ``allow_cache=True``: cached rows take no time, so every
+    repeat after the first would measure the cache, not the modes."""
+    _refuse_cache(orch.cache is not None, allow_cache)
     if not orch.backend.supports_threads:
         modes = [m for m in modes if m != "threads"]
     rows = [
@@ -107,9 +120,12 @@ async def sweep(
     *,
     levels: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
     repeats: int = 1,
+    allow_cache: bool = False,
     **orchestrator: Any,
 ) -> pd.DataFrame:
-    """Run the same queries at each concurrency level; one row per (repeat, level)."""
+    """Run the same queries at each concurrency level; one row per (repeat, level).  A response
+    cache in ``orchestrator`` is refused unless ``allow_cache=True`` (see :func:`compare`)."""
+    _refuse_cache(bool(orchestrator.get("cache")), allow_cache)
     rows = []
     for repeat in range(repeats):
         for level in levels:

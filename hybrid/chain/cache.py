@@ -10,6 +10,8 @@ always send, store the answers); ``max_age_s`` ignores entries older than that.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hybrid.chain import Attempt, Next
@@ -30,14 +32,24 @@ class ResponseCache:
         self.mode = mode
         self.default_model = default_model
         self.max_age_s = max_age_s
+        self._known: dict[str, Completion | None] = {}
+
+    def prefetch(self, queries: Sequence[Query]) -> None:
+        """Look a run's queries up in one go, so each hit is a dict look-up rather than a query."""
+        if self.mode == "write":
+            return
+        keys = [fingerprint(query, self.default_model) for query in queries]
+        found = self.store.cached_many(keys, max_age_s=self.max_age_s)
+        self._known = {key: found.get(key) for key in keys}
 
     async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
         key = fingerprint(query, self.default_model)
         if self.mode in ("on", "read"):
-            hit = self.store.cached(key, max_age_s=self.max_age_s)
+            hit = self._known[key] if key in self._known else self.store.cached(key, max_age_s=self.max_age_s)
             if hit is not None:
                 return hit
         completion = await call_next(query, attempt)
         if self.mode in ("on", "write"):
             self.store.cache(key, completion)
+            self._known[key] = replace(completion, cached=True)
         return completion
