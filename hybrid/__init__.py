@@ -9,6 +9,7 @@ cheap and users of real endpoints never load the simulator.
 from __future__ import annotations
 
 import importlib
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,11 @@ try:
     __version__ = version("hybrid-llm-kit")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
+
+# A library logs, the application decides where it goes: without this, Python's last-resort handler
+# prints the kit's warnings (e.g. "2 of 6 queries failed") to stderr, a red box in a notebook that
+# looks like a crash.  The same facts are on the run (``run.warnings``, the rows' errors).
+logging.getLogger("hybrid").addHandler(logging.NullHandler())
 
 #: Submodules loaded on first access.
 LAZY_SUBMODULES = ("bench", "plots", "real", "sim", "testing")
