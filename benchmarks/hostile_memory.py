@@ -24,6 +24,7 @@ from aiohttp import web
 from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Query, Retry
 from hybrid.backends.response_limits import DEFAULT_MAX_RESPONSE_BYTES
 from hybrid.provenance import machine_info
+from hybrid.testing import chat_server
 
 T = TypeVar("T")
 QUERIES = 8
@@ -60,16 +61,9 @@ async def peak_growth(work: Awaitable[T]) -> tuple[T, float]:
 
 
 async def main() -> None:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", endless)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     print(machine_info())
     bound_mb = QUERIES * DEFAULT_MAX_RESPONSE_BYTES / 2**20
-    try:
+    async with chat_server(endless) as url:
         for backend_type in (HTTPBackend, OpenAIBackend):
             for shape in SHAPES:
                 backend = backend_type(base_url=url, api_key="k", model="m")
@@ -83,8 +77,6 @@ async def main() -> None:
                     f"{backend_type.__name__:13} {shape:6}: {kinds} after {took:5.2f} s; "
                     f"peak RSS +{grew:6.1f} MB (bound {QUERIES} x 32 MiB = {bound_mb:.0f} MB)"
                 )
-    finally:
-        await runner.cleanup()
 
 
 if __name__ == "__main__":

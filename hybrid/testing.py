@@ -18,20 +18,27 @@ retry after a 0.2 s backoff happens at exactly t=0.2 and the test takes microsec
             run = await orch.run([Query("q", "hi")])
         assert backend.times("q") == [0.0, 0.2]
         assert run["q"].latency_s == 1.2
+
+For faults the simulator cannot produce (an endless body, a lying header, a redirect loop),
+:func:`chat_server` serves one aiohttp handler of your own as a chat-completions endpoint on
+loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+from aiohttp import web
 
 from hybrid.errors import ConfigError, QueryError, check_number
 from hybrid.query import Completion, Query, Usage
 from hybrid.tokens import count_message_tokens, count_tokens
 
-__all__ = ["Answer", "Call", "Fail", "FakeBackend", "Hang", "Step"]
+__all__ = ["Answer", "Call", "Fail", "FakeBackend", "Hang", "Step", "chat_server"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,3 +172,18 @@ class FakeBackend:
             finish_reason=answer.finish_reason,
             ttft_s=ttft,
         )
+
+
+@contextlib.asynccontextmanager
+async def chat_server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """Serve ``handler`` as ``POST /v1/chat/completions`` on 127.0.0.1 (a free port); yields the base
+    URL to give a backend.  A server that misbehaves on purpose, to test what the kit does then."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()

@@ -23,24 +23,14 @@ from hybrid import (
     sim,
 )
 from hybrid.sim import Faults, SimConfig
+from hybrid.testing import chat_server
 
 CANARY = "sk-canary-5f0e7c1d9a2b4c6e8f0a1b2c3d4e5f60"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@contextlib.asynccontextmanager
-async def hostile(handler: Handler) -> AsyncIterator[str]:
-    """A plain aiohttp server answering every chat request with ``handler``; yields its base URL."""
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
+#: A plain aiohttp server answering every chat request with a handler; yields its base URL.
+hostile = chat_server
 
 
 def backend_for(kind: str, url: str, key: str = CANARY) -> OpenAIBackend | HTTPBackend:

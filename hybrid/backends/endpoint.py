@@ -55,9 +55,9 @@ class Endpoint:
     def __init__(
         self,
         *,
-        base_url: str | None,
-        api_key: str | None,
-        model: str | None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
         check_reachable: bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:

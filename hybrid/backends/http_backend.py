@@ -25,7 +25,6 @@ from hybrid.backends.openai_wire import (
     request_body,
 )
 from hybrid.backends.response_limits import (
-    DEFAULT_MAX_RESPONSE_BYTES,
     ResponseMeter,
     redirect_loop,
     undecodable,
@@ -35,28 +34,16 @@ from hybrid.query import Completion, Query
 
 
 class HTTPBackend(Endpoint):
-    """A lean aiohttp client for OpenAI-compatible servers; same constructor shape as OpenAIBackend."""
+    """A lean aiohttp client for OpenAI-compatible servers; the constructor is :class:`Endpoint`'s
+    (``base_url``, ``api_key``, ``model``, ``check_reachable``, ``max_response_bytes``)."""
 
     name = "http"
 
-    def __init__(
-        self,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        model: str | None = None,
-        check_reachable: bool = True,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
-        super().__init__(
-            base_url=base_url,
-            api_key=api_key,
-            model=model,
-            check_reachable=check_reachable,
-            max_response_bytes=max_response_bytes,
-        )
-        self._session: aiohttp.ClientSession | None = None
-        self._url = self.base_url + "/chat/completions"
+    _session: aiohttp.ClientSession | None = None
+
+    @property
+    def _url(self) -> str:
+        return self.base_url + "/chat/completions"
 
     async def _connect(self) -> None:
         if self._session is not None:
