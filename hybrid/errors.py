@@ -147,6 +147,12 @@ class DependencyFailed(QueryError):
     kind = "dependency_failed"
 
 
+class BudgetExceeded(QueryError):
+    """Not sent: the attempt's worst-case cost would have taken the run past ``budget_usd``."""
+
+    kind = "budget"
+
+
 class Cancelled(QueryError):
     """The run was cancelled (task cancel, notebook interrupt) before this query finished."""
 

@@ -37,6 +37,7 @@ from types import TracebackType
 from hybrid import progress
 from hybrid.backends.protocol import Backend
 from hybrid.chain import Attempt, Link, compose
+from hybrid.chain.budget import Budget
 from hybrid.chain.cache import CACHE_MODES, ResponseCache
 from hybrid.chain.rate_limits import RateLimits
 from hybrid.errors import (
@@ -103,6 +104,7 @@ class Orchestrator:
         store: Store | str | Path | None = None,
         cache: bool | str = False,
         cache_max_age_s: float | None = None,
+        budget_usd: float | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             raise ConfigError(
@@ -133,21 +135,27 @@ class Orchestrator:
                 )
         if cache_max_age_s is not None:
             check_number("cache_max_age_s", cache_max_age_s, positive=True, unit="seconds")
+        if budget_usd is not None:
+            check_number("budget_usd", budget_usd, positive=True, unit="dollars")
+            if not prices:
+                raise ConfigError("budget_usd needs prices={model: Price(...)} to know what an attempt costs.")
         self.backend = backend
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.retry = retry if retry is not None else Retry()
+        self.prices = dict(prices or {})
         self.limits = RateLimits(rpm=rpm, tpm=tpm)
         self.cache = (
             None
             if cache_mode is None or self.store is None
             else ResponseCache(self.store, mode=cache_mode, default_model=backend.model, max_age_s=cache_max_age_s)
         )
-        # Per attempt: the cache first (a hit takes no rate-limit token), then the limits, then the backend.
+        self.budget = None if budget_usd is None else Budget(budget_usd, self.prices, backend.model)
+        # Per attempt: the cache first (a hit costs nothing and takes no rate-limit token), then the
+        # budget, then the limits, then the backend.
         limits = self.limits if self.limits.active else None
-        self.links: list[Link] = [link for link in (self.cache, limits) if link is not None]
+        self.links: list[Link] = [link for link in (self.cache, self.budget, limits) if link is not None]
         self.progress = progress
-        self.prices = dict(prices or {})
         self.last_run: RunResult | None = None
         self._rng = random.Random(seed)
         self._slots: asyncio.Semaphore | None = None
@@ -359,16 +367,44 @@ class Orchestrator:
                     todo = [(i, q) for i, q in enumerate(queries) if state.results[i] is None]
                     await strategy.fan_out(todo, run_one, self.max_concurrency)
             except (asyncio.CancelledError, KeyboardInterrupt):
-                self.last_run = _with_store_warning(state.build(cancelled=True), record, "cancelled")
+                self.last_run = self._ended(state.build(cancelled=True), record, "cancelled")
                 raise
             except BaseException as exc:
-                self.last_run = _with_store_warning(state.build(stopped_by=exc), record, "failed")
+                self.last_run = self._ended(state.build(stopped_by=exc), record, "failed")
                 raise
-        self.last_run = run = _with_store_warning(state.build(), record, "finished")
+        self.last_run = run = self._ended(state.build(), record, "finished")
         return run
 
+    def _ended(self, run: RunResult, record: RunRecord | None, status: str) -> RunResult:
+        """The run with what its end must say: the store's state, and a budget that stopped queries."""
+        run = _with_store_warning(run, record, status)
+        refused = sum(r.error is not None and r.error.kind == "budget" for r in run.results)
+        if self.budget is None or not refused:
+            return run
+        note = (
+            f"The ${self.budget.limit_usd:.6f} budget stopped {refused} of {len(run.results)} queries before they "
+            f"were sent; ${self.budget.spent_usd:.6f} spent so far by this orchestrator."
+        )
+        return replace(run, warnings=(*run.warnings, note))
+
+    def _check_budget(self, queries: Sequence[Query]) -> None:
+        """Under a budget every query needs a bounded worst case: ``max_tokens`` and a price."""
+        if self.budget is None:
+            return
+        for query in queries:
+            model = query.model or self.backend.model
+            if query.max_tokens is None:
+                raise ConfigError(
+                    f"Query {query.name!r} has no max_tokens: under budget_usd every query needs one, "
+                    "so that what an attempt can cost is known before it is sent."
+                )
+            if model not in self.prices:
+                raise ConfigError(f"Query {query.name!r} uses model {model!r}, which has no price in prices=.")
+
     def _begin_record(self, name: str | None, resume: bool, mode: str, queries: list[Query]) -> RunRecord | None:
-        """The store's record of this run (None without a store); checks ``name`` and ``resume``."""
+        """The store's record of this run (None without a store); checks ``name`` and ``resume``,
+        and the budget's needs, before anything is sent."""
+        self._check_budget(queries)
         if self.store is None:
             if name is not None or resume:
                 raise ConfigError("name= and resume= need a run store: Orchestrator(..., store='runs.sqlite').")

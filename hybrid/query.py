@@ -70,16 +70,20 @@ class Query:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Usage:
-    """Token counts of one completion.  ``estimated`` is true when the server sent none."""
+    """Token counts of one completion.  ``estimated`` is true when the server sent none;
+    ``cached_prompt_tokens`` is the part of the prompt the provider served from its prompt cache
+    (``prompt_tokens_details.cached_tokens``), billed at a lower rate."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False
+    cached_prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
         # Validated here so that one bad count from a server can never break a run's totals later.
         check_int("Usage.prompt_tokens", self.prompt_tokens, minimum=0)
         check_int("Usage.completion_tokens", self.completion_tokens, minimum=0)
+        check_int("Usage.cached_prompt_tokens", self.cached_prompt_tokens, minimum=0, maximum=self.prompt_tokens)
 
     @property
     def total_tokens(self) -> int:
@@ -90,6 +94,7 @@ class Usage:
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             estimated=self.estimated or other.estimated,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
         )
 
 
@@ -108,17 +113,28 @@ class Completion:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Price:
-    """US dollars per million tokens, prompt and completion, for one model."""
+    """US dollars per million tokens, prompt and completion, for one model.  ``cached_prompt_per_mtok``
+    prices prompt tokens the provider served from its prompt cache (default: the full prompt price),
+    so a cost is not overstated when the API reports them."""
 
     prompt_per_mtok: float
     completion_per_mtok: float
+    cached_prompt_per_mtok: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("prompt_per_mtok", "completion_per_mtok"):
+        for name in ("prompt_per_mtok", "completion_per_mtok", "cached_prompt_per_mtok"):
+            if name == "cached_prompt_per_mtok" and self.cached_prompt_per_mtok is None:
+                continue
             check_number(f"Price({name}=...)", getattr(self, name), minimum=0.0, unit="dollars per million tokens")
 
     def cost(self, usage: Usage) -> float:
-        return (usage.prompt_tokens * self.prompt_per_mtok + usage.completion_tokens * self.completion_per_mtok) / 1e6
+        cached = usage.cached_prompt_tokens
+        cached_rate = self.prompt_per_mtok if self.cached_prompt_per_mtok is None else self.cached_prompt_per_mtok
+        return (
+            (usage.prompt_tokens - cached) * self.prompt_per_mtok
+            + cached * cached_rate
+            + usage.completion_tokens * self.completion_per_mtok
+        ) / 1e6
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -161,7 +161,7 @@ class FakeBackend:
         prompt = answer.prompt_tokens
         completion = answer.completion_tokens
         usage = Usage(
-            prompt_tokens=count_message_tokens(query.messages()) if prompt is None else prompt,  # type: ignore[arg-type]
+            prompt_tokens=count_message_tokens(query.messages()) if prompt is None else prompt,
             completion_tokens=count_tokens(answer.text) if completion is None else completion,
         )
         ttft = (answer.ttft if answer.ttft is not None else answer.delay) if query.stream else None

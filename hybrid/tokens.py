@@ -9,6 +9,7 @@ rule; the backends use it only when a server sends no usage, and flag the result
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 #: Prompt tokens a chat request costs beyond its text: per message, and once per request.
@@ -31,7 +32,7 @@ def truncate_tokens(text: str, limit: int) -> str:
     return text
 
 
-def message_text(messages: list[dict[str, object]]) -> str:
+def message_text(messages: Sequence[Mapping[str, object]]) -> str:
     """All the text of a chat request's messages: string contents and the text parts of arrays."""
     parts: list[str] = []
     for message in messages:
@@ -48,6 +49,6 @@ def prompt_tokens(text: str, n_messages: int) -> int:
     return count_tokens(text) + MESSAGE_OVERHEAD_TOKENS * n_messages + REQUEST_OVERHEAD_TOKENS
 
 
-def count_message_tokens(messages: list[dict[str, object]]) -> int:
+def count_message_tokens(messages: Sequence[Mapping[str, object]]) -> int:
     """Prompt tokens of a chat request (a newline between parts is no token, so joining is exact)."""
     return prompt_tokens(message_text(messages), len(messages))

@@ -221,5 +221,10 @@ def _feed(assembler: StreamAssembler, chunk: Any) -> None:
         assembler.feed(None if delta is None else delta.content, choice.finish_reason, None)
     usage = chunk.usage
     if usage is not None:
-        counts = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+        details = getattr(usage, "prompt_tokens_details", None)
+        counts = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": getattr(details, "cached_tokens", None)},
+        }
         assembler.feed(None, None, usage_from(counts))

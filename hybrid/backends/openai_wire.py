@@ -97,7 +97,7 @@ def error_message(body: object, status: int) -> str:
 def estimated_usage(query: Query, text: str) -> Usage:
     """The kit's token estimate, for servers that send no usage; flagged as estimated."""
     return Usage(
-        prompt_tokens=count_message_tokens(query.messages()),  # type: ignore[arg-type]
+        prompt_tokens=count_message_tokens(query.messages()),
         completion_tokens=count_tokens(text),
         estimated=True,
     )
@@ -115,7 +115,13 @@ def usage_from(body: object) -> Usage | None:
         raise InvalidResponse(
             f"usage has prompt_tokens={counts[0]!r}, completion_tokens={counts[1]!r}; expected non-negative integers."
         )
-    return Usage(prompt_tokens=counts[0], completion_tokens=counts[1])
+    details = body.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if cached is None:
+        cached = 0
+    if not (isinstance(cached, int) and not isinstance(cached, bool) and 0 <= cached <= counts[0]):
+        raise InvalidResponse(f"usage has prompt_tokens_details.cached_tokens={cached!r}; expected 0..prompt_tokens.")
+    return Usage(prompt_tokens=counts[0], completion_tokens=counts[1], cached_prompt_tokens=cached)
 
 
 class StreamAssembler:

@@ -40,6 +40,6 @@ class RateLimits:
         if self._requests is not None:
             await self._requests.acquire()
         if self._tokens is not None and self.tpm is not None:
-            weight = count_message_tokens(query.messages()) + (query.max_tokens or 0)  # type: ignore[arg-type]
+            weight = count_message_tokens(query.messages()) + (query.max_tokens or 0)
             await self._tokens.acquire(min(weight, self.tpm))
         return await call_next(query, attempt)

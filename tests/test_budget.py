@@ -1,0 +1,70 @@
+"""The hard budget: never more sent than it covers, at any concurrency; cached prompt tokens priced
+at their own rate.  Runs on the in-process simulator in virtual time, counting requests with the
+simulator's own counter."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybrid import BudgetExceeded, ConfigError, Orchestrator, Price, Query, Usage, sim
+from hybrid.backends.openai_wire import usage_from
+from hybrid.errors import InvalidResponse
+from hybrid.tokens import count_message_tokens
+
+pytestmark = pytest.mark.looptime
+
+#: Eight completion tokens always: below the profile's shortest answer, so every answer uses all
+#: of max_tokens and an attempt's real cost is exactly its worst case.
+MAX_TOKENS = 8
+PRICE = Price(prompt_per_mtok=1.0, completion_per_mtok=2.0)
+
+
+def queries(n: int) -> list[Query]:
+    # Same-length prompts, so every query's worst case is the same.
+    return [Query(f"q{i:02d}", f"Question {i:02d} about budgets.", max_tokens=MAX_TOKENS) for i in range(n)]
+
+
+def one_query_cost() -> float:
+    usage = Usage(prompt_tokens=count_message_tokens(queries(1)[0].messages()), completion_tokens=MAX_TOKENS)
+    return PRICE.cost(usage)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 7, 16, 64])
+async def test_a_budget_for_ten_queries_sends_at_most_ten_of_forty(concurrency: int) -> None:
+    backend = sim.backend(sim.SimConfig(seed=5))
+    budget = 10 * one_query_cost()
+    async with Orchestrator(
+        backend, max_concurrency=concurrency, prices={"sim-small": PRICE}, budget_usd=budget
+    ) as orch:
+        run = await orch.run(queries(40))
+    sent = backend.engine.stats()["requests"]
+    assert sent == 10 == run.metrics.succeeded
+    assert [r.error.kind for r in run.results if r.error] == ["budget"] * 30
+    assert all(isinstance(r.error, BudgetExceeded) and r.attempts == 1 for r in run.results if r.error)
+    assert run.metrics.cost_usd == pytest.approx(budget) and orch.budget is not None
+    assert orch.budget.spent_usd == pytest.approx(budget)
+    assert any("budget stopped 30 of 40" in w for w in run.warnings)
+
+
+async def test_a_budget_needs_prices_and_bounded_queries_before_anything_is_sent() -> None:
+    backend = sim.backend()
+    with pytest.raises(ConfigError, match="needs prices"):
+        Orchestrator(backend, budget_usd=1.0)
+    async with Orchestrator(backend, prices={"sim-small": PRICE}, budget_usd=1.0) as orch:
+        with pytest.raises(ConfigError, match="no max_tokens"):
+            await orch.run([Query("q", "unbounded")])
+        with pytest.raises(ConfigError, match="no price"):
+            await orch.run([Query("q", "x", max_tokens=5, model="sim-large")])
+    assert backend.engine.stats()["requests"] == 0
+
+
+def test_cached_prompt_tokens_are_priced_at_their_own_rate() -> None:
+    usage = usage_from(
+        {"prompt_tokens": 1000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 800}}
+    )
+    assert usage is not None and usage.cached_prompt_tokens == 800
+    price = Price(prompt_per_mtok=2.0, completion_per_mtok=8.0, cached_prompt_per_mtok=0.5)
+    assert price.cost(usage) == pytest.approx((200 * 2.0 + 800 * 0.5 + 100 * 8.0) / 1e6)
+    assert Price(prompt_per_mtok=2.0, completion_per_mtok=8.0).cost(usage) == pytest.approx((1000 * 2 + 800) / 1e6)
+    with pytest.raises(InvalidResponse, match="cached_tokens"):
+        usage_from({"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 11}})
