@@ -52,6 +52,7 @@ from hybrid.errors import (
     check_number,
     check_text,
 )
+from hybrid.estimate import Estimate, estimate
 from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
 from hybrid.fingerprint import fingerprint
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
@@ -275,6 +276,17 @@ class Orchestrator:
         record = self._begin_record(None, False, label, flat)
         run = await self._execute(flat, stage_of, strategy, label, None, body=body, record=record)
         return _raise_if_all_failed(run)
+
+    def estimate(self, queries: Sequence[Query]) -> Estimate:
+        """A forecast of running ``queries``, sending nothing: tokens, cost and wall per query and in
+        total (:mod:`hybrid.estimate` says where each number comes from)."""
+        return estimate(
+            self._checked(queries),
+            backend=self.backend,
+            prices=self.prices,
+            max_concurrency=self.max_concurrency,
+            store=self.store,
+        )
 
     # -- validation ---------------------------------------------------------------------------
     def _check_loop(self) -> None:

@@ -31,6 +31,7 @@ import logging
 import math
 import queue
 import sqlite3
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from hybrid.errors import ConfigError, error_of_kind
-from hybrid.metrics import RunMetrics
+from hybrid.metrics import RunMetrics, percentile
 from hybrid.provenance import git_commit, machine_info
 from hybrid.query import Completion, Query, QueryResult, Usage
 from hybrid.results import RunResult
@@ -303,6 +304,29 @@ class Store:
             (name,),
         )
         return {(row["name"], row["fingerprint"]): _result_from(row) for row in rows}
+
+    def typical_answers(self) -> dict[str, tuple[float, float, float, float]]:
+        """Per model, from its answers sent ok in past runs: the median completion tokens, the
+        median latency and the 5th and 95th percentile latencies.  What
+        :func:`hybrid.estimate.estimate` assumes when the backend has no model of its own."""
+        self.flush()
+        rows = self._read(
+            "SELECT model, completion_tokens, latency_s FROM results "
+            "WHERE origin = 'sent' AND error_kind IS NULL AND model IS NOT NULL"
+        )
+        by_model: dict[str, list[tuple[int, float]]] = {}
+        for model, tokens, latency in rows:
+            by_model.setdefault(model, []).append((tokens, latency))
+        typical = {}
+        for model, seen in by_model.items():
+            latencies = sorted(x for _, x in seen)
+            typical[model] = (
+                statistics.median(t for t, _ in seen),
+                statistics.median(latencies),
+                percentile(latencies, 5, is_sorted=True),
+                percentile(latencies, 95, is_sorted=True),
+            )
+        return typical
 
     # -- the cache ----------------------------------------------------------------------------
     def cached(self, fingerprint: str, *, max_age_s: float | None = None) -> Completion | None:

@@ -19,6 +19,7 @@ types and wire helpers, which the rest of ``hybrid.sim`` never does.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import orjson
 
@@ -36,6 +37,7 @@ from hybrid.query import Completion, Query
 from hybrid.sim.config import SimConfig
 from hybrid.sim.engine import Drop, Engine, Rejected
 from hybrid.sim.openai_protocol import Simulator, error_body
+from hybrid.tokens import count_message_tokens
 
 
 class _Received:
@@ -117,6 +119,28 @@ class SimBackend:
                 raise
         engine.by_status[200] += 1
         return received.completion()
+
+    @property
+    def slots(self) -> int:
+        """Requests the simulated server answers at once (a forecast caps concurrency with it)."""
+        return self.config.slots
+
+    def forecast(self, query: Query) -> tuple[float, float, float, float]:
+        """``query``'s expected completion tokens and latency under the latency model, and the
+        latency of its shortest and longest possible answer: what ``orch.estimate`` uses instead of
+        history.  Expected values, not this seed's draw: the answer length is uniform between the
+        profile's bounds (capped by ``max_tokens``), the jitter log-normal; contention is left out."""
+        profile = self.config.profiles[query.model or self.model]
+        cap = query.max_tokens if query.max_tokens is not None else profile.max_completion_tokens
+        lengths = [min(n, cap) for n in range(profile.min_completion_tokens, profile.max_completion_tokens + 1)]
+        prompt = count_message_tokens(query.messages())
+        scale = math.exp(profile.jitter**2 / 2) * self.config.time_scale  # the log-normal factor's mean
+
+        def seconds(completion: float) -> float:
+            return (profile.ttft_s + prompt / profile.prompt_tps + completion / profile.completion_tps) * scale
+
+        completion = sum(lengths) / len(lengths)
+        return completion, seconds(completion), seconds(min(lengths)), seconds(max(lengths))
 
     def complete_blocking(self, query: Query) -> Completion:
         raise ConfigError(
