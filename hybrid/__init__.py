@@ -42,7 +42,7 @@ from hybrid.store import Store
 from hybrid.virtual_time import simulate
 
 if TYPE_CHECKING:
-    from hybrid import bench, plots, real, sim, testing
+    from hybrid import bench, lab, plots, real, sim, testing
 
 try:
     __version__ = version("hybrid-llm-kit")
@@ -55,7 +55,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 logging.getLogger("hybrid").addHandler(logging.NullHandler())
 
 #: Submodules loaded on first access.
-LAZY_SUBMODULES = ("bench", "plots", "real", "sim", "testing")
+LAZY_SUBMODULES = ("bench", "lab", "plots", "real", "sim", "testing")
 
 __all__ = [
     "AllQueriesFailed",
@@ -91,6 +91,7 @@ __all__ = [
     "Usage",
     "__version__",
     "bench",
+    "lab",
     "plots",
     "real",
     "run_sync",
