@@ -542,7 +542,7 @@ class RunRecord:
         self.answered = answered
 
     def save(self, result: QueryResult) -> None:
-        self.store.record(self.run_id, fingerprint(result.query, self.default_model), result)
+        self.store.record(self.run_id, result, self.default_model)
 
     def resumed(self, queries: Sequence[Query], stages: Sequence[int | None]) -> list[QueryResult]:
         """The rows of ``queries`` already answered ok under this name: not sent again."""

@@ -81,6 +81,10 @@ class Usage:
 
     def __post_init__(self) -> None:
         # Validated here so that one bad count from a server can never break a run's totals later.
+        # The common case is checked in one line (a Usage is made per answer); check_int words the error.
+        p, c, cached = self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens
+        if type(p) is int and type(c) is int and type(cached) is int and p >= 0 and c >= 0 and 0 <= cached <= p:
+            return
         check_int("Usage.prompt_tokens", self.prompt_tokens, minimum=0)
         check_int("Usage.completion_tokens", self.completion_tokens, minimum=0)
         check_int("Usage.cached_prompt_tokens", self.cached_prompt_tokens, minimum=0, maximum=self.prompt_tokens)

@@ -26,6 +26,7 @@ API key or request headers: nothing here ever sees them.
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import math
@@ -34,7 +35,7 @@ import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from hybrid.errors import ConfigError, error_of_kind
+from hybrid.fingerprint import fingerprint
 from hybrid.metrics import RunMetrics, percentile
 from hybrid.provenance import git_commit, machine_info
 from hybrid.query import Completion, Query, QueryResult, Usage
@@ -208,20 +210,20 @@ class Store:
     @staticmethod
     def _write(connection: sqlite3.Connection, statements: list[tuple[str, Any]]) -> None:
         """Write ``statements`` in one transaction; consecutive rows of one statement go in one
-        ``executemany``.  A statement's values may be a callable, which builds them here, off the loop."""
+        ``executemany``.  Results are queued as objects and turned into rows here, off the loop."""
         if not statements:
             return
         connection.execute("BEGIN IMMEDIATE")
         try:
             for sql, group in itertools.groupby(statements, key=lambda statement: statement[0]):
-                rows = [values() if callable(values) else values for _, values in group]
+                rows = [_result_row(*values) if sql is _INSERT_RESULT else values for _, values in group]
                 connection.executemany(sql, rows)
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
 
-    def _enqueue(self, sql: str, values: tuple[Any, ...] | Callable[[], tuple[Any, ...]]) -> None:
+    def _enqueue(self, sql: str, values: tuple[Any, ...]) -> None:
         self._queue.put((sql, values))
 
     def flush(self, timeout: float | None = 60.0) -> None:
@@ -253,8 +255,8 @@ class Store:
             return self._reader.execute(sql, tuple(values)).fetchall()
 
     def begin_run(self, name: str, *, mode: str, settings: dict[str, Any], queries: int, resume: bool) -> int:
-        """The id of run ``name``: a new run, or with ``resume`` the existing one (marked running again)."""
-        self.flush()
+        """The id of run ``name``: a new run, or with ``resume`` the existing one (marked running again).
+        Run rows are written here, directly, so no queued write has to be waited for."""
         found = self._read("SELECT id FROM runs WHERE name = ?", (name,))
         now = time.time()
         if found and not resume:
@@ -287,10 +289,10 @@ class Store:
             )
             return int(cursor.lastrowid or 0)
 
-    def record(self, run_id: int, fingerprint: str, result: QueryResult) -> None:
-        """Queue ``result`` for writing (returns at once; the writer thread builds the row and commits it)."""
-        recorded_at = time.time()
-        self._enqueue(_INSERT_RESULT, lambda: _result_row(run_id, fingerprint, result, recorded_at))
+    def record(self, run_id: int, result: QueryResult, default_model: str) -> None:
+        """Queue ``result`` for writing: it returns at once, and the writer thread computes the
+        request's fingerprint, builds the row and commits it, so the loop pays only for the queue."""
+        self._queue.put((_INSERT_RESULT, (run_id, result, default_model, time.time())))
 
     def end_run(self, run_id: int, status: str) -> None:
         """Queue the run's end: ``finished``, ``cancelled`` or ``failed``."""
@@ -480,13 +482,13 @@ class Store:
 _INSERT_RESULT = f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({', '.join('?' * 25)})"
 
 
-def _result_row(run_id: int, fingerprint: str, result: QueryResult, recorded_at: float) -> tuple[Any, ...]:
+def _result_row(run_id: int, result: QueryResult, default_model: str, recorded_at: float) -> tuple[Any, ...]:
     error = result.error
     return (
         run_id,
         result.index,
         result.query.name,
-        fingerprint,
+        fingerprint(result.query, default_model),
         _query_json(result.query),
         result.text,
         None if error is None else error.kind,
@@ -511,7 +513,9 @@ def _result_row(run_id: int, fingerprint: str, result: QueryResult, recorded_at:
     )
 
 
+@functools.lru_cache(maxsize=65536)
 def _query_json(query: Query) -> str:
+    """The query's fields as JSON (memoised: a grid re-run records the same queries again)."""
     fields: dict[str, Any] = {f: getattr(query, f) for f in _QUERY_FIELDS}
     fields["metadata"] = None if query.metadata is None else dict(query.metadata)
     return orjson.dumps(fields, default=str).decode()

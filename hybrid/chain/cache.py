@@ -39,8 +39,10 @@ class ResponseCache:
         if self.mode == "write":
             return
         keys = [fingerprint(query, self.default_model) for query in queries]
-        found = self.store.cached_many(keys, max_age_s=self.max_age_s)
-        self._known = {key: found.get(key) for key in keys}
+        unknown = [key for key in keys if self._known.get(key) is None]
+        found = self.store.cached_many(unknown, max_age_s=self.max_age_s)
+        # What this link stored itself is known at once, committed or not; the rest is as the store says.
+        self._known.update({key: found.get(key) for key in unknown})
 
     async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
         key = fingerprint(query, self.default_model)
