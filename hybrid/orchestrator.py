@@ -384,7 +384,11 @@ class Orchestrator:
             except BaseException as exc:
                 self.last_run = self._ended(state.build(stopped_by=exc), record, "failed")
                 raise
-        self.last_run = run = self._ended(state.build(), record, "finished")
+            built = state.build()  # the run's clock stops here, before waiting for the disk
+            if record is not None:
+                # When run() returns, its rows are on disk, and a store that failed is known.
+                await asyncio.to_thread(record.store.flush)
+        self.last_run = run = self._ended(built, record, "finished")
         return run
 
     def _ended(self, run: RunResult, record: RunRecord | None, status: str) -> RunResult:
