@@ -383,3 +383,17 @@ def database_files_holding(path: Path, text: str) -> list[str]:
     files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
     assert path in files and sum(p.stat().st_size for p in files) > 0
     return [p.name for p in files if text.encode() in p.read_bytes()]
+
+
+async def test_a_body_declared_larger_than_the_limit_is_refused(backend_kind: str) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"choices": "' + b"x" * (2 * LIMIT) + b'"}', content_type="application/json")
+
+    async with hostile(handler) as url:
+        backend = type(backend_for(backend_kind, url))(
+            base_url=url, api_key=CANARY, model="m", max_response_bytes=LIMIT
+        )
+        async with Orchestrator(backend, retry=Retry.never()) as orch:
+            run = await orch.run([Query("big", "x")], raise_if_all_failed=False)
+    error = run["big"].error
+    assert error is not None and error.kind == "invalid_response" and "max_response_bytes" in str(error)

@@ -98,7 +98,18 @@ class HTTPBackend(Endpoint):
         return error_for_status(response.status, message, response.headers)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
-        """The whole body, metered: never more than ``max_response_bytes`` in memory."""
+        """The whole body, never more than ``max_response_bytes`` in memory.  A declared length
+        within the limit is read in one go (aiohttp reads exactly that much: the fast, common
+        case); a body of unknown length is metered as it arrives."""
+        declared = response.content_length
+        if declared is not None:
+            if declared > self.max_response_bytes:
+                raise InvalidResponse(
+                    f"The response declares {declared:,} bytes, more than max_response_bytes="
+                    f"{self.max_response_bytes:,}. Pass a larger max_response_bytes= to the backend if such answers "
+                    "are expected."
+                )
+            return await response.read()
         meter = ResponseMeter(self.max_response_bytes, event_stream=False)
         body = bytearray()
         async for part in response.content.iter_any():
