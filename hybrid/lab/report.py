@@ -118,6 +118,9 @@ class Matrix:
 
         return pd.DataFrame({c: [cell((v, c)) for v in self.variants] for c in self.cases}, index=self.variants)
 
+    def __repr__(self) -> str:
+        return self.frame.to_string()
+
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.cases)
         rows = []
