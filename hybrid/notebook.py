@@ -19,8 +19,10 @@ ipykernel 7 sessions (hung cells, lost outputs); it is offered only for old code
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -34,24 +36,94 @@ def _loop_running() -> bool:
     return True
 
 
+class WorkerLoop:
+    """A coroutine run to completion on a fresh event loop in a thread of its own: the one
+    mechanism behind :func:`run_sync` (a caller that blocks) and :func:`hybrid.simulate` (a
+    caller that awaits, on a virtual-time loop from ``loop_factory``).  Nothing of the caller's
+    loop is touched; the worker's loop is closed, async generators and executor included, before
+    the outcome is delivered."""
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        name: str = "hybrid-run-sync",
+    ) -> None:
+        self._coro = coro
+        self._loop_factory = loop_factory
+        self.done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        outcome: tuple[str, Any] = ("cancelled", None)
+        try:
+            with asyncio.Runner(loop_factory=self._loop_factory) as runner:
+                outcome = ("value", runner.run(self._main()))
+        except asyncio.CancelledError:
+            outcome = ("cancelled", None)
+        except BaseException as exc:  # the coroutine's own error: the caller gets it
+            outcome = ("error", exc)
+        finally:
+            self._started.set()
+        kind, value = outcome
+        if kind == "value":
+            self.done.set_result(value)
+        elif kind == "error":
+            self.done.set_exception(value)
+        else:
+            self.done.cancel()
+
+    async def _main(self) -> Any:
+        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        self._started.set()
+        return await self._coro
+
+    def result(self) -> Any:
+        """Block until the coroutine is done; its result, or its exception raised here."""
+        self.thread.join()
+        return self.done.result()
+
+    async def wait(self) -> Any:
+        """Await the coroutine from another loop; cancelling the caller cancels it, and waits for it."""
+        waiter = asyncio.wrap_future(self.done)
+        try:
+            return await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            self.cancel()
+            with contextlib.suppress(BaseException):
+                await waiter
+            raise
+        finally:
+            self.thread.join()  # at once: settling ``done`` is the thread's last act
+
+    def cancel(self) -> None:
+        """Cancel the coroutine from another thread."""
+        self._started.wait()
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: it is over anyway
+                loop.call_soon_threadsafe(task.cancel)
+
+
+def virtual_clock_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop whose clock is virtual (``looptime``), starting at 0: when nothing is
+    ready, it jumps to the next timer.  The loop :func:`hybrid.simulate` runs studies on."""
+    import looptime
+
+    loop: asyncio.AbstractEventLoop = looptime.new_event_loop(start=0.0)
+    return loop
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from synchronous code and return its result (or raise its error)."""
     if not _loop_running():
         return asyncio.run(coro)
-    outcome: dict[str, Any] = {}
-
-    def worker() -> None:
-        try:
-            outcome["value"] = asyncio.run(coro)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=worker, name="hybrid-run-sync", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    value: T = outcome["value"]
+    value: T = WorkerLoop(coro).result()
     return value
 
 

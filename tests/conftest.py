@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -66,3 +67,26 @@ def client_tasks() -> set[asyncio.Task[Any]]:
         for t in asyncio.all_tasks()
         if not any(name in getattr(t.get_coro(), "__qualname__", "") for name in SERVER_TASKS)
     }
+
+
+def _policy_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop set on the main thread's policy, without creating one (a private slot of the
+    default policy; None under another policy)."""
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    return getattr(local, "_loop", None)
+
+
+@pytest.fixture(autouse=True)
+def close_loops_made_for_sync_tests(request: pytest.FixtureRequest) -> Any:
+    """looptime's pytest plugin asks the event-loop policy for the loop of every test, sync ones too,
+    which makes the policy create a default loop in the main thread that nobody closes; when the next
+    async test replaces it, it is garbage-collected and pytest reports "unclosed event loop" against
+    whichever test runs then.  Close a loop that appeared during a sync test."""
+    before = _policy_loop()
+    yield
+    loop = _policy_loop()
+    if inspect.iscoroutinefunction(request.function) or loop is None or loop is before:
+        return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+        asyncio.set_event_loop(None)

@@ -49,7 +49,7 @@ def test_every_error_is_rooted_at_hybrid_error() -> None:
 BRIDGING = re.compile(
     r"asyncio\.run\(|asyncio\.Runner\(|run_coroutine_threadsafe|run_until_complete|new_event_loop|nest_asyncio"
 )
-ALLOWED = {"notebook.py", "virtual_time.py", "cli.py", "__main__.py", "sim/serve.py"}
+ALLOWED = {"notebook.py", "cli.py", "__main__.py", "sim/serve.py"}
 
 
 def test_no_sync_bridging_inside_the_library() -> None:
