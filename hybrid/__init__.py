@@ -14,10 +14,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from hybrid.backends import Backend, HTTPBackend, OpenAIBackend
+from hybrid.batch import Batch
 from hybrid.errors import (
     AllQueriesFailed,
     AuthenticationFailed,
     BadRequest,
+    BatchIncomplete,
     BudgetExceeded,
     Cancelled,
     ConfigError,
@@ -36,6 +38,7 @@ from hybrid.metrics import RunMetrics
 from hybrid.notebook import run_sync
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
+from hybrid.ray_shards import RayShards
 from hybrid.results import RunResult
 from hybrid.retry import Retry
 from hybrid.store import Store
@@ -62,6 +65,8 @@ __all__ = [
     "AuthenticationFailed",
     "Backend",
     "BadRequest",
+    "Batch",
+    "BatchIncomplete",
     "BudgetExceeded",
     "Cancelled",
     "Completion",
@@ -81,6 +86,7 @@ __all__ = [
     "QueryStarted",
     "QueryTimeout",
     "RateLimited",
+    "RayShards",
     "Retry",
     "RunFinished",
     "RunMetrics",

@@ -18,6 +18,7 @@ exception type.  Two families hang from the root:
     │   ├── AuthenticationFailed 401/403     not retryable
     │   ├── QueryTimeout       the per-query timeout (one scope over all attempts)
     │   ├── DependencyFailed   a pipeline query whose input query failed (never sent)
+    │   ├── BatchIncomplete    the Batch API did not answer it (expired, failed, missing) after resubmits
     │   └── Cancelled          the run was cancelled before this query finished
     └── AllQueriesFailed       every query of a run failed; carries the RunResult
 
@@ -145,6 +146,13 @@ class DependencyFailed(QueryError):
     """A pipeline query was not sent because a query it names in its prompt failed."""
 
     kind = "dependency_failed"
+
+
+class BatchIncomplete(QueryError):
+    """``mode="batch"``: the provider's Batch API gave no answer for this query (its batch failed
+    or expired, or the line was missing from both result files), also after the resubmissions."""
+
+    kind = "batch_incomplete"
 
 
 class BudgetExceeded(QueryError):

@@ -14,6 +14,11 @@ counted (``queries``, ``succeeded``, ``from_cache``, ``resumed``, tokens) but ke
 timing (latency, efficiency, ideal, throughput) and of attempts; cache hits cost 0 and resumed
 rows were paid for in an earlier run, so neither adds to the run's cost.  Mixing in
 answers that took no time would make a run look faster than any server is.
+
+Rows the provider's Batch API answered (``origin="batch"``) have no latency of their own (a batch
+answers all at once, hours later): they count in ``batched``, attempts (lines submitted) and
+throughput over the wall, not in latency or efficiency; their cost is also reported apart as
+``batch_cost_usd`` (the batch price), so ``cost_usd - batch_cost_usd`` is the synchronous part.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class RunMetrics:
     cost_usd: float | None
     from_cache: int = 0
     resumed: int = 0
+    batched: int = 0
+    batch_cost_usd: float | None = None
 
     @classmethod
     def compute(
@@ -106,7 +113,9 @@ class RunMetrics:
         efficiency = total / wall_s if wall_s > 0 else 0.0
         ideal = total / ideal_s if ideal_s > 0 else 0.0
         ttfts = [r.ttft_s for r in sent if r.ttft_s is not None]
-        attempts = sum(r.attempts for r in sent)
+        batched = [r for r in results if r.origin == "batch"]
+        attempts = sum(r.attempts for r in sent) + sum(r.attempts for r in batched)
+        batch_costs = [r.cost_usd for r in batched if r.cost_usd is not None]
         # This run's cost: what was sent, plus cache hits at 0; resumed rows were paid for earlier.
         costs = [r.cost_usd for r in results if r.cost_usd is not None and r.origin != "resumed"]
         succeeded = sum(r.ok for r in results)
@@ -134,10 +143,12 @@ class RunMetrics:
             retries=sum(r.retries for r in sent),
             cpu_s=cpu_s,
             cpu_per_call_ms=cpu_s / attempts * 1000.0 if attempts else math.nan,
-            throughput_qps=sum(r.ok for r in sent) / wall_s if wall_s > 0 else 0.0,
+            throughput_qps=(sum(r.ok for r in sent) + sum(r.ok for r in batched)) / wall_s if wall_s > 0 else 0.0,
             cost_usd=sum(costs) if costs else None,
             from_cache=sum(r.origin == "cache" for r in results),
             resumed=sum(r.origin == "resumed" for r in results),
+            batched=len(batched),
+            batch_cost_usd=sum(batch_costs) if batch_costs else None,
         )
 
     @classmethod

@@ -56,11 +56,12 @@ from hybrid.estimate import Estimate, estimate
 from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
 from hybrid.fingerprint import fingerprint
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
+from hybrid.ray_shards import RayShards
 from hybrid.results import RunResult
 from hybrid.retry import Retry
 from hybrid.run_state import RunState
 from hybrid.store import Store
-from hybrid.strategies import Strategy, strategy_for
+from hybrid.strategies import RunContext, Strategy, strategy_for
 from hybrid.templating import check_references, placeholders, render
 
 log = logging.getLogger("hybrid")
@@ -74,7 +75,8 @@ class Orchestrator:
     ``backend`` is any object meeting the :class:`~hybrid.backends.protocol.Backend` protocol.
     ``max_concurrency`` queries are in flight at once (the backend's connection pool is sized to
     match); ``timeout`` (seconds, or None) bounds each query over all its attempts; ``retry`` is the
-    :class:`Retry` policy; ``rpm``/``tpm`` are client-side rate limits, taken per attempt;
+    :class:`Retry` policy; ``rpm``/``tpm`` are client-side rate limits, taken per attempt, over
+    ``rate_window_s`` (the provider's counting window, a minute by default);
     ``progress`` shows a tqdm bar (never under CI or with ``HYBRID_PROGRESS=0``); ``prices`` maps
     model names to :class:`Price` for a cost column; ``seed`` makes the retry jitter reproducible.
 
@@ -99,6 +101,7 @@ class Orchestrator:
         retry: Retry | None = None,
         rpm: int | None = None,
         tpm: int | None = None,
+        rate_window_s: float = 60.0,
         progress: bool = False,
         prices: Mapping[str, Price] | None = None,
         seed: int | None = None,
@@ -145,7 +148,7 @@ class Orchestrator:
         self.timeout = timeout
         self.retry = retry if retry is not None else Retry()
         self.prices = dict(prices or {})
-        self.limits = RateLimits(rpm=rpm, tpm=tpm)
+        self.limits = RateLimits(rpm=rpm, tpm=tpm, window_s=rate_window_s)
         self.cache = (
             None
             if cache_mode is None or self.store is None
@@ -158,6 +161,7 @@ class Orchestrator:
         self.links: list[Link] = [link for link in (self.cache, self.budget, limits) if link is not None]
         self.progress = progress
         self.last_run: RunResult | None = None
+        self.seed = seed
         self._rng = random.Random(seed)
         self._slots: asyncio.Semaphore | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -203,10 +207,13 @@ class Orchestrator:
         raise_if_all_failed: bool = True,
         name: str | None = None,
         resume: bool = False,
+        shards: int | None = None,
     ) -> RunResult:
         """Send every query and return the run.  ``mode`` is the :mod:`strategy <hybrid.strategies>`:
-        ``gather`` (concurrently), ``sequential`` (one by one) or ``threads`` (the synchronous SDK
-        client on a thread pool, the legacy baseline).
+        ``gather`` (concurrently), ``sequential`` (one by one), ``threads`` (the synchronous SDK
+        client on a thread pool, the legacy baseline), ``batch`` (the provider's Batch API: half
+        price, answers within 24 h) or ``ray`` (``shards`` orchestrators on a Ray cluster, each with
+        its share of the concurrency and rate limits).
 
         With a store, ``name`` names the run (default: ``run-<time>``); ``resume=True`` continues
         the run of that name: queries it already answered ok (same name, same request) are not
@@ -216,8 +223,9 @@ class Orchestrator:
         ``raise_if_all_failed=False`` to get that run back instead, as a measurement wants);
         otherwise failures are rows.
         """
-        strategy = strategy_for(mode)
+        strategy = strategy_for(mode) if shards is None else RayShards.for_mode(mode, shards)
         items = self._checked(queries)
+        strategy.check(self)
         record = self._begin_record(name, resume, strategy.name, items)
         run = await self._execute(items, [None] * len(items), strategy, strategy.name, None, record=record)
         return _raise_if_all_failed(run) if raise_if_all_failed else run
@@ -233,6 +241,7 @@ class Orchestrator:
         """
         strategy = strategy_for(mode)
         items = self._checked(queries)
+        strategy.check(self)
         record = self._begin_record(None, False, strategy.name, items)
         return EventStream(
             lambda emit: self._execute(items, [None] * len(items), strategy, strategy.name, emit, record=record)
@@ -250,6 +259,12 @@ class Orchestrator:
         :class:`~hybrid.errors.DependencyFailed`.
         """
         strategy = strategy_for(mode)
+        if strategy.whole_run:
+            raise ConfigError(
+                f"mode={strategy.name!r} takes a whole run at once and cannot run pipeline stages; run each stage "
+                f"with orch.run(stage, mode={strategy.name!r}) and fill the next stage's prompts from its answers."
+            )
+        strategy.check(self)
         stage_list = self._checked_stages(stages)
         flat = [q for stage in stage_list for q in stage]
         stage_of: list[int | None] = [s for s, stage in enumerate(stage_list) for _ in stage]
@@ -377,7 +392,15 @@ class Orchestrator:
                     await body(state, run_one)
                 else:
                     todo = [(i, q) for i, q in enumerate(queries) if state.results[i] is None]
-                    await strategy.fan_out(todo, run_one, self.max_concurrency)
+                    context = RunContext(
+                        todo=todo,
+                        run_one=run_one,
+                        limit=self.max_concurrency,
+                        state=state,
+                        orchestrator=self,
+                        record=record,
+                    )
+                    await strategy.execute(context)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 self.last_run = self._ended(state.build(cancelled=True), record, "cancelled")
                 raise
@@ -487,7 +510,7 @@ class Orchestrator:
                             delay = self.retry.delay(attempts, exc, self._rng)
                             _give_up_if_told_to_wait_too_long(exc, delay, scope)
                             await asyncio.sleep(delay)
-                cost = self._cost(completion)
+                cost = self.cost(completion)
             except TimeoutError:
                 if not scope.expired():
                     raise
@@ -503,6 +526,38 @@ class Orchestrator:
         cached = completion is not None and completion.cached
         if cached:
             attempts, cost = 0, 0.0  # nothing was sent or paid
+        origin = "cache" if cached else "sent"
+        self.land(
+            state,
+            index,
+            query,
+            completion,
+            error,
+            attempts=attempts,
+            origin=origin,
+            cost=cost,
+            submitted=submitted,
+            started=started,
+            finished=finished,
+        )
+
+    def land(
+        self,
+        state: RunState,
+        index: int,
+        query: Query,
+        completion: Completion | None,
+        error: QueryError | None,
+        *,
+        attempts: int,
+        origin: str,
+        cost: float | None,
+        submitted: float,
+        started: float,
+        finished: float,
+    ) -> None:
+        """Build query ``index``'s row and hand it to the run (times are loop-clock readings): the one
+        place a row is made, for every strategy."""
         state.finish(
             QueryResult(
                 query=query,
@@ -520,14 +575,16 @@ class Orchestrator:
                 started_s=started - state.t0,
                 finished_s=finished - state.t0,
                 cost_usd=cost,
-                origin="cache" if cached else "sent",
+                origin=origin,
             )
         )
 
-    def _cost(self, completion: Completion | None) -> float | None:
+    def cost(self, completion: Completion | None, *, batch: bool = False) -> float | None:
+        """What ``completion`` cost at its model's price (the batch price with ``batch``); None unpriced."""
         if completion is None or completion.model not in self.prices:
             return None
-        return self.prices[completion.model].cost(completion.usage)
+        price = self.prices[completion.model]
+        return price.cost(completion.usage) * (price.batch_discount if batch else 1.0)
 
 
 class RunRecord:

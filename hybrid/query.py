@@ -119,17 +119,20 @@ class Completion:
 class Price:
     """US dollars per million tokens, prompt and completion, for one model.  ``cached_prompt_per_mtok``
     prices prompt tokens the provider served from its prompt cache (default: the full prompt price),
-    so a cost is not overstated when the API reports them."""
+    so a cost is not overstated when the API reports them.  ``batch_discount`` is what the
+    provider's Batch API charges relative to the live API (OpenAI and Anthropic: half)."""
 
     prompt_per_mtok: float
     completion_per_mtok: float
     cached_prompt_per_mtok: float | None = None
+    batch_discount: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("prompt_per_mtok", "completion_per_mtok", "cached_prompt_per_mtok"):
             if name == "cached_prompt_per_mtok" and self.cached_prompt_per_mtok is None:
                 continue
             check_number(f"Price({name}=...)", getattr(self, name), minimum=0.0, unit="dollars per million tokens")
+        check_number("Price(batch_discount=...) (0.5 = half price)", self.batch_discount, minimum=0.0, maximum=1.0)
 
     def cost(self, usage: Usage) -> float:
         cached = usage.cached_prompt_tokens
@@ -168,7 +171,8 @@ class QueryResult:
     finished_s: float = 0.0
     stage: int | None = None
     cost_usd: float | None = None
-    #: ``"sent"`` (answered over the wire in this run), ``"cache"`` (the response cache answered) or
+    #: ``"sent"`` (answered over the wire in this run), ``"batch"`` (answered by the provider's Batch
+    #: API in this run, at the batch price), ``"cache"`` (the response cache answered) or
     #: ``"resumed"`` (answered ok in an earlier run of the same name).  Only sent rows enter the
     #: timing metrics.
     origin: str = "sent"

@@ -77,6 +77,12 @@ class RunResult:
     def summary(self) -> str:
         """One line: how many succeeded, wall, efficiency against the ideal, tokens, retries."""
         m = self.metrics
+        if m.batched:
+            cost = "" if m.batch_cost_usd is None else f", ${m.batch_cost_usd:.6f} at the batch price"
+            return (
+                f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({self.mode}); {m.batched} through the "
+                f"Batch API{cost}; {m.total_tokens} tokens; {m.attempts} lines submitted"
+            )
         return (
             f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({self.mode}); parallel efficiency "
             f"{m.parallel_efficiency:.0%} ({m.percent_of_ideal:.0%} of ideal {m.ideal_efficiency:.0%}); "

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hybrid")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: remote_jobs (batch ids), created if missing
 BUSY_TIMEOUT_S = 30.0
 #: How long the writer lets rows gather before one commit: bounds what a kill can lose beyond
 #: the requests in flight (answers of the last few milliseconds), and keeps commits few under load.
@@ -102,6 +102,16 @@ CREATE TABLE IF NOT EXISTS results (
     origin TEXT NOT NULL,
     recorded_at REAL NOT NULL,
     PRIMARY KEY (run_id, idx)
+);
+CREATE TABLE IF NOT EXISTS remote_jobs (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    job_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    input_file_id TEXT,
+    requests INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, job_id)
 );
 CREATE TABLE IF NOT EXISTS cache (
     fingerprint TEXT PRIMARY KEY,
@@ -173,7 +183,7 @@ class Store:
                 f"Store({str(self.path)!r}) was written by a newer version of the kit (schema {version}, this one "
                 f"reads {SCHEMA_VERSION}); upgrade hybrid-llm-kit, or use another file."
             )
-        if version == 0:
+        if version < SCHEMA_VERSION:  # every table is CREATE ... IF NOT EXISTS: one script creates or upgrades
             try:
                 self._reader.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
             except sqlite3.OperationalError as exc:
@@ -297,6 +307,43 @@ class Store:
     def end_run(self, run_id: int, status: str) -> None:
         """Queue the run's end: ``finished``, ``cancelled`` or ``failed``."""
         self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, time.time(), run_id))
+
+    def add_remote_job(self, run_id: int, job_id: str, *, kind: str, input_file_id: str | None, requests: int) -> None:
+        """Remember a job started at a provider for run ``run_id`` (a batch id), committed before this
+        returns: a kernel that dies a moment later can still find, and reattach to, what it paid for."""
+        with self._read_lock:
+            self._reader.execute(
+                "INSERT OR REPLACE INTO remote_jobs (run_id, job_id, kind, input_file_id, requests, status, "
+                "created_at) VALUES (?, ?, ?, ?, ?, 'open', ?)",
+                (run_id, job_id, kind, input_file_id, requests, time.time()),
+            )
+
+    def end_remote_job(self, run_id: int, job_id: str, status: str) -> None:
+        """Mark a remote job's results collected (``status`` is its final state at the provider)."""
+        with self._read_lock:
+            self._reader.execute(
+                "UPDATE remote_jobs SET status = ? WHERE run_id = ? AND job_id = ?", (status, run_id, job_id)
+            )
+
+    def open_remote_jobs(self, run_id: int, kind: str) -> list[str]:
+        """Ids of run ``run_id``'s remote jobs whose results were not collected yet, oldest first."""
+        rows = self._read(
+            "SELECT job_id FROM remote_jobs WHERE run_id = ? AND kind = ? AND status = 'open' ORDER BY created_at",
+            (run_id, kind),
+        )
+        return [str(row[0]) for row in rows]
+
+    def remote_jobs(self, name: str) -> pd.DataFrame:
+        """Run ``name``'s remote jobs (batch ids): id, kind, input file, requests, status, created."""
+        import pandas as pd
+
+        rows = self._read(
+            "SELECT j.job_id, j.kind, j.input_file_id, j.requests, j.status, j.created_at FROM remote_jobs j "
+            "JOIN runs ON runs.id = j.run_id WHERE runs.name = ? ORDER BY j.created_at",
+            (name,),
+        )
+        columns = ["job_id", "kind", "input_file_id", "requests", "status", "created_at"]
+        return pd.DataFrame(rows, columns=columns)
 
     def answered(self, name: str) -> dict[tuple[str, str], QueryResult]:
         """The results answered ok in run ``name``, by (query name, fingerprint): what resume skips."""

@@ -11,6 +11,9 @@ orchestrator.
 * :class:`Threads` — the seeds' legacy pattern: the backend's synchronous client on a thread pool
   of ``max_concurrency`` workers.  A thread cannot be cancelled, so a timeout or an interrupt
   abandons the call instead of stopping it.
+* :class:`~hybrid.batch.Batch` (``mode="batch"``) and :class:`~hybrid.ray_shards.RayShards`
+  (``mode="ray"``) take the whole run (:meth:`Strategy.execute`): the provider's Batch API, and
+  shards of the run on a Ray cluster.  They live in their own modules.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hybrid.backends.protocol import Backend
 from hybrid.errors import ConfigError
@@ -29,11 +33,39 @@ Send = Callable[[Query], Awaitable[Completion]]
 #: Runs query number ``index`` to its result.
 RunOne = Callable[[int, Query], Awaitable[None]]
 
+if TYPE_CHECKING:
+    from hybrid.orchestrator import Orchestrator, RunRecord
+    from hybrid.run_state import RunState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunContext:
+    """One run as a strategy sees it: the queries left to answer (``todo``, as (index, query)),
+    how to answer one through the orchestrator (``run_one``), the concurrency limit, the run's
+    state (where results land), the orchestrator (its backend, prices, settings) and the store's
+    record of the run (None without a store)."""
+
+    todo: list[tuple[int, Query]]
+    run_one: RunOne
+    limit: int
+    state: RunState
+    orchestrator: Orchestrator
+    record: RunRecord | None
+
 
 class Strategy:
     """How a run's queries are scheduled (see the module docstring)."""
 
     name: ClassVar[str]
+    #: True for strategies that take a whole run at once (batch, ray): they cannot run pipeline stages.
+    whole_run: ClassVar[bool] = False
+
+    def check(self, orchestrator: Any) -> None:
+        """Refuse, before anything is sent, settings this strategy cannot honour."""
+
+    async def execute(self, run: RunContext) -> None:
+        """Answer every query of ``run.todo``; by default, ``run_one`` each on :meth:`fan_out`'s schedule."""
+        await self.fan_out(run.todo, run.run_one, run.limit)
 
     def concurrency(self, limit: int) -> int:
         """Queries in flight at once under an orchestrator limit of ``limit``."""
@@ -108,6 +140,12 @@ class Threads(Gather):
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Gather(), Sequential(), Threads())}
+
+
+def register(strategy: Strategy) -> Strategy:
+    """Make ``strategy`` available as ``mode=strategy.name`` (modules of their own register here)."""
+    STRATEGIES[strategy.name] = strategy
+    return strategy
 
 
 def strategy_for(mode: str | Strategy) -> Strategy:

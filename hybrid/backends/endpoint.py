@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
 from hybrid.backends.response_limits import DEFAULT_MAX_RESPONSE_BYTES
@@ -97,6 +98,16 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r}, api_key=<hidden>)"
+
+    def recipe(self) -> dict[str, Any]:
+        """The constructor's arguments, less the key: how ``mode="ray"`` rebuilds this backend in a
+        worker (the key travels apart, masked)."""
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "check_reachable": self.check_reachable,
+            "max_response_bytes": self.max_response_bytes,
+        }
 
     def redact(self, text: str) -> str:
         """``text`` with this endpoint's API key replaced (servers may echo it in error messages)."""

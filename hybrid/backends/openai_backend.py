@@ -22,6 +22,7 @@ import httpx2
 import openai
 import orjson
 
+from hybrid.backends.batch_api import MAX_FILE_BYTES, SDKBatchAPI
 from hybrid.backends.endpoint import Endpoint
 from hybrid.backends.openai_wire import (
     StreamAssembler,
@@ -122,6 +123,7 @@ class OpenAIBackend(Endpoint):
         self._client: openai.AsyncOpenAI | None = None
         self._sync_client: openai.OpenAI | None = None
         self._sync_client_lock = threading.Lock()
+        self._batch_api: SDKBatchAPI | None = None
 
     async def _connect(self) -> None:
         if self._client is not None:
@@ -142,6 +144,22 @@ class OpenAIBackend(Endpoint):
         if self._client is None:
             raise ConfigError("The backend is not open: use it inside `async with Orchestrator(...)`.")
         return self._client
+
+    def recipe(self) -> dict[str, Any]:
+        return {**super().recipe(), "transport": self.transport}
+
+    def batch_api(self) -> SDKBatchAPI:
+        """The provider's Batch API (``mode="batch"``), on a client of its own whose response cap
+        fits result files; made once, closed with the backend."""
+        if self._batch_api is None:
+            self.client  # noqa: B018 - refuses, with advice, when the backend is not open
+            hooks = httpx2_event_hooks(MAX_FILE_BYTES)
+            http_client = openai.DefaultAsyncHttpxClient(timeout=httpx2.Timeout(600.0, connect=30.0), event_hooks=hooks)
+            client = openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self._api_key, max_retries=0, http_client=http_client
+            )
+            self._batch_api = SDKBatchAPI(client, lambda exc: translate(exc, self))
+        return self._batch_api
 
     async def complete(self, query: Query) -> Completion:
         body = request_body(query, self.model)
@@ -205,6 +223,9 @@ class OpenAIBackend(Endpoint):
         return assembler.result()
 
     async def aclose(self) -> None:
+        batch_api, self._batch_api = self._batch_api, None
+        if batch_api is not None:
+            await batch_api.client.close()
         client, self._client = self._client, None
         sync_client, self._sync_client = self._sync_client, None
         if client is not None:

@@ -40,8 +40,10 @@ class Budget:
         usage = Usage(prompt_tokens=count_message_tokens(query.messages()), completion_tokens=query.max_tokens or 0)
         return price.cost(usage)
 
-    async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
-        worst = self.worst_case(query)
+    def reserve(self, query: Query, *, discount: float = 1.0) -> float:
+        """Reserve the worst case of one attempt of ``query`` (times ``discount``, for a batch
+        price) and return it; :class:`BudgetExceeded` when it does not fit."""
+        worst = self.worst_case(query) * discount
         if self.spent_usd + self.reserved_usd + worst > self.limit_usd + 1e-12:
             self.refused += 1
             raise BudgetExceeded(
@@ -49,10 +51,20 @@ class Budget:
                 f"${self.limit_usd:.6f} budget is spent (${self.reserved_usd:.6f} reserved by attempts in flight)."
             )
         self.reserved_usd += worst
+        return worst
+
+    def settle(self, reserved: float, spent: float) -> None:
+        """Replace a reservation by what the attempt really cost (0 when it got no answer)."""
+        self.reserved_usd -= reserved
+        self.spent_usd += spent
+
+    async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
+        worst = self.reserve(query)
         try:
             completion = await call_next(query, attempt)
-        finally:
-            self.reserved_usd -= worst
+        except BaseException:
+            self.settle(worst, 0.0)
+            raise
         price = self.prices.get(completion.model) or self.prices[query.model or self.default_model]
-        self.spent_usd += price.cost(completion.usage)
+        self.settle(worst, price.cost(completion.usage))
         return completion

@@ -44,14 +44,24 @@ class ResponseCache:
         # What this link stored itself is known at once, committed or not; the rest is as the store says.
         self._known.update({key: found.get(key) for key in unknown})
 
-    async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
+    def lookup(self, query: Query) -> Completion | None:
+        """The cached answer to ``query``, if the mode reads and there is one."""
+        if self.mode not in ("on", "read"):
+            return None
         key = fingerprint(query, self.default_model)
-        if self.mode in ("on", "read"):
-            hit = self._known[key] if key in self._known else self.store.cached(key, max_age_s=self.max_age_s)
-            if hit is not None:
-                return hit
-        completion = await call_next(query, attempt)
+        return self._known[key] if key in self._known else self.store.cached(key, max_age_s=self.max_age_s)
+
+    def remember(self, query: Query, completion: Completion) -> None:
+        """Store a fresh answer to ``query``, if the mode writes."""
         if self.mode in ("on", "write"):
+            key = fingerprint(query, self.default_model)
             self.store.cache(key, completion)
             self._known[key] = replace(completion, cached=True)
+
+    async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
+        hit = self.lookup(query)
+        if hit is not None:
+            return hit
+        completion = await call_next(query, attempt)
+        self.remember(query, completion)
         return completion

@@ -8,7 +8,10 @@ paying for them with retries.
 
 A leaky bucket of ``rpm`` per minute admits a burst of up to ``rpm`` requests at once, then one
 every ``60 / rpm`` seconds; aiolimiter reads the running loop's clock, so its waits are exact in
-virtual time.  The waits happen inside the query's timeout scope.
+virtual time.  The waits happen inside the query's timeout scope.  ``window_s`` (the
+orchestrator's ``rate_window_s``) is the window the provider counts over: OpenAI counts per
+minute, Azure OpenAI per 1 or 10 seconds; a shorter window holds the same rate with smaller
+bursts (a bucket of ``rpm * window_s / 60``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from aiolimiter import AsyncLimiter
 
 from hybrid.chain import Attempt, Next
-from hybrid.errors import check_int
+from hybrid.errors import check_int, check_number
 from hybrid.query import Completion, Query
 from hybrid.tokens import count_message_tokens
 
@@ -24,13 +27,15 @@ from hybrid.tokens import count_message_tokens
 class RateLimits:
     """A chain link that waits, before each attempt, until one more request stays under ``rpm`` and ``tpm``."""
 
-    def __init__(self, *, rpm: int | None = None, tpm: int | None = None) -> None:
+    def __init__(self, *, rpm: int | None = None, tpm: int | None = None, window_s: float = 60.0) -> None:
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None:
                 check_int(f"{name} (requests or tokens per minute, or None)", value, minimum=1)
-        self.rpm, self.tpm = rpm, tpm
-        self._requests = AsyncLimiter(rpm, 60.0) if rpm else None
-        self._tokens = AsyncLimiter(tpm, 60.0) if tpm else None
+        check_number("rate_window_s", window_s, positive=True, maximum=60.0, unit="seconds")
+        self.rpm, self.tpm, self.window_s = rpm, tpm, window_s
+        share = window_s / 60.0  # of a minute's quota, per window
+        self._requests = AsyncLimiter(max(1.0, rpm * share), window_s) if rpm else None
+        self._tokens = AsyncLimiter(max(1.0, tpm * share), window_s) if tpm else None
 
     @property
     def active(self) -> bool:
@@ -41,5 +46,5 @@ class RateLimits:
             await self._requests.acquire()
         if self._tokens is not None and self.tpm is not None:
             weight = count_message_tokens(query.messages()) + (query.max_tokens or 0)
-            await self._tokens.acquire(min(weight, self.tpm))
+            await self._tokens.acquire(min(weight, self._tokens.max_rate))
         return await call_next(query, attempt)

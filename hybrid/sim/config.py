@@ -77,6 +77,11 @@ class Faults:
     connection without an answer; ``malformed`` sends a 200 whose JSON is cut; ``truncate`` cuts
     the stream (or body) midway; ``no_usage`` omits usage.  ``fail_first`` fails the first N
     attempts of each distinct request with ``fail_first_status``, so retry tests are exact.
+
+    The Batch API has its own faults, drawn per line (or per batch) from the seed and the batch id,
+    so a line resubmitted in a new batch draws again: ``batch_line_error`` puts a line in the error
+    file (a 500), ``batch_line_missing`` leaves it out of both files, ``batch_expire`` lets a batch
+    expire halfway (the lines done by then in the output file, the rest ``batch_expired``).
     """
 
     rate_limit: float = 0.0
@@ -92,6 +97,9 @@ class Faults:
     fail_first_status: int = 500
     retry_after_s: float = 1.0
     hang_s: float = 3600.0
+    batch_line_error: float = 0.0
+    batch_line_missing: float = 0.0
+    batch_expire: float = 0.0
 
     KINDS = (
         "rate_limit",
@@ -110,6 +118,10 @@ class Faults:
             check_number(f"Faults({kind}=...)", getattr(self, kind), minimum=0.0, maximum=1.0) for kind in self.KINDS
         ]
         check_int("Faults(fail_first=...)", self.fail_first, minimum=0)
+        for kind in ("batch_line_error", "batch_line_missing", "batch_expire"):
+            check_number(f"Faults({kind}=...)", getattr(self, kind), minimum=0.0, maximum=1.0)
+        if self.batch_line_error + self.batch_line_missing > 1.0 + 1e-9:
+            raise ConfigError("Faults(batch_line_error=..., batch_line_missing=...) must add up to at most 1.")
         check_number("Faults(retry_after_s=...)", self.retry_after_s, minimum=0.0, unit="seconds")
         check_number("Faults(hang_s=...)", self.hang_s, positive=True, unit="seconds")
         if sum(rates) > 1.0 + 1e-9:
@@ -140,6 +152,11 @@ class SimConfig:
     wait for a slot (``None`` = unbounded), beyond that the server answers 503.  ``rpm``/``tpm``
     are per-key limits over a sliding ``limit_window_s`` (real seconds), answered with 429 and
     OpenAI's ``x-ratelimit-*`` headers.
+
+    The Batch API (``/v1/files``, ``/v1/batches``) runs a batch's lines on ``slots`` workers at
+    ``batch_slowdown`` times their live latency (a batch is low priority), after
+    ``batch_validate_s`` of validation and before ``batch_finalize_s`` of finalizing, all
+    multiplied by ``time_scale``; a file may hold at most ``batch_max_requests`` lines.
     """
 
     seed: int = 0
@@ -152,6 +169,10 @@ class SimConfig:
     limit_window_s: float = 60.0
     faults: Faults = field(default_factory=Faults)
     scripts: tuple[Script, ...] = ()
+    batch_slowdown: float = 20.0
+    batch_validate_s: float = 30.0
+    batch_finalize_s: float = 10.0
+    batch_max_requests: int = 50_000
     api_key: str | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 0
@@ -166,6 +187,10 @@ class SimConfig:
             if getattr(self, name) is not None:
                 check_int(f"SimConfig({name}=...)", getattr(self, name), minimum=1)
         check_number("SimConfig(limit_window_s=...)", self.limit_window_s, positive=True, unit="seconds")
+        check_number("SimConfig(batch_slowdown=...)", self.batch_slowdown, minimum=0.0)
+        for name in ("batch_validate_s", "batch_finalize_s"):
+            check_number(f"SimConfig({name}=...)", getattr(self, name), minimum=0.0, unit="seconds")
+        check_int("SimConfig(batch_max_requests=...)", self.batch_max_requests, minimum=1)
         check_int("SimConfig(port=...) (0 = any free port)", self.port, minimum=0, maximum=65535)
         if not self.profiles:
             raise ConfigError("SimConfig needs at least one model profile.")

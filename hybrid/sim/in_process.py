@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -34,10 +36,13 @@ from hybrid.backends.openai_wire import (
 )
 from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, check_choice
 from hybrid.query import Completion, Query
+from hybrid.sim.batch_protocol import COMPLETION_WINDOW, ENDPOINT, BatchService
 from hybrid.sim.config import SimConfig
 from hybrid.sim.engine import Drop, Engine, Rejected
 from hybrid.sim.openai_protocol import Simulator, error_body
 from hybrid.tokens import count_message_tokens
+
+T = TypeVar("T")
 
 
 class _Received:
@@ -70,6 +75,42 @@ class _Received:
         return self.assembler.result()
 
 
+def _translated(rejected: Rejected) -> QueryError:
+    """The kit's error for a rejection, parsed from the very body the HTTP route would send."""
+    parsed = orjson.loads(error_body(rejected.message, rejected.type, rejected.param, rejected.code))
+    return error_for_status(rejected.status, error_message(parsed, rejected.status), rejected.headers)
+
+
+class _InProcessBatchAPI:
+    """The simulator's Batch API without HTTP (a :class:`~hybrid.backends.batch_api.BatchAPI`)."""
+
+    def __init__(self, service: BatchService) -> None:
+        self.service = service
+
+    @staticmethod
+    def _call(method: Callable[..., T], *args: Any) -> T:
+        try:
+            return method(*args)
+        except Rejected as rejected:
+            raise _translated(rejected) from None
+
+    async def upload(self, data: bytes, filename: str) -> str:
+        return str(self._call(self.service.upload, data, filename, "batch")["id"])
+
+    async def create(self, input_file_id: str, metadata: dict[str, str]) -> dict[str, Any]:
+        body = {"input_file_id": input_file_id, "endpoint": ENDPOINT, "completion_window": COMPLETION_WINDOW}
+        return self._call(self.service.create, {**body, "metadata": metadata})
+
+    async def retrieve(self, batch_id: str) -> dict[str, Any]:
+        return self._call(self.service.retrieve, batch_id)
+
+    async def content(self, file_id: str) -> bytes:
+        return self._call(self.service.content, file_id)
+
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        return self._call(self.service.cancel, batch_id)
+
+
 class SimBackend:
     """A :class:`~hybrid.backends.protocol.Backend` answered by an in-process simulator."""
 
@@ -78,6 +119,8 @@ class SimBackend:
 
     def __init__(self, config: SimConfig | None = None, *, model: str = "sim-small") -> None:
         self.simulator = Simulator(config or SimConfig())
+        #: The simulated server's Batch API (files and batches), for ``mode="batch"``.
+        self.batches = BatchService(self.simulator)
         self.config = self.simulator.config
         self.model = check_choice("sim.backend(model=...)", model, tuple(self.config.profiles))
         self._open = False
@@ -104,9 +147,7 @@ class SimBackend:
                 await self.simulator.answer(body, received)
             except Rejected as rejected:
                 engine.by_status[rejected.status] += 1
-                parsed = orjson.loads(error_body(rejected.message, rejected.type, rejected.param, rejected.code))
-                message = error_message(parsed, rejected.status)
-                raise error_for_status(rejected.status, message, rejected.headers) from None
+                raise _translated(rejected) from None
             except Drop:
                 if received.partial or received.assembler.chunks:
                     raise InvalidResponse("The answer was cut off midway (the simulator dropped it).") from None
@@ -119,6 +160,10 @@ class SimBackend:
                 raise
         engine.by_status[200] += 1
         return received.completion()
+
+    def batch_api(self) -> _InProcessBatchAPI:
+        """The simulator's Batch API, in-process (``mode="batch"``; a virtual clock compresses its hours)."""
+        return _InProcessBatchAPI(self.batches)
 
     @property
     def slots(self) -> int:

@@ -109,7 +109,7 @@ class Simulator:
         return self.engine.stats()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model}", self.get_model)
@@ -128,18 +128,18 @@ class Simulator:
         return {"id": name, "object": "model", "created": 0, "owned_by": "hybrid-sim"}
 
     async def list_models(self, request: web.Request) -> web.Response:
-        return await self._guarded(request, self._list_models)
+        return await self.guarded(request, self._list_models)
 
     async def _list_models(self, request: web.Request) -> web.StreamResponse:
-        self._check_key(request)
+        self.check_key(request)
         data = [self._model_card(name) for name in self.config.profiles]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
 
     async def get_model(self, request: web.Request) -> web.Response:
-        return await self._guarded(request, self._get_model)
+        return await self.guarded(request, self._get_model)
 
     async def _get_model(self, request: web.Request) -> web.StreamResponse:
-        self._check_key(request)
+        self.check_key(request)
         name = request.match_info["model"]
         if name not in self.config.profiles:
             raise Rejected(404, f"The model `{name}` does not exist.", code="model_not_found", param="model")
@@ -147,9 +147,9 @@ class Simulator:
 
     # -- the main route -----------------------------------------------------------------------
     async def chat_completions(self, request: web.Request) -> web.Response:
-        return await self._guarded(request, self._chat)
+        return await self.guarded(request, self._chat)
 
-    async def _guarded(
+    async def guarded(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.Response:
         """Count the request, turn rejections into OpenAI-shaped errors, notice disconnects."""
@@ -183,7 +183,7 @@ class Simulator:
         engine.by_status[response.status] += 1
         return response  # type: ignore[return-value]
 
-    def _check_key(self, request: web.Request) -> None:
+    def check_key(self, request: web.Request) -> None:
         expected = self.config.api_key
         if expected is None:
             return
@@ -196,7 +196,7 @@ class Simulator:
             )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        self._check_key(request)
+        self.check_key(request)
         sink = _HTTPSink(request)
         await self.answer(await self._parse_body(request), sink)
         assert sink.response is not None
@@ -206,19 +206,10 @@ class Simulator:
         """Answer one chat-completions request ``body`` into ``sink``: the whole simulated server
         behind the transport (validation, rate limits, faults, a slot, pacing, the answer's bytes).
         Raises :class:`Rejected` or :class:`Drop` for the transport to shape."""
-        chat = self._validate(body)
+        chat = self.validate(body)
         engine = self.engine
         profile = self.config.profiles[chat.model]
-        messages = list(chat.messages)
-        reply = engine.replies.reply(
-            chat.model,
-            message_text(messages),
-            len(messages),
-            chat.max_tokens,
-            chat.temperature,
-            chat.json_mode,
-            profile,
-        )
+        reply = self.reply(chat)
         limit_headers = engine.admit(reply, chat.max_tokens)
         fault = engine.faults.draw(reply.key, stream=chat.stream)
         await engine.before_answer(fault)
@@ -232,7 +223,7 @@ class Simulator:
             for _, tokens in reply.pieces:
                 await pacer.wait(request_pace.decode_s(tokens, engine.busy))
             await pacer.settle()
-            payload = self._completion(reply, chat.model, request_id, with_usage=fault != "no_usage")
+            payload = orjson.dumps(completion_body(reply, chat.model, request_id, with_usage=fault != "no_usage"))
             if fault == "malformed":
                 await sink.whole(payload[: len(payload) // 2], limit_headers)
             elif fault == "truncate":
@@ -241,6 +232,19 @@ class Simulator:
                 raise Drop
             else:
                 await sink.whole(payload, limit_headers)
+
+    def reply(self, chat: ChatRequest) -> Reply:
+        """The seeded answer to a validated request (the same for the live API and the Batch API)."""
+        messages = list(chat.messages)
+        return self.engine.replies.reply(
+            chat.model,
+            message_text(messages),
+            len(messages),
+            chat.max_tokens,
+            chat.temperature,
+            chat.json_mode,
+            self.config.profiles[chat.model],
+        )
 
     async def _parse_body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
@@ -252,7 +256,7 @@ class Simulator:
             raise Rejected(400, "The request body must be a JSON object.", code="invalid_json")
         return body
 
-    def _validate(self, body: dict[str, Any]) -> ChatRequest:
+    def validate(self, body: dict[str, Any]) -> ChatRequest:
         """Check the fields the simulator understands, as OpenAI would, and normalise them."""
 
         def bad(param: str, message: str, code: str | None = "invalid_value") -> Rejected:
@@ -319,26 +323,6 @@ class Simulator:
             json_mode=json_mode,
         )
 
-    def _completion(self, reply: Reply, model: str, request_id: str, *, with_usage: bool) -> bytes:
-        body: dict[str, Any] = {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": "hybrid-sim",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": reply.finish_reason,
-                }
-            ],
-        }
-        if with_usage:
-            body["usage"] = _usage(reply)
-        return orjson.dumps(body)
-
     async def _stream(
         self,
         sink: Sink,
@@ -393,6 +377,28 @@ class Simulator:
             await sink.write(b"data: " + orjson.dumps(usage) + b"\n\n")
         await sink.write(b"data: [DONE]\n\n")
         await sink.finish()
+
+
+def completion_body(reply: Reply, model: str, request_id: str, *, with_usage: bool) -> dict[str, Any]:
+    """A ``chat.completion`` object for ``reply``."""
+    body: dict[str, Any] = {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "hybrid-sim",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": reply.finish_reason,
+            }
+        ],
+    }
+    if with_usage:
+        body["usage"] = _usage(reply)
+    return body
 
 
 def _usage(reply: Reply) -> dict[str, int]:

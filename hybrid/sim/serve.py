@@ -31,6 +31,7 @@ from aiohttp import web
 
 from hybrid.errors import HybridError
 from hybrid.process import stop
+from hybrid.sim.batch_protocol import BatchService
 from hybrid.sim.config import SimConfig
 from hybrid.sim.openai_protocol import Simulator
 
@@ -41,12 +42,14 @@ _PLACEHOLDER_KEY = "sim-no-key-required"
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimServer:
     """A running simulator.  ``url`` is the OpenAI base URL (``.../v1``), ``api_key`` the key to send,
-    ``pid`` the server's process when it runs in its own (:func:`serve_process`)."""
+    ``pid`` the server's process when it runs in its own (:func:`serve_process`); ``batches`` its
+    Batch API (files and batches) when it runs in this process."""
 
     url: str
     root: str
     api_key: str = field(repr=False)
     simulator: Simulator | None = field(default=None, repr=False)
+    batches: BatchService | None = field(default=None, repr=False)
     pid: int | None = None
 
     def stats(self) -> dict[str, Any]:
@@ -87,7 +90,10 @@ async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
     config = config or SimConfig()
     _warn_if_exposed(config.host)
     simulator = Simulator(config)
-    runner = web.AppRunner(simulator.app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+    batches = BatchService(simulator)
+    app = simulator.app()
+    batches.add_routes(app)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     server = runner.server
     simulator.engine.open_connections = lambda: 0 if server is None else len(server.connections)
@@ -97,7 +103,13 @@ async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
         host, port = runner.addresses[0][:2]
         host = f"[{host}]" if ":" in host else host
         root = f"http://{host}:{port}"
-        yield SimServer(url=root + "/v1", root=root, api_key=config.api_key or _PLACEHOLDER_KEY, simulator=simulator)
+        yield SimServer(
+            url=root + "/v1",
+            root=root,
+            api_key=config.api_key or _PLACEHOLDER_KEY,
+            simulator=simulator,
+            batches=batches,
+        )
     finally:
         await runner.cleanup()
 
