@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check hybrid tests benchmarks
 	$(VENV)/bin/mypy
-	HYBRID_PROGRESS=0 $(PY) -m pytest -n 2
+	HYBRID_PROGRESS=0 $(PY) -m pytest -n 2 --dist loadgroup
 	HYBRID_PROGRESS=0 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/
 
 test-fast: $(STAMP)

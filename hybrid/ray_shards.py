@@ -104,27 +104,33 @@ class ShardWorker:
         self, backend_type: Callable[..., Backend], recipe: dict[str, Any], key: MaskedKey, settings: ShardSettings
     ) -> None:
         self._backend_type, self._recipe, self._key, self._settings = backend_type, recipe, key, settings
-        self._orch: Orchestrator | None = None
+        self._opening: asyncio.Future[Orchestrator] | None = None
 
     async def _open(self) -> Orchestrator:
-        if self._orch is None:
-            from hybrid.orchestrator import Orchestrator
+        """The shard's orchestrator, opened once: the actor runs two chunks at a time, and both
+        must share one orchestrator (one semaphore, one rate limiter), so the first caller opens it
+        and the second waits for the same opening."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._make())
+        return await asyncio.shield(self._opening)
 
-            s = self._settings
-            backend = self._backend_type(api_key=self._key.reveal(), **self._recipe)
-            orch = Orchestrator(
-                backend,
-                max_concurrency=s.max_concurrency,
-                timeout=s.timeout,
-                retry=s.retry,
-                rpm=s.rpm,
-                tpm=s.tpm,
-                rate_window_s=s.rate_window_s,
-                prices=s.prices,
-                seed=s.seed,
-            )
-            self._orch = await orch.__aenter__()
-        return self._orch
+    async def _make(self) -> Orchestrator:
+        from hybrid.orchestrator import Orchestrator
+
+        s = self._settings
+        backend = self._backend_type(api_key=self._key.reveal(), **self._recipe)
+        orch = Orchestrator(
+            backend,
+            max_concurrency=s.max_concurrency,
+            timeout=s.timeout,
+            retry=s.retry,
+            rpm=s.rpm,
+            tpm=s.tpm,
+            rate_window_s=s.rate_window_s,
+            prices=s.prices,
+            seed=s.seed,
+        )
+        return await orch.__aenter__()
 
     async def run_chunk(self, queries: list[Query]) -> tuple[float, list[QueryResult]]:
         """Run ``queries`` through this shard's orchestrator; the wall-clock time the run started
