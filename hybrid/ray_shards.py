@@ -282,12 +282,12 @@ class _RayRun:
     def _connect(self, ray: Any) -> None:
         address = self.settings.address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
             return
         ray.init(
             num_cpus=self.settings.num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,
             log_to_driver=False,
         )
 
