@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -430,3 +431,18 @@ async def test_a_kernel_killed_during_a_batch_reattaches_instead_of_paying_again
     assert list(store.remote_jobs("nightly")["status"]) == ["completed"]
     assert len(store.load("nightly").results) == n
     store.close()
+
+
+@pytest.mark.looptime
+async def test_the_batch_bar_follows_the_providers_counts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("HYBRID_PROGRESS", raising=False)
+    backend = sim.backend(sim.SimConfig(seed=4, slots=2, batch_validate_s=0.0))
+    async with Orchestrator(backend, progress=True) as orch:
+        run = await orch.run(grid(12), mode=Batch(poll_s=1.0, poll_max_s=1.0))
+    err = capsys.readouterr().err
+    assert run.ok and "batch (provider's counts)" in err
+    shown = {int(n) for n in re.findall(r"batch \(provider's counts\):\s+\d+%\|[^|]*\|\s*(\d+)/12", err)}
+    assert 12 in shown and len(shown) > 2  # it moved while the batch ran, not only at the end

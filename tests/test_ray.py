@@ -18,7 +18,7 @@ import pytest
 import ray
 from ray import cloudpickle
 
-from hybrid import ConfigError, HTTPBackend, Orchestrator, Price, Query, RayShards, sim
+from hybrid import ConfigError, HTTPBackend, Orchestrator, Price, Query, RayShards, Retry, sim
 from hybrid.ray_shards import MaskedKey, shares
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -121,6 +121,18 @@ async def test_shards_keep_to_the_rate_limit_the_user_set(cluster: None) -> None
                 one.run(grid(300), raise_if_all_failed=False), two.run(grid(300), raise_if_all_failed=False)
             )
         assert server.stats()["by_status"].get("429", 0) > 0
+
+
+async def test_each_shard_waits_out_retry_after(cluster: None) -> None:
+    """Every query's first attempt is answered 429 with Retry-After: 1; the shards' orchestrators
+    wait that second (not their 10 ms backoff) and the second attempt succeeds."""
+    faults = sim.Faults(fail_first=1, fail_first_status=429, retry_after_s=1.0)
+    async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0, faults=faults)) as server:
+        fast_retry = Retry(attempts=3, base=0.01, cap=0.01, jitter=0.0)
+        async with Orchestrator(backend_for(server), max_concurrency=8, retry=fast_retry) as orch:
+            run = await orch.run(grid(40), mode="ray", shards=2)
+    assert run.ok and {r.attempts for r in run.results} == {2}
+    assert min(r.latency_s for r in run.results) >= 1.0
 
 
 async def test_the_key_reaches_the_workers_but_no_ray_log_or_argument(cluster: None) -> None:
