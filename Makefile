@@ -28,8 +28,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	HYBRID_PROGRESS=0 $(PY) -m pytest -x -q
 
+# JupyterLab on the notebooks: `make lab`, or e.g. `make lab LAB_PORT=8899 LAB_IP=0.0.0.0 LAB_BROWSER=no`.
+# As root (containers) it adds --allow-root, which Jupyter otherwise demands; it prints the URL to open.
+LAB_PORT ?= 8888
+LAB_IP ?= 127.0.0.1
+LAB_BROWSER ?= yes
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.port=$(LAB_PORT) --ServerApp.ip=$(LAB_IP) \
+		$(if $(filter no,$(LAB_BROWSER)),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sim_throughput.py

@@ -124,7 +124,9 @@ class _BatchRun:
     async def run(self) -> None:
         self._answer_from_cache()
         active: list[str] = []
-        with progress.bar(len(self.pending), "batch (provider's counts)", requested=self.orch.progress) as bar:
+        with progress.bar(
+            len(self.pending), "batch (provider's counts)", requested=progress.wanted(self.orch.progress)
+        ) as bar:
             try:
                 record = self.ctx.record
                 if record is not None:

@@ -42,6 +42,7 @@ from hybrid.chain.cache import CACHE_MODES, ResponseCache
 from hybrid.chain.rate_limits import RateLimits
 from hybrid.errors import (
     AllQueriesFailed,
+    Cancelled,
     ConfigError,
     DependencyFailed,
     QueryError,
@@ -77,7 +78,8 @@ class Orchestrator:
     match); ``timeout`` (seconds, or None) bounds each query over all its attempts; ``retry`` is the
     :class:`Retry` policy; ``rpm``/``tpm`` are client-side rate limits, taken per attempt, over
     ``rate_window_s`` (the provider's counting window, a minute by default);
-    ``progress`` shows a tqdm bar (never under CI or with ``HYBRID_PROGRESS=0``); ``prices`` maps
+    ``progress`` shows a tqdm bar: ``"auto"`` (the default) in a Jupyter kernel with widgets, never
+    under CI or with ``HYBRID_PROGRESS=0``; ``prices`` maps
     model names to :class:`Price` for a cost column; ``seed`` makes the retry jitter reproducible.
 
     ``store`` (a :class:`~hybrid.store.Store` or a file path) writes every result as it finishes,
@@ -102,7 +104,7 @@ class Orchestrator:
         rpm: int | None = None,
         tpm: int | None = None,
         rate_window_s: float = 60.0,
-        progress: bool = False,
+        progress: bool | str = "auto",
         prices: Mapping[str, Price] | None = None,
         seed: int | None = None,
         store: Store | str | Path | None = None,
@@ -122,8 +124,8 @@ class Orchestrator:
             raise ConfigError(f"retry must be a Retry(...) policy or None, got {retry!r}; e.g. Retry(attempts=3).")
         if seed is not None:
             check_int("seed", seed)
-        if not isinstance(progress, bool):
-            raise ConfigError(f"progress must be True or False, got {progress!r}.")
+        if not isinstance(progress, bool) and progress != "auto":
+            raise ConfigError(f"progress must be True, False or 'auto', got {progress!r}.")
         for model, price in dict(prices or {}).items():
             if not isinstance(price, Price):
                 raise ConfigError(
@@ -362,7 +364,7 @@ class Orchestrator:
         self._check_loop()
         send = strategy.sender(self.backend, self._thread_pool)
         concurrency = strategy.concurrency(self.max_concurrency)
-        with progress.bar(len(queries), f"hybrid {label}", requested=self.progress) as bar:
+        with progress.bar(len(queries), f"hybrid {label}", requested=progress.wanted(self.progress)) as bar:
             state = RunState(
                 queries,
                 stage_of,
@@ -401,8 +403,14 @@ class Orchestrator:
                         record=record,
                     )
                     await strategy.execute(context)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                self.last_run = self._ended(state.build(cancelled=True), record, "cancelled")
+            except (asyncio.CancelledError, KeyboardInterrupt) as stop:
+                self.last_run = partial = self._ended(state.build(cancelled=True), record, "cancelled")
+                done = partial.metrics.queries - sum(isinstance(r.error, Cancelled) for r in partial.results)
+                where = "orch.last_run" + ("" if record is None else f" and the store (run {record.name!r})")
+                stop.add_note(
+                    f"hybrid: the run was interrupted; {done} of {partial.metrics.queries} queries had finished. "
+                    f"Their results are in {where}."
+                )
                 raise
             except BaseException as exc:
                 self.last_run = self._ended(state.build(stopped_by=exc), record, "failed")

@@ -174,7 +174,7 @@ def test_bad_input_is_a_config_error_that_names_the_value(make: Callable[[], obj
         ({"max_concurrency": 0}, "max_concurrency must be >= 1"),
         ({"rpm": 0}, "rpm"),
         ({"prices": {"m": 1.5}}, r"prices\['m'\] must be a Price"),
-        ({"progress": "yes"}, "progress must be True or False"),
+        ({"progress": "yes"}, "progress must be True, False or 'auto'"),
     ],
 )
 def test_bad_orchestrator_settings_fail_at_construction(settings: dict[str, Any], message: str) -> None:

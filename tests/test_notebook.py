@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -91,7 +92,7 @@ class Kernel:
         return self.collect(msg_id, timeout)
 
     def collect(self, msg_id: str, timeout: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"text": "", "error": None}
+        out: dict[str, Any] = {"text": "", "error": None, "traceback": ""}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = self.client.get_iopub_msg(timeout=deadline - time.monotonic())
@@ -104,6 +105,7 @@ class Kernel:
                 out["text"] += content["data"].get("text/plain", "")
             elif kind == "error":
                 out["error"] = content["ename"]
+                out["traceback"] = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(content["traceback"]))
             elif kind == "status" and content["execution_state"] == "idle":
                 return out
         raise TimeoutError(f"the kernel did not finish {msg_id}")
@@ -151,6 +153,9 @@ def test_interrupt_keeps_the_kernel_and_the_finished_results(kernel: Kernel) -> 
     kernel.manager.interrupt_kernel()
     interrupted = kernel.collect(msg_id, timeout=30)
     assert interrupted["error"] in ("KeyboardInterrupt", "CancelledError")
+    # The cell's traceback ends by saying what was kept, and where.
+    assert "hybrid: the run was interrupted; 3 of 6 queries had finished" in interrupted["traceback"]
+    assert "orch.last_run" in interrupted["traceback"]
     check = kernel.run(
         "await asyncio.sleep(0.2)\n"
         "print(orch.last_run.cancelled, [r.ok for r in orch.last_run.results], server.stats()['in_flight'])"
@@ -159,6 +164,14 @@ def test_interrupt_keeps_the_kernel_and_the_finished_results(kernel: Kernel) -> 
     assert check["text"].strip() == "True [True, True, True, False, False, False] 0"
     again = kernel.run("print((await orch.run(queries[:2])).metrics.succeeded)")
     assert again["text"].strip() == "2"
+
+
+def test_progress_bars_are_on_by_default_in_a_kernel_and_off_in_scripts(kernel: Kernel) -> None:
+    from hybrid.progress import wanted
+
+    assert wanted("auto") is False  # this test process is not a kernel
+    inside = kernel.run("from hybrid.progress import wanted\nprint(wanted('auto'), wanted(False))")
+    assert inside["text"].strip() == "True False"
 
 
 def test_enable_nested_lets_legacy_asyncio_run_work_in_a_kernel(kernel: Kernel) -> None:
