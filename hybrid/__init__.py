@@ -45,7 +45,7 @@ from hybrid.store import Store
 from hybrid.virtual_time import simulate
 
 if TYPE_CHECKING:
-    from hybrid import bench, lab, plots, real, sim, testing
+    from hybrid import bench, lab, plots, real, sim, testing, view
 
 try:
     __version__ = version("hybrid-llm-kit")
@@ -58,7 +58,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 logging.getLogger("hybrid").addHandler(logging.NullHandler())
 
 #: Submodules loaded on first access.
-LAZY_SUBMODULES = ("bench", "lab", "plots", "real", "sim", "testing")
+LAZY_SUBMODULES = ("bench", "lab", "plots", "real", "sim", "testing", "view")
 
 __all__ = [
     "AllQueriesFailed",
@@ -104,6 +104,7 @@ __all__ = [
     "sim",
     "simulate",
     "testing",
+    "view",
 ]
 
 

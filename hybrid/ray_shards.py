@@ -353,6 +353,7 @@ class _RayRun:
         chunk_t0 = state.clock() - (time.time() - started_wall)  # the shard's run start, on this loop's clock
         for (index, query), result in zip(chunk, results, strict=True):
             started, finished = chunk_t0 + result.started_s, chunk_t0 + result.finished_s
+            state.started(index, started)
             state.finish(
                 replace(
                     result,

@@ -45,6 +45,7 @@ class RunState:
         emit: Callable[[Event], None] | None,
         bar: Any,
         on_finish: Callable[[QueryResult], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> None:
         self.queries = list(queries)
         self.stages = list(stages)
@@ -57,6 +58,7 @@ class RunState:
         self._emit = emit
         self._bar = bar
         self._on_finish = on_finish
+        self._on_start = on_start
 
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
@@ -64,6 +66,8 @@ class RunState:
 
     def started(self, index: int, at: float) -> None:
         """The first request of query ``index`` left at loop time ``at``."""
+        if self._on_start is not None:
+            self._on_start(index)
         if self._emit is not None:
             self._emit(QueryStarted(index, self.queries[index].name, at - self.t0))
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import itertools
 import logging
 import math
 import queue
@@ -55,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hybrid")
 
-SCHEMA_VERSION = 2  # 2: remote_jobs (batch ids), created if missing
+SCHEMA_VERSION = 3  # 2: remote_jobs (batch ids); 3: events (what a live viewer follows)
 BUSY_TIMEOUT_S = 30.0
 #: How long the writer lets rows gather before one commit: bounds what a kill can lose beyond
 #: the requests in flight (answers of the last few milliseconds), and keeps commits few under load.
@@ -113,6 +112,14 @@ CREATE TABLE IF NOT EXISTS remote_jobs (
     created_at REAL NOT NULL,
     PRIMARY KEY (run_id, job_id)
 );
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    kind TEXT NOT NULL,
+    idx INTEGER,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
 CREATE TABLE IF NOT EXISTS cache (
     fingerprint TEXT PRIMARY KEY,
     text TEXT NOT NULL,
@@ -224,10 +231,27 @@ class Store:
         if not statements:
             return
         connection.execute("BEGIN IMMEDIATE")
+        results: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+
+        def write_pending() -> None:
+            connection.executemany(_INSERT_RESULT, results)
+            connection.executemany(_INSERT_EVENT, events)
+            results.clear()
+            events.clear()
+
         try:
-            for sql, group in itertools.groupby(statements, key=lambda statement: statement[0]):
-                rows = [_result_row(*values) if sql is _INSERT_RESULT else values for _, values in group]
-                connection.executemany(sql, rows)
+            for sql, values in statements:
+                if sql is _INSERT_RESULT:
+                    results.append(_result_row(*values))
+                    run_id, result, _, recorded_at = values
+                    events.append((run_id, "query_completed", result.index, recorded_at))
+                elif sql is _INSERT_EVENT:
+                    events.append(values)
+                else:  # anything else keeps its place after what came before it
+                    write_pending()
+                    connection.execute(sql, values)
+            write_pending()
         except BaseException:
             connection.execute("ROLLBACK")
             raise
@@ -304,9 +328,26 @@ class Store:
         request's fingerprint, builds the row and commits it, so the loop pays only for the queue."""
         self._queue.put((_INSERT_RESULT, (run_id, result, default_model, time.time())))
 
+    def record_start(self, run_id: int, index: int) -> None:
+        """Queue the event that query ``index`` of run ``run_id`` sent its first request (for a viewer)."""
+        self._queue.put((_INSERT_EVENT, (run_id, "query_started", index, time.time())))
+
     def end_run(self, run_id: int, status: str) -> None:
         """Queue the run's end: ``finished``, ``cancelled`` or ``failed``."""
-        self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, time.time(), run_id))
+        now = time.time()
+        self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, now, run_id))
+        self._queue.put((_INSERT_EVENT, (run_id, "final_result", None, now)))
+
+    def events(self, name: str, *, after: int = 0) -> list[tuple[int, str, int | None, float]]:
+        """Run ``name``'s events after sequence number ``after``: (seq, kind, query index, wall time),
+        oldest first.  Kinds: ``query_started``, ``query_completed``, ``final_result`` (the run ended;
+        a resumed run starts again after it)."""
+        rows = self._read(
+            "SELECT e.seq, e.kind, e.idx, e.at FROM events e JOIN runs ON runs.id = e.run_id "
+            "WHERE runs.name = ? AND e.seq > ? ORDER BY e.seq",
+            (name, after),
+        )
+        return [(int(seq), str(kind), idx, float(at)) for seq, kind, idx, at in rows]
 
     def add_remote_job(self, run_id: int, job_id: str, *, kind: str, input_file_id: str | None, requests: int) -> None:
         """Remember a job started at a provider for run ``run_id`` (a batch id), committed before this
@@ -344,6 +385,25 @@ class Store:
         )
         columns = ["job_id", "kind", "input_file_id", "requests", "status", "created_at"]
         return pd.DataFrame(rows, columns=columns)
+
+    def brief_rows(self, name: str, indexes: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """What a viewer shows of some rows of run ``name`` (committed ones only, without waiting for
+        the writer): name, ok, error kind, the first 300 characters of text, latency, tokens, cost."""
+        found: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(indexes), 500):
+            chunk = list(indexes[start : start + 500])
+            rows = self._read(
+                "SELECT r.idx, r.name, r.error_kind, substr(r.text, 1, 300), r.latency_s, "
+                "r.prompt_tokens + r.completion_tokens, r.cost_usd, r.origin FROM results r "
+                f"JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND r.idx IN ({', '.join('?' * len(chunk))})",
+                (name, *chunk),
+            )
+            keys = ("index", "name", "error_kind", "text", "latency_s", "total_tokens", "cost_usd", "origin")
+            for row in rows:
+                brief = dict(zip(keys, row, strict=True))
+                brief["ok"] = brief["error_kind"] is None
+                found[int(row[0])] = brief
+        return found
 
     def answered(self, name: str) -> dict[tuple[str, str], QueryResult]:
         """The results answered ok in run ``name``, by (query name, fingerprint): what resume skips."""
@@ -436,7 +496,8 @@ class Store:
         rows = self._read(
             "SELECT runs.name, runs.mode, runs.status, runs.started_at, runs.ended_at, runs.queries, "
             "SUM(r.error_kind IS NULL), SUM(r.error_kind IS NOT NULL), MAX(r.finished_s), "
-            "SUM(r.prompt_tokens + r.completion_tokens), SUM(CASE WHEN r.origin = 'sent' THEN r.cost_usd END), "
+            "SUM(r.prompt_tokens + r.completion_tokens), "
+            "SUM(CASE WHEN r.origin IN ('sent', 'batch') THEN r.cost_usd END), "
             "runs.kit_version, runs.git_commit "
             "FROM runs LEFT JOIN results r ON r.run_id = runs.id AND r.idx < runs.queries "
             "GROUP BY runs.id ORDER BY runs.started_at"
@@ -527,6 +588,7 @@ class Store:
 
 
 _INSERT_RESULT = f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({', '.join('?' * 25)})"
+_INSERT_EVENT = "INSERT INTO events (run_id, kind, idx, at) VALUES (?, ?, ?, ?)"
 
 
 def _result_row(run_id: int, result: QueryResult, default_model: str, recorded_at: float) -> tuple[Any, ...]:

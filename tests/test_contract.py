@@ -75,7 +75,7 @@ def test_the_bridging_check_would_catch_a_violation() -> None:
 ENTRY_POINTS = {"cli", "__main__", "notebook", "virtual_time"}
 #: Entry points that tools may call: the two loop bridges.
 BRIDGES = {"hybrid.notebook", "hybrid.virtual_time"}
-TOOLS = {"bench", "lab", "plots", "demo", "calibrate", "real", "testing", "scenarios"}
+TOOLS = {"bench", "lab", "plots", "demo", "calibrate", "real", "testing", "scenarios", "view"}
 SIM_MAY_IMPORT = {"sim", "tokens", "errors", "process"}
 #: The in-process backend is where the simulator meets the client side: it also speaks the core's wire.
 SIM_BACKEND_MAY_IMPORT = SIM_MAY_IMPORT | {"query", "backends"}

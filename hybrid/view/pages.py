@@ -1,0 +1,124 @@
+"""The viewer's HTML: whole pages rendered on the server from the store (the script only adds the
+live updates), so every page reads well without JavaScript too."""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from hybrid.results import RunResult
+
+_EMPTY = "<td></td>"
+#: Above this many rows a run page skips its plots (SVGs of tens of thousands of bars are no help).
+MAX_PLOTTED_ROWS = 2000
+
+
+def page(title: str, body: str, *, script: bool = False) -> str:
+    scripts = '<script src="/static/viewer.js" defer></script>' if script else ""
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)} · hybrid view</title>"
+        f"<link rel='stylesheet' href='/static/viewer.css'>{scripts}</head><body>"
+        f"<header><a href='/'>hybrid view</a></header><main><h1>{html.escape(title)}</h1>{body}</main></body></html>"
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return html.escape(str(value))
+
+
+def runs_page(runs: pd.DataFrame) -> str:
+    if runs.empty:
+        return page("Runs", "<p>No runs in this store yet. Runs appear here as soon as they start.</p>")
+    rows = []
+    for run in runs.to_dict("records"):
+        name = str(run["name"])
+        link = f"<a href='/runs/{quote(name, safe='')}'>{html.escape(name)}</a>"
+        when = run["started_at"].strftime("%Y-%m-%d %H:%M:%S UTC")
+        keys = ("mode", "status", "queries", "ok", "failed", "wall_s", "total_tokens", "cost_usd")
+        values = [run["mode"], run["status"], when, *(run[k] for k in keys[2:])]
+        rows.append(f"<tr><td>{link}</td>" + "".join(f"<td>{_cell(v)}</td>" for v in values) + "</tr>")
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("name", "mode", "status", "started", "queries", "ok", "failed", "wall (s)", "tokens", "cost ($)")
+    )
+    form = (
+        "<form action='/compare' class='compare'>Compare <input name='a' placeholder='run A' required> with "
+        "<input name='b' placeholder='run B' required> <button>compare</button></form>"
+    )
+    return page("Runs", f"<table id='runs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{form}")
+
+
+def run_page(name: str, info: dict[str, Any], rows: dict[int, dict[str, Any]], run: RunResult | None) -> str:
+    """One run: counts, a progress bar, the table (rows not answered yet are pending), and, once the
+    run has ended, the timeline, efficiency and tokens per query."""
+    queries, done = int(info["queries"]), len(rows)
+    table = []
+    for index in range(queries):
+        row = rows.get(index)
+        if row is None:
+            table.append(
+                f"<tr id='q{index}' class='pending'><td>{index}</td><td></td><td>pending</td>{_EMPTY * 5}</tr>"
+            )
+            continue
+        state = "done" if row["ok"] else "failed"
+        table.append(
+            f"<tr id='q{index}' class='{state}'><td>{index}</td><td>{_cell(row['name'])}</td><td>{state}</td>"
+            f"<td>{_cell(row['error_kind'])}</td><td>{_cell(row['latency_s'])}</td><td>{_cell(row['total_tokens'])}</td>"
+            f"<td>{_cell(row['cost_usd'])}</td><td class='text'>{_cell(row['text'])}</td></tr>"
+        )
+    ok = sum(1 for r in rows.values() if r["ok"])
+    status = str(info["status"])
+    summary = (
+        f"<p id='summary' data-run='{html.escape(name)}' data-status='{html.escape(status)}' data-queries='{queries}'>"
+        f"<b>{status}</b> · mode {html.escape(str(info['mode']))} · <span id='done'>{done}</span> of {queries} "
+        f"finished · <span id='ok'>{ok}</span> ok · <span id='failed'>{done - ok}</span> failed</p>"
+        f"<progress id='progress' max='{queries}' value='{done}'></progress>"
+    )
+    figures = "" if run is None else _figures(run)
+    head = "".join(
+        f"<th>{h}</th>" for h in ("#", "name", "state", "error", "latency (s)", "tokens", "cost ($)", "text")
+    )
+    body = f"{summary}{figures}<table id='rows'><thead><tr>{head}</tr></thead><tbody>{''.join(table)}</tbody></table>"
+    return page(f"Run {name}", body, script=status == "running")
+
+
+def _figures(run: RunResult) -> str:
+    from hybrid import plots
+
+    m = run.metrics
+    numbers = (
+        f"<p class='metrics'>wall {m.wall_s:.3g} s · parallel efficiency {m.parallel_efficiency:.2f} · ideal "
+        f"{m.ideal_efficiency:.2f} · <b>{m.percent_of_ideal:.0%} of ideal</b> · p95 latency {m.p95_latency_s:.3g} s"
+        f" · {m.total_tokens} tokens</p>"
+    )
+    if len(run.results) > MAX_PLOTTED_ROWS:
+        return numbers + f"<p>Plots are left out above {MAX_PLOTTED_ROWS} queries.</p>"
+    return numbers + "<div class='figures'>" + _svg(plots.timeline(run)) + _svg(plots.tokens(run)) + "</div>"
+
+
+def _svg(figure: Figure) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg")
+    text = buffer.getvalue()
+    return "<figure>" + text[text.index("<svg") :] + "</figure>"
+
+
+def compare_page(a: str, b: str, frame: pd.DataFrame) -> str:
+    table = frame.to_html(index=True, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
+    return page(f"{a} vs {b}", table.replace("<table", "<table id='compare'", 1))
+
+
+def not_found(what: str) -> str:
+    return page("Not found", f"<p>{html.escape(what)}</p><p><a href='/'>All runs</a></p>")

@@ -1,0 +1,174 @@
+"""``hybrid view``: pages from the run store and its events as Server-Sent Events.
+
+The viewer is served in the test's loop (aiohttp's test server) on a store written by a run in
+this process, or, for the live case, by a child process playing the notebook kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from hybrid import Orchestrator, Query, Store, sim
+from hybrid.view import make_app
+
+
+def grid(n: int) -> list[Query]:
+    return [Query(f"q{i}", f"Question number {i}?", max_tokens=16) for i in range(n)]
+
+
+async def stored_run(path: Path, name: str, n: int, faults: sim.Faults | None = None) -> None:
+    config = sim.SimConfig(seed=3, time_scale=0.0, faults=faults or sim.Faults())
+    async with Orchestrator(sim.backend(config), store=path) as orch:
+        await orch.run(grid(n), name=name, raise_if_all_failed=False)
+
+
+async def read_events(client: TestClient, name: str, *, headers: dict[str, str] | None = None,
+                      until: str = "final_result") -> list[dict[str, Any]]:  # fmt: skip
+    """SSE events of run ``name`` until one of kind ``until`` (inclusive)."""
+    events: list[dict[str, Any]] = []
+    async with client.get(f"/runs/{name}/events", headers=headers or {}) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        current: dict[str, Any] = {}
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if not line:
+                if current:
+                    current["received"] = time.time()
+                    events.append(current)
+                    if current["event"] == until:
+                        return events
+                current = {}
+            elif line.startswith(":"):
+                continue
+            else:
+                field, _, value = line.partition(": ")
+                current[field] = json.loads(value) if field == "data" else value
+    return events
+
+
+@pytest.fixture
+async def viewer(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Path]]:
+    path = tmp_path / "runs.sqlite"
+    store = Store(path)
+    async with TestClient(TestServer(make_app(store))) as client:
+        yield client, path
+    store.close()
+
+
+async def test_the_runs_page_lists_runs_with_their_counts(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    await stored_run(path, "clean", 4)
+    await stored_run(path, "faulty", 6, sim.Faults(fail_first=5, fail_first_status=500))
+    page = await (await client.get("/")).text()
+    assert "<a href='/runs/clean'>clean</a>" in page and "<a href='/runs/faulty'>faulty</a>" in page
+    row = page[page.index("/runs/faulty") :].split("</tr>")[0]
+    assert "<td>finished</td>" in row and "<td>6</td><td>0</td><td>6</td>" in row  # queries, ok, failed
+
+
+async def test_a_run_page_shows_every_row_and_the_plots(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    await stored_run(path, "grid", 5)
+    response = await client.get("/runs/grid")
+    page = await response.text()
+    assert response.status == 200
+    assert all(f"id='q{i}' class='done'" in page for i in range(5))
+    assert page.count("<svg") == 2  # the timeline and tokens per query
+    assert "of ideal" in page and "5</span> of 5 finished" in page
+    assert "viewer.js" not in page  # a finished run needs no live updates
+    assert (await client.get("/static/viewer.js")).status == 200
+
+
+async def test_unknown_runs_are_404_pages(viewer: tuple[TestClient, Path]) -> None:
+    client, _ = viewer
+    for url in ("/runs/nope", "/runs/nope/events", "/compare?a=x&b=y"):
+        response = await client.get(url)
+        assert response.status == 404 and "Not found" in await response.text()
+
+
+async def test_the_compare_page_puts_two_runs_side_by_side(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    await stored_run(path, "a", 3)
+    await stored_run(path, "b", 3)
+    page = await (await client.get("/compare?a=a&b=b")).text()
+    assert "id='compare'" in page and "q2" in page
+
+
+async def test_a_finished_run_replays_its_events_and_a_reconnect_loses_none(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    await stored_run(path, "grid", 5)
+    events = await read_events(client, "grid")
+    kinds = [e["event"] for e in events]
+    assert kinds.count("query_started") == 5 and kinds.count("query_completed") == 5 and kinds[-1] == "final_result"
+    for i in range(5):  # each query starts before it completes
+        assert kinds.index("query_started") <= [e["data"]["index"] for e in events].index(i)
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    completed = [e["data"] for e in events if e["event"] == "query_completed"]
+    assert {c["name"] for c in completed} == {f"q{i}" for i in range(5)} and all(c["ok"] for c in completed)
+    assert events[-1]["data"]["ok"] == 5 and events[-1]["data"]["status"] == "finished"
+    # Reconnecting after the fourth event gets exactly the rest.
+    rest = await read_events(client, "grid", headers={"Last-Event-ID": events[3]["id"]})
+    assert [e["id"] for e in rest] == [e["id"] for e in events[4:]]
+
+
+LIVE_KERNEL = textwrap.dedent(
+    """
+    import asyncio, sys
+    from hybrid import Orchestrator, OpenAIBackend, Query
+    url, key, path, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+    async def main():
+        backend = OpenAIBackend(base_url=url, api_key=key, model="sim-small")
+        async with Orchestrator(backend, store=path, max_concurrency=4) as orch:
+            await orch.run([Query(f"q{i}", f"Question number {i}?", max_tokens=16) for i in range(n)], name="live")
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_run_in_another_process_streams_live(viewer: tuple[TestClient, Path]) -> None:
+    """The child writes to the store while the viewer streams: completions arrive while the run is
+    still going (before final_result), and the final counts are the store's."""
+    client, path = viewer
+    n = 24
+    async with sim.serve(sim.SimConfig(seed=3, time_scale=1.0)) as server:
+        child = subprocess.Popen([sys.executable, "-c", LIVE_KERNEL, server.url, server.api_key, str(path), str(n)])  # noqa: ASYNC220
+        try:
+            reader = Store(path)
+            while "live" not in set(reader.runs()["name"]):
+                assert child.poll() is None, "the child ended before its run started"
+                await asyncio.sleep(0.05)
+            events = await read_events(client, "live")
+        finally:
+            child.wait(timeout=60)
+    completed = [e for e in events if e["event"] == "query_completed"]
+    assert len(completed) == n and events[-1]["event"] == "final_result"
+    stored = reader.load("live")
+    assert events[-1]["data"]["ok"] == stored.metrics.succeeded == n
+    # Live: the first completions reached this client while the child was still running (the
+    # final event's time is when the child ended the run; both clocks are this machine's wall clock).
+    assert completed[0]["received"] < events[-1]["data"]["at"] - 0.5
+    reader.close()
+
+
+def test_the_cli_refuses_a_store_that_does_not_exist(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hybrid", "view", "--store", str(tmp_path / "missing.sqlite")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "No run store at" in done.stderr
+    assert not (tmp_path / "missing.sqlite").exists()
