@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lab bench soak real test-real lint typecheck clean
+.PHONY: demo test test-fast test-browser lab bench soak real test-real lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check hybrid tests benchmarks
 	$(VENV)/bin/mypy
-	HYBRID_PROGRESS=0 $(PY) -m pytest -n 2 --dist loadgroup
+	HYBRID_PROGRESS=0 $(PY) -m pytest -n 2 --dist loadfile
 	HYBRID_PROGRESS=0 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/
 
 test-fast: $(STAMP)
@@ -61,6 +61,21 @@ real: $(REAL_STAMP)
 test-real: $(REAL_STAMP)
 	HYBRID_PROGRESS=0 $(PY) -m pytest -m real -o addopts="" -q
 	HYBRID_PROGRESS=0 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/real/
+
+# Real-browser tests: Playwright from PyPI drives Debian's Chromium (Playwright cannot download its
+# own browser here). Chromium is installed with apt when missing and we are root; else we say how.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+BROWSER_STAMP := $(VENV)/.browser-installed
+$(BROWSER_STAMP): $(STAMP)
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev,browser]'
+	@touch $(BROWSER_STAMP)
+
+test-browser: $(BROWSER_STAMP)
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else echo "make test-browser needs Chromium: run 'sudo apt-get install chromium' (Debian/Ubuntu) first."; exit 1; fi; \
+	fi
+	HYBRID_PROGRESS=0 $(PY) -m pytest -m browser -o addopts="" -q tests/test_browser.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hybrid tests benchmarks

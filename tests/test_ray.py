@@ -2,8 +2,9 @@
 
 The simulator is served in the test's loop over loopback; each shard is an orchestrator in a Ray
 actor (another process) talking to it.  Ray's start-up is slow (seconds), so the tests that need a
-cluster share one, on one xdist worker (``xdist_group``); the first test lets the run start and
-stop a cluster of its own.
+cluster share one (a module fixture; ``make test`` runs pytest-xdist with ``--dist loadfile``, so a
+module's tests share a worker, and no two Ray tests run at once); the first test lets the run
+start and stop a cluster of its own.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from ray import cloudpickle
 
 from hybrid import ConfigError, HTTPBackend, Orchestrator, Price, Query, RayShards, Retry, sim
 from hybrid.ray_shards import MaskedKey, shares
-
-pytestmark = pytest.mark.xdist_group("ray")
 
 
 def grid(n: int) -> list[Query]:

@@ -1,0 +1,248 @@
+"""What a user sees, in a real browser: the live viewer, and the kit inside JupyterLab.
+
+Playwright (from PyPI) drives the system's Chromium in headless mode; ``make test-browser`` installs
+both.  Screenshots of every check land in ``out/browser/``.  JupyterLab runs as a child process on a
+free port with a token, on a copy of the notebooks, with progress bars left on (as a user has
+them) and notebook windowing off (so every cell is in the page to be checked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from hybrid import Store, sim, view
+from tests.test_view import LIVE_KERNEL
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "out" / "browser"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert CHROMIUM, "Chromium is missing: make test-browser installs it"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        await launched.close()
+
+
+# -- (1) the viewer -----------------------------------------------------------------------------
+async def test_the_viewer_follows_a_run_in_another_process_live(browser: Browser, tmp_path: Path) -> None:
+    n = 40
+    path = tmp_path / "runs.sqlite"
+    store = Store(path)
+    urls: list[str] = []
+    async with sim.serve(sim.SimConfig(seed=3, time_scale=1.0)) as server:
+        viewer = asyncio.ensure_future(view.serve(store, port=0, announce=urls.append))
+        child = subprocess.Popen([sys.executable, "-c", LIVE_KERNEL, server.url, server.api_key, str(path), str(n)])  # noqa: ASYNC220
+        try:
+            while not urls or "live" not in set(store.runs()["name"]):
+                assert child.poll() is None, "the child ended before its run started"
+                await asyncio.sleep(0.05)
+            page = await browser.new_page()
+            await page.goto(urls[0] + "runs/live")
+            # Rows turn done while the run is still going...
+            await page.wait_for_function(
+                f"(() => {{ const d = Number(document.getElementById('done').textContent);"
+                f" return d > 0 && d < {n} && document.getElementById('summary').dataset.status === 'running'; }})()",
+                timeout=60_000,
+            )
+            await page.screenshot(path=str(SHOTS / "viewer-running.png"), full_page=True)
+            # ...and when it ends, the page reloads as the finished run, with its plots.
+            await page.wait_for_function("document.querySelectorAll('figure svg').length === 2", timeout=60_000)
+            await page.screenshot(path=str(SHOTS / "viewer-finished.png"), full_page=True)
+            done_rows = await page.locator("#rows tr.done").count()
+            shown_ok = int(await page.inner_text("#ok"))
+            figures = await page.locator("figure svg").count()
+            status = await page.get_attribute("#summary", "data-status")
+        finally:
+            child.wait(timeout=60)
+            viewer.cancel()
+            await asyncio.gather(viewer, return_exceptions=True)
+    stored = store.load("live")
+    assert done_rows == shown_ok == stored.metrics.succeeded == n
+    assert figures == 2 and status == "finished"
+    store.close()
+
+
+# -- (2) and (3): JupyterLab --------------------------------------------------------------------
+NOTEBOOKS = ("01_quickstart.ipynb", "02_benchmark_speedups.ipynb", "03_prompt_lab.ipynb")
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    """JupyterLab on a copy of the notebooks: (base URL, token, its folder)."""
+    folder = tmp_path_factory.mktemp("lab")
+    for name in NOTEBOOKS:  # as a user gets them to run: no outputs yet, the kit's kernel named
+        notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        notebook.metadata["kernelspec"] = KERNELSPEC
+        nbformat.write(notebook, folder / name)
+    settings = {
+        # Every cell in the page, to be checked; the notebook's kernel started without asking.
+        "notebook-extension/tracker": {"windowingMode": "none", "autoStartDefaultKernel": True},
+        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    }
+    for plugin, values in settings.items():
+        where = folder / ".settings" / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_text(json.dumps(values))
+    port, token = free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if k not in ("HYBRID_PROGRESS", "CI")}  # bars on, as for a user
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(folder / ".settings")
+    command = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", f"--ServerApp.port={port}"]
+    command += ["--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}"]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                assert process.poll() is None, "JupyterLab exited at start"
+                time.sleep(0.1)
+        yield base, token, folder
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def open_notebook(browser: Browser, lab: tuple[str, str, Path], name: str) -> Page:
+    base, token, _ = lab
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    await page.goto(f"{base}/lab/tree/{name}?reset&token={token}")  # reset: only this notebook open
+    await page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    select = page.get_by_role("button", name="Select", exact=True)  # a kernel dialog, if settings did not apply
+    with contextlib.suppress(PlaywrightTimeout):
+        await select.click(timeout=3_000)
+    await kernel_idle(page)
+    return page
+
+
+async def kernel_idle(page: Page, timeout_ms: int = 300_000) -> None:
+    idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle'] >> visible=true")
+    await idle.first.wait_for(timeout=timeout_ms)
+
+
+async def run_menu(page: Page, item: str) -> None:
+    await page.get_by_role("menuitem", name="Run", exact=True).click()
+    await page.get_by_role("menuitem", name=item, exact=True).click()
+
+
+async def all_code_cells_ran(page: Page, timeout_ms: int = 300_000) -> None:
+    """Every code cell shows an execution count ([n]), none is still waiting or running ([*])."""
+    try:
+        await page.wait_for_function(
+            "(() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];"
+            " return p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.textContent)); })()",
+            timeout=timeout_ms,
+        )
+    except Exception:
+        await page.screenshot(path=str(SHOTS / "stuck.png"))
+        (SHOTS / "stuck.html").write_text(await page.content())
+        raise
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+async def test_a_notebook_runs_all_cells_in_jupyterlab(browser: Browser, lab: tuple[str, str, Path], name: str) -> None:
+    page = await open_notebook(browser, lab, name)
+    await run_menu(page, "Run All Cells")
+    await all_code_cells_ran(page)
+    await kernel_idle(page)
+    await page.screenshot(path=str(SHOTS / f"{Path(name).stem}.png"), full_page=True)
+    errors = await page.locator(
+        ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+    ).all_inner_texts()
+    assert not [e for e in errors if "Traceback" in e or "Error" in e], errors
+    assert await page.locator(".jp-RenderedHTMLCommon table").count() > 0  # DataFrames render as tables
+    if name != "03_prompt_lab.ipynb":
+        assert await page.locator(".jp-RenderedImage img").count() > 0  # figures render as images
+    # A progress bar widget rendered and reached 100% (progress="auto" in a kernel with widgets).
+    bars = page.locator(".jp-OutputArea-output .widget-hprogress")
+    assert await bars.count() > 0
+    assert "100%" in " ".join(await page.locator(".jp-OutputArea-output .widget-html-content").all_inner_texts())
+    await page.close()
+
+
+INTERRUPT = [
+    """import asyncio, contextlib
+from hybrid import Orchestrator, OpenAIBackend, Query, sim
+profiles = {"sim-small": sim.ModelProfile(ttft_s=0.05, prompt_tps=1e9, completion_tps=1e9, jitter=0.0),
+            "sim-large": sim.ModelProfile(ttft_s=600.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+stack = contextlib.AsyncExitStack()
+server = await stack.enter_async_context(sim.serve(sim.SimConfig(time_scale=1.0, profiles=profiles)))
+backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
+orch = await stack.enter_async_context(Orchestrator(backend, max_concurrency=8, timeout=None))
+queries = [Query(f"fast{i}", f"f{i}") for i in range(3)]
+queries += [Query(f"slow{i}", f"s{i}", model="sim-large") for i in range(3)]""",
+    "run = await orch.run(queries)",
+    "await asyncio.sleep(0.2)\nprint('after', orch.last_run.cancelled, [r.ok for r in orch.last_run.results], "
+    "server.stats()['in_flight'])",
+]
+
+
+async def test_interrupting_a_run_from_the_toolbar_keeps_the_kernel_and_the_results(
+    browser: Browser, lab: tuple[str, str, Path]
+) -> None:
+    _, _, folder = lab
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in INTERRUPT])
+    notebook.metadata["kernelspec"] = KERNELSPEC
+    nbformat.write(notebook, folder / "interrupt.ipynb")
+    page = await open_notebook(browser, lab, "interrupt.ipynb")
+    await run_menu(page, "Run All Cells")
+    # The fast queries finish, the slow ones would take ten minutes: interrupt from the toolbar.
+    await page.wait_for_function(
+        "document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')[0].textContent.includes('[1]')", timeout=120_000
+    )
+    await asyncio.sleep(2.0)
+    stop = "jp-button[data-command='notebook:interrupt-kernel'], button[data-command='notebook:interrupt-kernel']"
+    await page.locator(stop).first.click()
+    await kernel_idle(page, timeout_ms=60_000)
+    await page.screenshot(path=str(SHOTS / "interrupt.png"), full_page=True)
+    outputs = await page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output").all_inner_texts()
+    assert any("hybrid: the run was interrupted; 3 of 6 queries had finished" in o for o in outputs), outputs
+    # The kernel is alive: run the last cell again by itself and read what the run kept.
+    last = page.locator(".jp-CodeCell").nth(2)
+    await last.click()
+    await page.keyboard.press("Shift+Enter")
+    await page.wait_for_function(
+        "(() => { const o = document.querySelectorAll('.jp-CodeCell')[2].querySelector('.jp-OutputArea');"
+        " return o && o.textContent.includes('after'); })()",
+        timeout=60_000,
+    )
+    text = await last.locator(".jp-OutputArea").inner_text()
+    assert "after True [True, True, True, False, False, False] 0" in text
+    await page.close()
