@@ -33,7 +33,7 @@ from hybrid.errors import (
     ServerError,
     TemplateError,
 )
-from hybrid.events import QueryFinished, QueryStarted, RunFinished
+from hybrid.events import QueryFinished, QueryProgress, QueryStarted, RunFinished
 from hybrid.metrics import RunMetrics
 from hybrid.notebook import run_sync
 from hybrid.orchestrator import Orchestrator
@@ -82,6 +82,7 @@ __all__ = [
     "Query",
     "QueryError",
     "QueryFinished",
+    "QueryProgress",
     "QueryResult",
     "QueryStarted",
     "QueryTimeout",

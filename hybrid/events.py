@@ -1,5 +1,6 @@
 """The events of :meth:`Orchestrator.stream <hybrid.orchestrator.Orchestrator.stream>`: a query
-started, a query finished, the run finished.  Times are seconds since the run started."""
+started, a streamed query's tokens so far, a query finished, the run finished.  Times are seconds
+since the run started."""
 
 from __future__ import annotations
 
@@ -19,6 +20,17 @@ class QueryStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryProgress:
+    """A streamed query (``Query(stream=True)``) has received ``tokens`` completion tokens so far
+    (the kit's token rule; at most one event per query every ``PROGRESS_EVERY_S``)."""
+
+    index: int
+    name: str
+    at_s: float
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class QueryFinished:
     """A query finished, with an answer or an error."""
 
@@ -32,4 +44,4 @@ class RunFinished:
     run: RunResult
 
 
-Event = QueryStarted | QueryFinished | RunFinished
+Event = QueryStarted | QueryProgress | QueryFinished | RunFinished

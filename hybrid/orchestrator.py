@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hybrid import progress
+from hybrid.backends.openai_wire import STREAM_LISTENER
 from hybrid.backends.protocol import Backend
 from hybrid.chain import Attempt, Link, compose
 from hybrid.chain.budget import Budget
@@ -374,6 +375,7 @@ class Orchestrator:
                 bar=bar,
                 on_finish=None if record is None else record.save,
                 on_start=None if record is None else record.started,
+                on_progress=None if record is None else record.progressed,
             )
             if record is not None:
                 for result in record.resumed(queries, stage_of):
@@ -383,7 +385,13 @@ class Orchestrator:
 
             async def last(query: Query, attempt: Attempt) -> Completion:
                 attempt.mark_sent(state.clock())
-                return await send(query)
+                if not (query.stream and state.wants_progress):
+                    return await send(query)
+                listening = STREAM_LISTENER.set(lambda received: state.progress(attempt.index, received.text_so_far))
+                try:
+                    return await send(query)
+                finally:
+                    STREAM_LISTENER.reset(listening)
 
             chain = compose(self.links, last)
 
@@ -616,6 +624,9 @@ class RunRecord:
 
     def started(self, index: int) -> None:
         self.store.record_start(self.run_id, index)
+
+    def progressed(self, index: int, tokens: int) -> None:
+        self.store.record_progress(self.run_id, index, tokens)
 
     def resumed(self, queries: Sequence[Query], stages: Sequence[int | None]) -> list[QueryResult]:
         """The rows of ``queries`` already answered ok under this name: not sent again."""

@@ -21,13 +21,16 @@ from typing import Any
 
 from hybrid import progress
 from hybrid.errors import Cancelled
-from hybrid.events import Event, QueryFinished, QueryStarted
+from hybrid.events import Event, QueryFinished, QueryProgress, QueryStarted
 from hybrid.metrics import RunMetrics
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
+from hybrid.tokens import count_tokens
 
 log = logging.getLogger("hybrid")
 
+#: A streamed query reports its tokens so far at most this often (each report counts tokens).
+PROGRESS_EVERY_S = 0.25
 #: Failed queries named one by one in ``RunResult.warnings``; the rest are summed up in one line.
 MAX_DETAILED_WARNINGS = 20
 
@@ -46,6 +49,7 @@ class RunState:
         bar: Any,
         on_finish: Callable[[QueryResult], None] | None = None,
         on_start: Callable[[int], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.queries = list(queries)
         self.stages = list(stages)
@@ -59,6 +63,8 @@ class RunState:
         self._bar = bar
         self._on_finish = on_finish
         self._on_start = on_start
+        self._on_progress = on_progress
+        self._reported: dict[int, float] = {}
 
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
@@ -70,6 +76,24 @@ class RunState:
             self._on_start(index)
         if self._emit is not None:
             self._emit(QueryStarted(index, self.queries[index].name, at - self.t0))
+
+    @property
+    def wants_progress(self) -> bool:
+        """Whether anyone listens to streamed queries' tokens so far (events or the store)."""
+        return self._emit is not None or self._on_progress is not None
+
+    def progress(self, index: int, text_so_far: Callable[[], str]) -> None:
+        """Query ``index`` (streamed) has received more text: report its tokens so far, at most
+        every ``PROGRESS_EVERY_S`` per query (counting tokens is the costly part)."""
+        now = self.clock()
+        if now - self._reported.get(index, -PROGRESS_EVERY_S) < PROGRESS_EVERY_S:
+            return
+        self._reported[index] = now
+        tokens = count_tokens(text_so_far())
+        if self._on_progress is not None:
+            self._on_progress(index, tokens)
+        if self._emit is not None:
+            self._emit(QueryProgress(index, self.queries[index].name, now - self.t0, tokens))
 
     def finish(self, result: QueryResult) -> None:
         """Record a query's final result (sent or not), save it (the run store), tick the bar, tell the listener."""

@@ -117,7 +117,8 @@ CREATE TABLE IF NOT EXISTS events (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     kind TEXT NOT NULL,
     idx INTEGER,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
 CREATE TABLE IF NOT EXISTS cache (
@@ -245,7 +246,7 @@ class Store:
                 if sql is _INSERT_RESULT:
                     results.append(_result_row(*values))
                     run_id, result, _, recorded_at = values
-                    events.append((run_id, "query_completed", result.index, recorded_at))
+                    events.append((run_id, "query_completed", result.index, recorded_at, None))
                 elif sql is _INSERT_EVENT:
                     events.append(values)
                 else:  # anything else keeps its place after what came before it
@@ -330,24 +331,28 @@ class Store:
 
     def record_start(self, run_id: int, index: int) -> None:
         """Queue the event that query ``index`` of run ``run_id`` sent its first request (for a viewer)."""
-        self._queue.put((_INSERT_EVENT, (run_id, "query_started", index, time.time())))
+        self._queue.put((_INSERT_EVENT, (run_id, "query_started", index, time.time(), None)))
+
+    def record_progress(self, run_id: int, index: int, tokens: int) -> None:
+        """Queue the event that streamed query ``index`` has received ``tokens`` tokens so far."""
+        self._queue.put((_INSERT_EVENT, (run_id, "query_progress", index, time.time(), tokens)))
 
     def end_run(self, run_id: int, status: str) -> None:
         """Queue the run's end: ``finished``, ``cancelled`` or ``failed``."""
         now = time.time()
         self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, now, run_id))
-        self._queue.put((_INSERT_EVENT, (run_id, "final_result", None, now)))
+        self._queue.put((_INSERT_EVENT, (run_id, "final_result", None, now, None)))
 
-    def events(self, name: str, *, after: int = 0) -> list[tuple[int, str, int | None, float]]:
-        """Run ``name``'s events after sequence number ``after``: (seq, kind, query index, wall time),
-        oldest first.  Kinds: ``query_started``, ``query_completed``, ``final_result`` (the run ended;
-        a resumed run starts again after it)."""
+    def events(self, name: str, *, after: int = 0) -> list[tuple[int, str, int | None, float, int | None]]:
+        """Run ``name``'s events after sequence number ``after``: (seq, kind, query index, wall time,
+        tokens so far), oldest first.  Kinds: ``query_started``, ``query_progress`` (streamed queries),
+        ``query_completed``, ``final_result`` (the run ended; a resumed run starts again after it)."""
         rows = self._read(
-            "SELECT e.seq, e.kind, e.idx, e.at FROM events e JOIN runs ON runs.id = e.run_id "
+            "SELECT e.seq, e.kind, e.idx, e.at, e.tokens FROM events e JOIN runs ON runs.id = e.run_id "
             "WHERE runs.name = ? AND e.seq > ? ORDER BY e.seq",
             (name, after),
         )
-        return [(int(seq), str(kind), idx, float(at)) for seq, kind, idx, at in rows]
+        return [(int(seq), str(kind), idx, float(at), tokens) for seq, kind, idx, at, tokens in rows]
 
     def add_remote_job(self, run_id: int, job_id: str, *, kind: str, input_file_id: str | None, requests: int) -> None:
         """Remember a job started at a provider for run ``run_id`` (a batch id), committed before this
@@ -588,7 +593,7 @@ class Store:
 
 
 _INSERT_RESULT = f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({', '.join('?' * 25)})"
-_INSERT_EVENT = "INSERT INTO events (run_id, kind, idx, at) VALUES (?, ?, ?, ?)"
+_INSERT_EVENT = "INSERT INTO events (run_id, kind, idx, at, tokens) VALUES (?, ?, ?, ?, ?)"
 
 
 def _result_row(run_id: int, result: QueryResult, default_model: str, recorded_at: float) -> tuple[Any, ...]:

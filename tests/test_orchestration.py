@@ -8,6 +8,7 @@ the machine is doing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import Any
 
@@ -333,3 +334,22 @@ async def test_threads_mode_is_refused_before_sending_without_a_sync_client() ->
         with pytest.raises(ConfigError, match="synchronous client"):
             await orch.run(queries(1), mode="threads")
     assert backend.calls == []
+
+
+async def test_a_streamed_query_reports_its_tokens_so_far_at_most_every_quarter_second() -> None:
+    from hybrid import QueryProgress, sim
+    from hybrid.run_state import PROGRESS_EVERY_S
+
+    backend = sim.backend(sim.SimConfig(seed=5, time_scale=4.0))  # a few seconds per answer, exactly
+    query = Query("s", "Tell me a long story.", max_tokens=64, stream=True)
+    seen: list[Any] = []
+    async with Orchestrator(backend) as orch, orch.stream([query]) as events:
+        async for event in events:
+            seen.append(event)
+    progress = [e for e in seen if isinstance(e, QueryProgress)]
+    result = seen[-1].run.results[0]
+    assert len(progress) >= 3 and all(e.index == 0 and e.name == "s" for e in progress)
+    tokens = [e.tokens for e in progress]
+    assert tokens == sorted(tokens) and 0 < tokens[-1] <= result.usage.completion_tokens
+    gaps = [b.at_s - a.at_s for a, b in itertools.pairwise(progress)]
+    assert min(gaps) >= PROGRESS_EVERY_S

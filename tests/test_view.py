@@ -172,3 +172,18 @@ def test_the_cli_refuses_a_store_that_does_not_exist(tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and "No run store at" in done.stderr
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+async def test_streamed_queries_report_their_tokens_so_far(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    queries = [Query(f"s{i}", f"Stream number {i}", max_tokens=40, stream=True) for i in range(3)]
+    async with Orchestrator(sim.backend(sim.SimConfig(seed=3, time_scale=0.0)), store=path) as orch:
+        run = await orch.run(queries, name="streamed")
+    events = await read_events(client, "streamed")
+    progress = [e["data"] for e in events if e["event"] == "query_progress"]
+    assert {p["index"] for p in progress} == {0, 1, 2}
+    final = {r.index: r.usage.completion_tokens for r in run.results}
+    assert all(0 < p["tokens"] <= final[p["index"]] for p in progress)
+    for i in range(3):  # progress comes between a query's start and its completion
+        kinds = [e["event"] for e in events if e["data"].get("index") == i]
+        assert kinds[0] == "query_started" and kinds[-1] == "query_completed" and "query_progress" in kinds

@@ -13,6 +13,7 @@ import email.utils
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -27,6 +28,11 @@ from hybrid.errors import (
 )
 from hybrid.query import Completion, Query, Usage
 from hybrid.tokens import count_message_tokens, count_tokens
+
+#: Who wants to hear about a streamed answer as it arrives: set by the orchestrator around an attempt
+#: (a context variable, so it reaches the backend without a parameter on the Backend protocol).
+#: Called with the assembler after each piece of content; it decides how often to look.
+STREAM_LISTENER: ContextVar[Callable[[StreamAssembler], None] | None] = ContextVar("STREAM_LISTENER", default=None)
 
 
 def request_body(query: Query, default_model: str) -> dict[str, Any]:
@@ -141,6 +147,7 @@ class StreamAssembler:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.chunks = 0
+        self._listener = STREAM_LISTENER.get()
 
     def feed(self, content: object, finish_reason: object, usage: Usage | None) -> None:
         self.chunks += 1
@@ -152,6 +159,8 @@ class StreamAssembler:
             if self.ttft_s is None:
                 self.ttft_s = self._clock() - self._started
             self._parts.append(content)
+            if self._listener is not None:
+                self._listener(self)
         if finish_reason is not None:
             self.finish_reason = finish_reason
         if usage is not None:
@@ -173,6 +182,9 @@ class StreamAssembler:
             self.feed((delta or {}).get("content"), choice.get("finish_reason"), None)
         if usage is not None:
             self.feed(None, None, usage)
+
+    def text_so_far(self) -> str:
+        return "".join(self._parts)
 
     def result(self) -> Completion:
         if self.finish_reason is None:

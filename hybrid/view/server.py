@@ -108,11 +108,13 @@ async def _events(request: web.Request) -> web.StreamResponse:
     quiet = 0.0
     while True:
         events = await _read(request, Store.events, name, after=last)
-        completed = [idx for _, kind, idx, _ in events if kind == "query_completed" and idx is not None]
+        completed = [idx for _, kind, idx, _, _ in events if kind == "query_completed" and idx is not None]
         rows = await _read(request, Store.brief_rows, name, completed) if completed else {}
-        for seq, kind, idx, at in events:
+        for seq, kind, idx, at, tokens in events:
             data: dict[str, Any] = {"index": idx, "at": at}
-            if kind == "query_completed" and idx in rows:
+            if kind == "query_progress":
+                data["tokens"] = tokens
+            elif kind == "query_completed" and idx in rows:
                 data.update(rows[idx])
             elif kind == "final_result":
                 final = await _read(request, _run_info, name)

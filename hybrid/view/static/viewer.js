@@ -39,6 +39,14 @@
       cells(row, [data.index, "", "running"]);
     }
   });
+  source.addEventListener("query_progress", (event) => {
+    const data = JSON.parse(event.data);
+    const row = document.getElementById("q" + data.index);
+    if (row && !row.classList.contains("done") && !row.classList.contains("failed")) {
+      row.className = "running";
+      cells(row, [data.index, "", "running", "", "", data.tokens + " so far"]);
+    }
+  });
   source.addEventListener("query_completed", (event) => {
     const data = JSON.parse(event.data);
     const row = document.getElementById("q" + data.index);
