@@ -108,9 +108,10 @@ class _BatchRun:
         self.state = run.state
         self.api: BatchAPI = batch_api_of(self.orch.backend)
         model = self.orch.backend.model
+        todo = self.orch.land_cache_hits(self.state, run.todo)  # no line is paid for twice
         #: custom_id -> (index, query) of every query not answered yet.
         self.pending: dict[str, tuple[int, Query]] = {
-            f"{index}-{fingerprint(query, model)[:16]}": (index, query) for index, query in run.todo
+            f"{index}-{fingerprint(query, model)[:16]}": (index, query) for index, query in todo
         }
         self.submitted_at: dict[int, float] = {}
         self.lines_sent: Counter[int] = Counter()
@@ -122,7 +123,6 @@ class _BatchRun:
 
     # -- the run ------------------------------------------------------------------------------
     async def run(self) -> None:
-        self._answer_from_cache()
         active: list[str] = []
         with progress.bar(
             len(self.pending), "batch (provider's counts)", requested=progress.wanted(self.orch.progress)
@@ -151,29 +151,6 @@ class _BatchRun:
                 f"The Batch API gave no answer for this query in {self.settings.resubmits + 1} batch(es)."
             )
             self._fail(custom_id, error)
-
-    def _answer_from_cache(self) -> None:
-        cache = self.orch.cache
-        if cache is None:
-            return
-        for custom_id, (index, query) in list(self.pending.items()):
-            hit = cache.lookup(query)
-            if hit is not None:
-                now = self.state.clock()
-                del self.pending[custom_id]
-                self.orch.land(
-                    self.state,
-                    index,
-                    query,
-                    hit,
-                    None,
-                    attempts=0,
-                    origin="cache",
-                    cost=0.0,
-                    submitted=now,
-                    started=now,
-                    finished=now,
-                )
 
     # -- submitting ---------------------------------------------------------------------------
     def _files(self) -> Iterator[list[tuple[str, bytes]]]:

@@ -596,6 +596,22 @@ class Orchestrator:
             )
         )
 
+    def land_cache_hits(self, state: RunState, items: Sequence[tuple[int, Query]]) -> list[tuple[int, Query]]:
+        """For strategies that bypass the call chain (batch, ray): land the queries the response
+        cache answers, as the cache link would, and return the others (all of them without a cache)."""
+        if self.cache is None:
+            return list(items)
+        left = []
+        for index, query in items:
+            hit = self.cache.lookup(query)
+            if hit is None:
+                left.append((index, query))
+                continue
+            now = state.clock()
+            when = {"submitted": now, "started": now, "finished": now}
+            self.land(state, index, query, hit, None, attempts=0, origin="cache", cost=0.0, **when)
+        return left
+
     def cost(self, completion: Completion | None, *, batch: bool = False) -> float | None:
         """What ``completion`` cost at its model's price (the batch price with ``batch``); None unpriced."""
         if completion is None or completion.model not in self.prices:

@@ -35,7 +35,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -230,36 +230,9 @@ class _RayRun:
             for i, c in enumerate(concurrency)
         ]
         size = settings.chunk or max(16, 4 * (orch.max_concurrency // n))
-        todo = self._from_cache(ctx.todo)
+        todo = orch.land_cache_hits(self.state, ctx.todo)  # cache hits land here, on the driver
         self.chunks: deque[list[tuple[int, Query]]] = deque(todo[i : i + size] for i in range(0, len(todo), size))
         self.restarts = 0
-
-    def _from_cache(self, todo: Sequence[tuple[int, Query]]) -> list[tuple[int, Query]]:
-        """Land cache hits on the driver; the rest goes to the shards."""
-        cache = self.orch.cache
-        if cache is None:
-            return list(todo)
-        left = []
-        for index, query in todo:
-            hit = cache.lookup(query)
-            if hit is None:
-                left.append((index, query))
-                continue
-            now = self.state.clock()
-            self.orch.land(
-                self.state,
-                index,
-                query,
-                hit,
-                None,
-                attempts=0,
-                origin="cache",
-                cost=0.0,
-                submitted=now,
-                started=now,
-                finished=now,
-            )
-        return left
 
     async def run(self) -> None:
         if not self.chunks:

@@ -24,10 +24,15 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+# Playwright is installed by `make test-browser` only; plain `make test` deselects these tests but
+# still collects the module, which must not fail there.
+pytest.importorskip("playwright")
 from playwright.async_api import Browser, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from hybrid import Store, sim, view
+from tests.test_notebook import SETUP
 from tests.test_view import LIVE_KERNEL
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
@@ -198,16 +203,7 @@ async def test_a_notebook_runs_all_cells_in_jupyterlab(browser: Browser, lab: tu
 
 
 INTERRUPT = [
-    """import asyncio, contextlib
-from hybrid import Orchestrator, OpenAIBackend, Query, sim
-profiles = {"sim-small": sim.ModelProfile(ttft_s=0.05, prompt_tps=1e9, completion_tps=1e9, jitter=0.0),
-            "sim-large": sim.ModelProfile(ttft_s=600.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
-stack = contextlib.AsyncExitStack()
-server = await stack.enter_async_context(sim.serve(sim.SimConfig(time_scale=1.0, profiles=profiles)))
-backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
-orch = await stack.enter_async_context(Orchestrator(backend, max_concurrency=8, timeout=None))
-queries = [Query(f"fast{i}", f"f{i}") for i in range(3)]
-queries += [Query(f"slow{i}", f"s{i}", model="sim-large") for i in range(3)]""",
+    SETUP,
     "run = await orch.run(queries)",
     "await asyncio.sleep(0.2)\nprint('after', orch.last_run.cancelled, [r.ok for r in orch.last_run.results], "
     "server.stats()['in_flight'])",

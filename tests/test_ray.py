@@ -22,6 +22,9 @@ from ray import cloudpickle
 from hybrid import ConfigError, HTTPBackend, Orchestrator, Price, Query, RayShards, Retry, sim
 from hybrid.ray_shards import MaskedKey, shares
 
+#: A local cluster on a loaded two-core machine starts workers slowly: minutes, not seconds.
+pytestmark = pytest.mark.timeout(600)
+
 
 def grid(n: int) -> list[Query]:
     return [Query(f"q{i}", f"Question number {i}?", max_tokens=16) for i in range(n)]
@@ -32,15 +35,21 @@ def backend_for(server: sim.SimServer) -> HTTPBackend:
 
 
 def shard_pids() -> list[int]:
-    """Processes Ray titled after a ShardWorker actor."""
+    """Processes Ray titled after a ShardWorker actor, in this process's cluster only (their parent
+    is its raylet), so another cluster on the machine (another test run) is never touched."""
+    raylets = set()
+    node = ray._private.worker._global_node
+    if node is not None:
+        raylets = {p.process.pid for p in node.all_processes.get("raylet", [])}
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 title = (entry / "cmdline").read_bytes()
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            if title.startswith(b"ray::ShardWorker"):
+            if title.startswith(b"ray::ShardWorker") and parent in raylets:
                 found.append(int(entry.name))
     return found
 
@@ -189,3 +198,17 @@ async def test_ray_mode_refuses_what_it_cannot_do_before_sending() -> None:
     async with Orchestrator(sim.backend(sim.SimConfig())) as orch:
         with pytest.raises(ConfigError, match="rebuilds the backend"):
             await orch.run(grid(2), mode="ray", shards=2)
+
+
+async def test_the_cache_is_read_before_sharding_and_filled_after(cluster: None, tmp_path: Path) -> None:
+    async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0)) as server:
+        store = tmp_path / "runs.sqlite"
+        async with Orchestrator(backend_for(server), max_concurrency=4, store=store, cache=True) as orch:
+            sharded = await orch.run(grid(12), mode="ray", shards=2)
+            sent = server.stats()["requests"]
+            again = await orch.run(grid(12))  # answered from what the shards brought back
+            both = await orch.run(grid(14), mode="ray", shards=2)  # only the two new ones are sharded
+    assert sharded.ok and sent == 12
+    assert {r.origin for r in again.results} == {"cache"}
+    assert [r.text for r in again.results] == [r.text for r in sharded.results]
+    assert [r.origin for r in both.results] == ["cache"] * 12 + ["sent"] * 2
