@@ -40,7 +40,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/sim_throughput.py
 	$(PY) benchmarks/core_overhead.py
-	$(VENV)/bin/hybrid bench
+	$(VENV)/bin/hybrid bench --out benchmarks/results
 
 soak: $(STAMP)
 	HYBRID_PROGRESS=0 $(PY) -m pytest -m slow -o addopts="" -q

@@ -162,21 +162,29 @@ async def test_peers_run_the_same_workload_and_report_ratios() -> None:
     assert frame.loc[frame["peer"] == "kit OpenAIBackend", "ratio_to_kit"].iloc[0] == pytest.approx(1.0)
 
 
-def test_hybrid_bench_writes_results_with_machine_info(tmp_path: Path) -> None:
+def test_hybrid_bench_writes_results_with_machine_info_to_out_bench(tmp_path: Path) -> None:
+    """By default results go to ./out/bench (never over the committed benchmarks/results)."""
     done = subprocess.run(
-        [sys.executable, "-m", "hybrid", "bench", "sweep", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "hybrid", "bench", "sweep", "--quick"],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    saved = json.loads((tmp_path / "sweep.json").read_text())
+    out = tmp_path / "out" / "bench"
+    saved = json.loads((out / "sweep.json").read_text())
     assert saved["machine"]["python"] and "commit" in saved["machine"]
-    assert (
-        len(saved["samples"]) == 6
-        and (tmp_path / "sweep.csv").exists()
-        and (tmp_path / "sweep_efficiency.png").exists()
-    )
+    assert len(saved["samples"]) == 6 and (out / "sweep.csv").exists() and (out / "sweep_efficiency.png").exists()
+
+
+def test_hybrid_bench_help_lists_every_suite() -> None:
+    from hybrid.bench.suites import SUITES
+    from hybrid.cli import BENCH_SUITES
+
+    assert tuple(BENCH_SUITES) == SUITES
+    done = subprocess.run([sys.executable, "-m", "hybrid", "bench", "--help"], capture_output=True, text=True)
+    assert all(f"  {name} " in done.stdout for name in SUITES) and "out/bench" in done.stdout
 
 
 async def test_the_virtual_demo_gives_the_seeds_study_at_full_pace_the_same_every_time() -> None:

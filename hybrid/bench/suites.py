@@ -16,6 +16,7 @@ from hybrid.bench import make_queries, summarize, sweep
 from hybrid.bench.peers import peers
 from hybrid.provenance import machine_info
 
+#: The suites (``hybrid bench --help`` says what each measures; a test keeps the two lists equal).
 SUITES = ("scenario", "sweep", "peers")
 
 
