@@ -118,7 +118,7 @@ class _BatchRun:
         self.last_error: dict[str, QueryError] = {}
         self.reserved: dict[str, float] = {}
         self.job_lines: dict[str, list[str]] = {}
-        self.remote_done: dict[str, int] = {}
+        self.collected_jobs: set[str] = set()
         self.collected = 0
 
     # -- the run ------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ class _BatchRun:
                     active = await self._submit()
                     await self._wait_for(active, bar)
             except asyncio.CancelledError:
-                unfinished = [job for job in active if job not in self.remote_done]
+                unfinished = [job for job in active if job not in self.collected_jobs]
                 if unfinished:
                     stop = asyncio.ensure_future(self._cancel(unfinished))
                     with contextlib.suppress(BaseException):
@@ -269,7 +269,7 @@ class _BatchRun:
                 else:
                     what = "expired before answering it" if status == "expired" else f"ended ({status}) without it"
                     self.last_error[custom_id] = BatchIncomplete(f"Batch {job} {what}.")
-        self.remote_done[job] = len(seen)
+        self.collected_jobs.add(job)
         self.collected += len(seen)
         record = self.ctx.record
         if record is not None:
@@ -286,16 +286,15 @@ class _BatchRun:
         if custom_id not in self.pending:
             return custom_id  # already answered, or a query this run no longer has
         query = self.pending[custom_id][1]
+        self._release(custom_id)  # the line has its verdict: an answer, an error, or a reason to resubmit
         response = line.get("response") if isinstance(line.get("response"), dict) else None
         if response is None:
             failure = line.get("error") if isinstance(line.get("error"), dict) else {}
-            self._release(custom_id)
             self.last_error[custom_id] = BatchIncomplete(
                 f"Batch {job}: {failure.get('code', 'error')}: {failure.get('message', 'no response')}"
             )
             return custom_id
         status, body = response.get("status_code"), response.get("body")
-        self._release(custom_id)
         if status != 200:
             code = status if isinstance(status, int) else 500
             error = error_for_status(code, error_message(body, code), {})

@@ -608,8 +608,19 @@ class Orchestrator:
                 left.append((index, query))
                 continue
             now = state.clock()
-            when = {"submitted": now, "started": now, "finished": now}
-            self.land(state, index, query, hit, None, attempts=0, origin="cache", cost=0.0, **when)
+            self.land(
+                state,
+                index,
+                query,
+                hit,
+                None,
+                attempts=0,
+                origin="cache",
+                cost=0.0,
+                submitted=now,
+                started=now,
+                finished=now,
+            )
         return left
 
     def cost(self, completion: Completion | None, *, batch: bool = False) -> float | None:

@@ -140,10 +140,6 @@ class ShardWorker:
         run = await orch.run(queries, raise_if_all_failed=False)
         return started, list(run.results)
 
-    def pid(self) -> int:
-        """The worker's process id (tests kill it)."""
-        return os.getpid()
-
 
 @dataclass(frozen=True, kw_only=True)
 class RayShards(Strategy):

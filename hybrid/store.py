@@ -331,17 +331,17 @@ class Store:
 
     def record_start(self, run_id: int, index: int) -> None:
         """Queue the event that query ``index`` of run ``run_id`` sent its first request (for a viewer)."""
-        self._queue.put((_INSERT_EVENT, (run_id, "query_started", index, time.time(), None)))
+        self._enqueue(_INSERT_EVENT, (run_id, "query_started", index, time.time(), None))
 
     def record_progress(self, run_id: int, index: int, tokens: int) -> None:
         """Queue the event that streamed query ``index`` has received ``tokens`` tokens so far."""
-        self._queue.put((_INSERT_EVENT, (run_id, "query_progress", index, time.time(), tokens)))
+        self._enqueue(_INSERT_EVENT, (run_id, "query_progress", index, time.time(), tokens))
 
     def end_run(self, run_id: int, status: str) -> None:
         """Queue the run's end: ``finished``, ``cancelled`` or ``failed``."""
         now = time.time()
         self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, now, run_id))
-        self._queue.put((_INSERT_EVENT, (run_id, "final_result", None, now, None)))
+        self._enqueue(_INSERT_EVENT, (run_id, "final_result", None, now, None))
 
     def events(self, name: str, *, after: int = 0) -> list[tuple[int, str, int | None, float, int | None]]:
         """Run ``name``'s events after sequence number ``after``: (seq, kind, query index, wall time,

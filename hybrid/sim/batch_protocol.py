@@ -327,20 +327,14 @@ class BatchService:
             record: dict[str, Any] = {"id": f"batch_req_{request_id[7:]}", "custom_id": line.custom_id, "error": None}
             draw = random.Random(digest(self.config.seed, "batch-line", job.id, line.custom_id)).random()
             self.lines_answered += 1
-            if line.rejected is not None:
-                rejected = line.rejected
+            rejected = line.rejected
+            if rejected is None and draw < faults.batch_line_error:
+                rejected = Rejected(500, "The server had an error (injected).", type_="server_error")
+            if rejected is not None:
                 record["response"] = {
                     "status_code": rejected.status,
                     "request_id": request_id,
                     "body": orjson.loads(error_body(rejected.message, rejected.type, rejected.param, rejected.code)),
-                }
-                job.failed += 1
-                job.error_lines.append(orjson.dumps(record))
-            elif draw < faults.batch_line_error:
-                record["response"] = {
-                    "status_code": 500,
-                    "request_id": request_id,
-                    "body": orjson.loads(error_body("The server had an error (injected).", "server_error")),
                 }
                 job.failed += 1
                 job.error_lines.append(orjson.dumps(record))
