@@ -37,7 +37,7 @@ from hybrid.events import QueryFinished, QueryProgress, QueryStarted, RunFinishe
 from hybrid.metrics import RunMetrics
 from hybrid.notebook import run_sync
 from hybrid.orchestrator import Orchestrator
-from hybrid.query import Completion, Price, Query, QueryResult, Usage
+from hybrid.query import Completion, Price, Query, QueryResult, ServerReport, Usage
 from hybrid.ray_shards import RayShards
 from hybrid.results import RunResult
 from hybrid.retry import Retry
@@ -93,6 +93,7 @@ __all__ = [
     "RunMetrics",
     "RunResult",
     "ServerError",
+    "ServerReport",
     "Store",
     "TemplateError",
     "Usage",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from hybrid.query import QueryResult
@@ -58,6 +58,12 @@ def ideal_wall(latencies: Sequence[float], concurrency: int) -> float:
     for latency in sorted(latencies, reverse=True):
         heapq.heapreplace(workers, workers[0] + latency)
     return max(workers)
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are known; None when none is."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +99,16 @@ class RunMetrics:
     resumed: int = 0
     batched: int = 0
     batch_cost_usd: float | None = None
+    #: Where the answered rows' latency went, on average (each row's parts add up to its latency;
+    #: ARCHITECTURE.md, "Metrics"): earlier attempts and backoff, the client before the request
+    #: left, the server's queue and work (None when the server reported none), and the rest.
+    mean_retry_s: float | None = None
+    mean_client_s: float | None = None
+    mean_server_queue_s: float | None = None
+    mean_server_s: float | None = None
+    mean_network_s: float | None = None
+    #: ``max_concurrency="auto"``: (seconds into the run, concurrency limit) at each change.
+    concurrency_trace: tuple[tuple[float, int], ...] = ()
 
     @classmethod
     def compute(
@@ -102,8 +118,10 @@ class RunMetrics:
         wall_s: float,
         cpu_s: float,
         concurrency: int,
+        concurrency_trace: Sequence[tuple[float, int]] = (),
     ) -> RunMetrics:
         sent = [r for r in results if r.attempts > 0 and r.origin == "sent"]
+        split = [r for r in sent if r.network_s is not None]
         latencies = sorted(r.latency_s for r in sent)
         total = sum(latencies)
         stages: dict[int | None, list[float]] = {}
@@ -149,6 +167,12 @@ class RunMetrics:
             resumed=sum(r.origin == "resumed" for r in results),
             batched=len(batched),
             batch_cost_usd=sum(batch_costs) if batch_costs else None,
+            mean_retry_s=_mean(r.retry_s for r in split),
+            mean_client_s=_mean(r.client_s for r in split),
+            mean_server_queue_s=_mean(r.server_queue_s for r in split),
+            mean_server_s=_mean(r.server_s for r in split),
+            mean_network_s=_mean(r.network_s for r in split),
+            concurrency_trace=tuple(concurrency_trace),
         )
 
     @classmethod

@@ -501,13 +501,15 @@ class Orchestrator:
         async with self._slots:
             attempts = 0
             first_sent: float | None = None
+            last_sent: float | None = None
             completion: Completion | None = None
             error: QueryError | None = None
             cost: float | None = None
             scope = asyncio.timeout(None)
 
             def sent(at: float) -> None:
-                nonlocal first_sent
+                nonlocal first_sent, last_sent
+                last_sent = at
                 if first_sent is None:
                     first_sent = at
                     if self.timeout is not None:
@@ -556,6 +558,7 @@ class Orchestrator:
             submitted=submitted,
             started=started,
             finished=finished,
+            last_sent=last_sent,
         )
 
     def land(
@@ -572,9 +575,14 @@ class Orchestrator:
         submitted: float,
         started: float,
         finished: float,
+        last_sent: float | None = None,
     ) -> None:
         """Build query ``index``'s row and hand it to the run (times are loop-clock readings): the one
-        place a row is made, for every strategy."""
+        place a row is made, for every strategy.  A row answered over the wire with ``last_sent``
+        (when its last attempt left) gets its latency's decomposition."""
+        parts = {}
+        if completion is not None and origin == "sent" and last_sent is not None:
+            parts = latency_parts(finished - started, last_sent - started, last_sent, completion)
         state.finish(
             QueryResult(
                 query=query,
@@ -593,6 +601,7 @@ class Orchestrator:
                 finished_s=finished - state.t0,
                 cost_usd=cost,
                 origin=origin,
+                **parts,
             )
         )
 
@@ -739,6 +748,24 @@ class EventStream:
             _raise_if_all_failed(run)
         finally:
             await self._cancel()
+
+
+def latency_parts(latency: float, retry: float, last_sent: float, completion: Completion) -> dict[str, float | None]:
+    """A row's latency split into parts that add up to it (ARCHITECTURE.md, "Metrics"): earlier
+    attempts and backoff, the client's time before the last request left, the server's queue and
+    work as it reported them, and the rest (network, reading the answer, unreported server time)."""
+    client = 0.0 if completion.left_at is None else max(0.0, completion.left_at - last_sent)
+    server = completion.server
+    server_queue = None if server is None else server.queue_s
+    server_work = None if server is None else server.service_s
+    rest = latency - retry - client - (server_queue or 0.0) - (server_work or 0.0)
+    return {
+        "retry_s": retry,
+        "client_s": client,
+        "server_queue_s": server_queue,
+        "server_s": server_work,
+        "network_s": rest,
+    }
 
 
 def _filled(query: Query, answers: Mapping[str, str]) -> Query | DependencyFailed:

@@ -103,8 +103,36 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServerReport:
+    """What a server said about itself in one answer, when it says anything: how long the request
+    waited for the server's capacity (``queue_s``) and how long the server worked on it
+    (``service_s``), and how much of its rate limits is left (``remaining_requests``,
+    ``remaining_tokens``) with the seconds until they refill (``reset_requests_s``,
+    ``reset_tokens_s``).  Every field is None when the server did not send it.
+
+    Sources (:func:`hybrid.backends.openai_wire.server_report`): the simulator's
+    ``x-hybrid-queue-ms`` header and llama.cpp-style ``timings``; llama.cpp's ``timings``
+    (``prompt_ms + predicted_ms``); OpenAI's ``openai-processing-ms``; the
+    ``x-ratelimit-remaining-*`` / ``x-ratelimit-reset-*`` headers.
+    """
+
+    queue_s: float | None = None
+    service_s: float | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Completion:
-    """What a backend returns for one successful attempt."""
+    """What a backend returns for one successful attempt.
+
+    ``left_at`` is when the request was handed to the transport (a reading of the run's clock),
+    when the backend can tell: the time before it is the client's own (building the request, the
+    SDK's work, a thread pool's queue, a busy event loop).  ``server`` is what the server reported
+    about the request.  Both feed a row's decomposition of its latency.
+    """
 
     text: str
     usage: Usage
@@ -113,6 +141,8 @@ class Completion:
     ttft_s: float | None = None
     #: True when the response cache answered instead of the server (no request was sent).
     cached: bool = False
+    left_at: float | None = None
+    server: ServerReport | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +184,13 @@ class QueryResult:
     apart, so with slots to spare a query still waits for the requests built before it);
     ``latency_s`` runs from the first byte sent to the last byte received, retries and backoff
     included; ``ttft_s`` is the first token of the successful attempt, when streamed.
+
+    A row that was answered over the wire splits its ``latency_s`` into parts that add up to it
+    (ARCHITECTURE.md, "Metrics"): ``retry_s`` (failed attempts and backoff before the last attempt),
+    ``client_s`` (the client's time before the last request left), ``server_queue_s`` and
+    ``server_s`` (the server's queue and work, when it reports them; None otherwise) and
+    ``network_s`` (the rest: the network, reading the answer, and server time it did not report).
+    The wait before the first attempt is ``queue_s``, the client's queue.
     """
 
     query: Query
@@ -176,6 +213,11 @@ class QueryResult:
     #: ``"resumed"`` (answered ok in an earlier run of the same name).  Only sent rows enter the
     #: timing metrics.
     origin: str = "sent"
+    retry_s: float | None = None
+    client_s: float | None = None
+    server_queue_s: float | None = None
+    server_s: float | None = None
+    network_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -214,4 +256,9 @@ class QueryResult:
             "started_s": self.started_s,
             "finished_s": self.finished_s,
             "origin": self.origin,
+            "retry_s": self.retry_s,
+            "client_s": self.client_s,
+            "server_queue_s": self.server_queue_s,
+            "server_s": self.server_s,
+            "network_s": self.network_s,
         }

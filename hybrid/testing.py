@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hybrid.errors import ConfigError, QueryError, check_number
-from hybrid.query import Completion, Query, Usage
+from hybrid.query import Completion, Query, ServerReport, Usage
 from hybrid.tokens import count_message_tokens, count_tokens
 
 __all__ = ["Answer", "Call", "Fail", "FakeBackend", "Hang", "Step", "chat_server"]
@@ -52,7 +52,8 @@ class _Timed:
 @dataclass(frozen=True, slots=True)
 class Answer(_Timed):
     """Answer ``text`` after ``delay`` seconds.  Usage defaults to the kit's token rule (not estimated);
-    ``ttft`` (seconds after the request) is reported for streamed queries."""
+    ``ttft`` (seconds after the request) is reported for streamed queries; ``server`` is what the
+    fake server says about itself (queue, service, rate limits left)."""
 
     text: str = "ok"
     prompt_tokens: int | None = None
@@ -60,6 +61,7 @@ class Answer(_Timed):
     finish_reason: str = "stop"
     ttft: float | None = None
     model: str | None = None
+    server: ServerReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ class FakeBackend:
             model=answer.model or query.model or self.model,
             finish_reason=answer.finish_reason,
             ttft_s=ttft,
+            server=answer.server,
         )
 
 

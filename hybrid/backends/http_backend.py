@@ -9,6 +9,7 @@ on a 2-core machine, against 0.12 ms for a raw aiohttp POST) would otherwise be 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import aiohttp
 import orjson
@@ -23,14 +24,22 @@ from hybrid.backends.openai_wire import (
     feed_event_line,
     json_answer,
     request_body,
+    server_report,
 )
 from hybrid.backends.response_limits import (
     ResponseMeter,
     redirect_loop,
     undecodable,
 )
+from hybrid.backends.send_stamp import SendStamp
 from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, exception_chain
 from hybrid.query import Completion, Query
+
+
+async def _stamp_headers_sent(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    SendStamp.stamp()
 
 
 class HTTPBackend(Endpoint):
@@ -49,8 +58,12 @@ class HTTPBackend(Endpoint):
         if self._session is not None:
             return
         connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
+        # When the request's headers are on the wire: the end of the client's part of the latency.
+        sent = aiohttp.TraceConfig()
+        sent.on_request_headers_sent.append(_stamp_headers_sent)
         self._session = aiohttp.ClientSession(
             connector=connector,
+            trace_configs=[sent],
             headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0),
         )
@@ -61,16 +74,26 @@ class HTTPBackend(Endpoint):
     async def complete(self, query: Query) -> Completion:
         if self._session is None:
             raise ConfigError("The backend is not open: use it inside `async with Orchestrator(...)`.")
+        with SendStamp.begin(asyncio.get_running_loop().time) as stamp:
+            return await self._post(query, stamp)
+
+    async def _post(self, query: Query, stamp: SendStamp) -> Completion:
+        assert self._session is not None
         body = request_body(query, self.model)
-        assembler = StreamAssembler(query, body["model"], asyncio.get_running_loop().time) if query.stream else None
+        assembler = StreamAssembler(query, body["model"], stamp.clock) if query.stream else None
         try:
             async with self._session.post(self._url, data=orjson.dumps(body)) as response:
                 if response.status >= 400:
                     raise await self._status_error(response)
                 if assembler is None:
-                    return completion_from_body(query, json_answer(await self._read(response)), body["model"])
+                    answer = json_answer(await self._read(response))
+                    return completion_from_body(
+                        query, answer, body["model"], headers=response.headers, left_at=stamp.left_at
+                    )
                 await self._read_events(response, assembler)
-                return assembler.result()
+                return assembler.result(
+                    left_at=stamp.left_at, server=server_report(response.headers, assembler.timings)
+                )
         except QueryError as exc:
             raise exc.detached() from None
         except aiohttp.ClientPayloadError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from typing import Any, Literal
 
 import httpx2
@@ -30,6 +31,7 @@ from hybrid.backends.openai_wire import (
     error_for_status,
     error_message,
     request_body,
+    server_report,
     usage_from,
 )
 from hybrid.backends.response_limits import (
@@ -38,6 +40,7 @@ from hybrid.backends.response_limits import (
     redirect_loop,
     undecodable,
 )
+from hybrid.backends.send_stamp import SendStamp
 from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, check_choice, exception_chain
 from hybrid.query import Completion, Query
 
@@ -162,18 +165,29 @@ class OpenAIBackend(Endpoint):
         return self._batch_api
 
     async def complete(self, query: Query) -> Completion:
-        body = request_body(query, self.model)
-        client = self.client
-        if query.stream:
-            return await self._complete_streamed(client, query, body)
-        try:
-            raw = await client.chat.completions.with_raw_response.create(**body)
-            return completion_from_body(query, orjson.loads(raw.http_response.content), body["model"])
-        except Exception as exc:
-            raise translate(exc, self) from None
+        clock = asyncio.get_running_loop().time
+        with SendStamp.begin(clock) as stamp:
+            body = request_body(query, self.model)
+            client = self.client
+            if query.stream:
+                return await self._complete_streamed(client, query, body, stamp)
+            try:
+                raw = await client.chat.completions.with_raw_response.create(**body)
+                response = raw.http_response
+                return completion_from_body(
+                    query,
+                    orjson.loads(response.content),
+                    body["model"],
+                    headers=response.headers,
+                    left_at=stamp.left_at,
+                )
+            except Exception as exc:
+                raise translate(exc, self) from None
 
-    async def _complete_streamed(self, client: openai.AsyncOpenAI, query: Query, body: dict[str, Any]) -> Completion:
-        assembler = StreamAssembler(query, body["model"], asyncio.get_running_loop().time)
+    async def _complete_streamed(
+        self, client: openai.AsyncOpenAI, query: Query, body: dict[str, Any], stamp: SendStamp
+    ) -> Completion:
+        assembler = StreamAssembler(query, body["model"], stamp.clock)
         try:
             stream = await client.chat.completions.create(**body)
             async with stream:
@@ -181,7 +195,7 @@ class OpenAIBackend(Endpoint):
                     _feed(assembler, chunk)
         except Exception as exc:
             raise translate(exc, self, received_chunks=assembler.chunks) from None
-        return assembler.result()
+        return assembler.result(left_at=stamp.left_at, server=server_report(stream.response.headers, assembler.timings))
 
     def _sync(self) -> openai.OpenAI:
         """The synchronous client, made once by whichever pool thread needs it first (the lock keeps
@@ -208,19 +222,29 @@ class OpenAIBackend(Endpoint):
 
     def complete_blocking(self, query: Query) -> Completion:
         """The same call on the synchronous client, for ``mode="threads"``."""
-        client = self._sync()
-        body = request_body(query, self.model)
-        assembler = StreamAssembler(query, body["model"])
-        try:
-            if not query.stream:
-                raw = client.chat.completions.with_raw_response.create(**body)
-                return completion_from_body(query, orjson.loads(raw.http_response.content), body["model"])
-            with client.chat.completions.create(**body) as stream:
-                for chunk in stream:
-                    _feed(assembler, chunk)
-        except Exception as exc:
-            raise translate(exc, self, received_chunks=assembler.chunks) from None
-        return assembler.result()
+        with SendStamp.begin(time.monotonic) as stamp:  # the real loop's clock, read from this thread
+            client = self._sync()
+            body = request_body(query, self.model)
+            assembler = StreamAssembler(query, body["model"])
+            try:
+                if not query.stream:
+                    raw = client.chat.completions.with_raw_response.create(**body)
+                    response = raw.http_response
+                    return completion_from_body(
+                        query,
+                        orjson.loads(response.content),
+                        body["model"],
+                        headers=response.headers,
+                        left_at=stamp.left_at,
+                    )
+                with client.chat.completions.create(**body) as stream:
+                    for chunk in stream:
+                        _feed(assembler, chunk)
+            except Exception as exc:
+                raise translate(exc, self, received_chunks=assembler.chunks) from None
+            return assembler.result(
+                left_at=stamp.left_at, server=server_report(stream.response.headers, assembler.timings)
+            )
 
     async def aclose(self) -> None:
         batch_api, self._batch_api = self._batch_api, None
@@ -236,6 +260,9 @@ class OpenAIBackend(Endpoint):
 
 def _feed(assembler: StreamAssembler, chunk: Any) -> None:
     """Feed one SDK chunk object; the SDK does not validate field types, so the assembler does."""
+    timings = (chunk.model_extra or {}).get("timings")
+    if timings is not None:
+        assembler.timings = timings
     if chunk.choices:
         choice = chunk.choices[0]
         delta = choice.delta

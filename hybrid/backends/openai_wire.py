@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -26,7 +27,7 @@ from hybrid.errors import (
     RateLimited,
     ServerError,
 )
-from hybrid.query import Completion, Query, Usage
+from hybrid.query import Completion, Query, ServerReport, Usage
 from hybrid.tokens import count_message_tokens, count_tokens
 
 #: Who wants to hear about a streamed answer as it arrives: set by the orchestrator around an attempt
@@ -78,6 +79,73 @@ def _seconds(value: str) -> float | None:
     except ValueError:
         return None
     return None if math.isnan(number) else number
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def duration_seconds(value: str | None) -> float | None:
+    """An ``x-ratelimit-reset-*`` value in seconds: OpenAI writes ``1s``, ``6m0s``, ``120ms``,
+    ``1h2m3.5s``; a bare number is seconds.  None when absent or unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    number = _seconds(text)
+    if number is not None:
+        return number if math.isfinite(number) and number >= 0 else None
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _millis(value: object) -> float | None:
+    """A non-negative number of milliseconds (header text or JSON number) in seconds, else None."""
+    if isinstance(value, str):
+        value = _seconds(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value) / 1000.0
+
+
+def _count(value: str | None) -> int | None:
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number >= 0 else None
+
+
+def server_report(headers: Mapping[str, str], timings: object = None) -> ServerReport | None:
+    """What the server said about one request, from its headers and a llama.cpp-style ``timings``
+    object (in the answer, or the last chunk of a stream); None when it said nothing.
+
+    Service time: ``timings.prompt_ms + timings.predicted_ms`` (llama.cpp, the simulator), else
+    OpenAI's ``openai-processing-ms`` less the queue when both are known.  Queue time: the
+    simulator's ``x-hybrid-queue-ms`` (no public server reports one).  A value that is not a
+    non-negative number is ignored, never an error: these are hints, not the answer.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    queue = _millis(lowered.get("x-hybrid-queue-ms"))
+    service = None
+    if isinstance(timings, dict):
+        prompt, predicted = _millis(timings.get("prompt_ms")), _millis(timings.get("predicted_ms"))
+        if prompt is not None and predicted is not None:
+            service = prompt + predicted
+    if service is None:
+        processing = _millis(lowered.get("openai-processing-ms"))
+        if processing is not None:
+            service = max(0.0, processing - (queue or 0.0))
+    report = ServerReport(
+        queue_s=queue,
+        service_s=service,
+        remaining_requests=_count(lowered.get("x-ratelimit-remaining-requests")),
+        remaining_tokens=_count(lowered.get("x-ratelimit-remaining-tokens")),
+        reset_requests_s=duration_seconds(lowered.get("x-ratelimit-reset-requests")),
+        reset_tokens_s=duration_seconds(lowered.get("x-ratelimit-reset-tokens")),
+    )
+    return None if report == ServerReport() else report
 
 
 def error_for_status(status: int, message: str, headers: Mapping[str, str]) -> QueryError:
@@ -147,6 +215,8 @@ class StreamAssembler:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.chunks = 0
+        #: The ``timings`` object of the stream's last chunk that had one (llama.cpp, the simulator).
+        self.timings: object = None
         self._listener = STREAM_LISTENER.get()
 
     def feed(self, content: object, finish_reason: object, usage: Usage | None) -> None:
@@ -174,6 +244,8 @@ class StreamAssembler:
         if not isinstance(choices, list):
             raise InvalidResponse("A streamed chunk's choices is not an array.")
         usage = usage_from(chunk.get("usage"))
+        if "timings" in chunk:
+            self.timings = chunk["timings"]
         if choices:
             choice = choices[0]
             delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -186,7 +258,7 @@ class StreamAssembler:
     def text_so_far(self) -> str:
         return "".join(self._parts)
 
-    def result(self) -> Completion:
+    def result(self, *, left_at: float | None = None, server: ServerReport | None = None) -> Completion:
         if self.finish_reason is None:
             raise InvalidResponse(f"The stream ended after {self.chunks} chunks without a finish reason (truncated).")
         text = "".join(self._parts)
@@ -196,6 +268,8 @@ class StreamAssembler:
             model=self._model,
             finish_reason=self.finish_reason,
             ttft_s=self.ttft_s,
+            left_at=left_at,
+            server=server,
         )
 
 
@@ -219,8 +293,16 @@ def feed_event_line(assembler: StreamAssembler, line: bytes) -> bool:
     return False
 
 
-def completion_from_body(query: Query, body: object, model: str) -> Completion:
-    """Parse a non-streamed chat-completion body (a dict from JSON)."""
+def completion_from_body(
+    query: Query,
+    body: object,
+    model: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    left_at: float | None = None,
+) -> Completion:
+    """Parse a non-streamed chat-completion body (a dict from JSON); ``headers`` (the response's)
+    and the body's ``timings`` give the :class:`ServerReport`, ``left_at`` is when the request left."""
     if not isinstance(body, dict):
         raise InvalidResponse(f"The response is a JSON {type(body).__name__}, not an object.")
     try:
@@ -236,5 +318,10 @@ def completion_from_body(query: Query, body: object, model: str) -> Completion:
     usage = usage_from(body.get("usage")) or estimated_usage(query, text)
     name = body.get("model")
     return Completion(
-        text=text, usage=usage, model=name if isinstance(name, str) and name else model, finish_reason=finish
+        text=text,
+        usage=usage,
+        model=name if isinstance(name, str) and name else model,
+        finish_reason=finish,
+        left_at=left_at,
+        server=server_report(headers or {}, body.get("timings")),
     )

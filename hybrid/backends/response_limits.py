@@ -10,7 +10,8 @@ bytes).  Memory per query is thus bounded whatever the server does.
 
 ``HTTPBackend`` counts the bytes aiohttp hands over (after decompression); ``OpenAIBackend`` counts
 the bytes on the wire, through a response hook that wraps httpx2's body stream
-(:func:`httpx2_event_hooks`), because the SDK reads bodies itself.
+(:func:`httpx2_event_hooks`), because the SDK reads bodies itself.  The same hooks stamp when
+each request leaves (:class:`~hybrid.backends.send_stamp.SendStamp`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx2
 
+from hybrid.backends.send_stamp import SendStamp
 from hybrid.errors import InvalidResponse
 
 #: The default cap on one response, in bytes.
@@ -107,15 +109,22 @@ class _MeteredSyncStream(httpx2.SyncByteStream):
 
 
 def httpx2_event_hooks(max_bytes: int, *, blocking: bool = False) -> dict[str, list[Any]]:
-    """``event_hooks=`` for an httpx2 client: each response's body stream is metered before anyone reads it."""
+    """``event_hooks=`` for an httpx2 client: each response's body stream is metered before anyone
+    reads it, and each request's :class:`SendStamp` is stamped as it leaves."""
     if blocking:
+
+        def sent_sync(request: httpx2.Request) -> None:
+            SendStamp.stamp()
 
         def meter_sync(response: httpx2.Response) -> None:
             response.stream = _MeteredSyncStream(response.stream, _meter_for(response, max_bytes))
 
-        return {"response": [meter_sync]}
+        return {"request": [sent_sync], "response": [meter_sync]}
+
+    async def sent_async(request: httpx2.Request) -> None:
+        SendStamp.stamp()
 
     async def meter_async(response: httpx2.Response) -> None:
         response.stream = _MeteredAsyncStream(response.stream, _meter_for(response, max_bytes))
 
-    return {"response": [meter_async]}
+    return {"request": [sent_async], "response": [meter_async]}

@@ -136,21 +136,28 @@ class Engine:
         window = self._window
         window.purge(now)
         tokens = reply.prompt_tokens + (max_tokens if max_tokens is not None else reply.completion_tokens)
-        over_requests = cfg.rpm is not None and window.requests + 1 > cfg.rpm
-        over_tokens = cfg.tpm is not None and window.tokens + tokens > cfg.tpm
+
+        def full() -> tuple[bool, bool]:
+            return (
+                cfg.rpm is not None and window.requests + 1 > cfg.rpm,
+                cfg.tpm is not None and window.tokens + tokens > cfg.tpm,
+            )
+
+        over_requests, over_tokens = full()
+        if not (over_requests or over_tokens):
+            window.add(now, tokens)
+        # Reset: seconds until the window has room again (for a rejected request: for it; for an
+        # admitted one: for one more of its size; 0 while there is room), so a client that reads
+        # x-ratelimit-remaining-* = 0 knows how long to hold its next request.
+        wait = window.wait_until_free(now, tokens, cfg.tpm) if any(full()) else 0.0
         headers: dict[str, str] = {}
-        wait = window.wait_until_free(now, tokens, cfg.tpm) if (over_requests or over_tokens) else 0.0
         if cfg.rpm is not None:
             headers["x-ratelimit-limit-requests"] = str(cfg.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(
-                max(0, cfg.rpm - window.requests - (0 if over_requests else 1))
-            )
+            headers["x-ratelimit-remaining-requests"] = str(max(0, cfg.rpm - window.requests))
             headers["x-ratelimit-reset-requests"] = f"{wait:.3f}s"
         if cfg.tpm is not None:
             headers["x-ratelimit-limit-tokens"] = str(cfg.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(
-                max(0, cfg.tpm - window.tokens - (0 if over_tokens else tokens))
-            )
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, cfg.tpm - window.tokens))
             headers["x-ratelimit-reset-tokens"] = f"{wait:.3f}s"
         if over_requests or over_tokens:
             what = "requests" if over_requests else "tokens"
@@ -163,7 +170,6 @@ class Engine:
                 code="rate_limit_exceeded",
                 headers=headers,
             )
-        window.add(now, tokens)
         return headers
 
     async def before_answer(self, fault: str | None) -> None:
@@ -197,21 +203,24 @@ class Engine:
             raise Drop
 
     @contextlib.asynccontextmanager
-    async def slot(self, reply: Reply, profile: ModelProfile) -> AsyncIterator[Pace]:
+    async def slot(self, reply: Reply, profile: ModelProfile) -> AsyncIterator[tuple[Pace, float]]:
         """Hold one of the server's slots while answering ``reply`` (queueing for one first, or 503
-        when ``max_queue`` are already waiting); yields the request's pace."""
+        when ``max_queue`` are already waiting); yields the request's pace and the seconds it queued."""
         if self.config.max_queue is not None and self._waiting >= self.config.max_queue and self._slots.locked():
             raise Rejected(503, "The server is overloaded; retry later.", type_="server_error", code="overloaded")
+        clock = asyncio.get_running_loop().time
+        arrived = clock()
         self._waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+        queued = clock() - arrived
         self.busy += 1
         try:
             self.prompt_tokens += reply.prompt_tokens
             self.completion_tokens += reply.completion_tokens
-            yield pace(profile, reply, seed=self.config.seed, time_scale=self.config.time_scale)
+            yield pace(profile, reply, seed=self.config.seed, time_scale=self.config.time_scale), queued
         finally:
             self.busy -= 1
             self._slots.release()

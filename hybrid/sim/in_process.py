@@ -33,6 +33,7 @@ from hybrid.backends.openai_wire import (
     feed_event_line,
     json_answer,
     request_body,
+    server_report,
 )
 from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, check_choice
 from hybrid.query import Completion, Query
@@ -53,13 +54,14 @@ class _Received:
         self.model = model
         self.assembler = StreamAssembler(query, model, asyncio.get_running_loop().time)
         self.body: bytes | None = None
+        self.headers: dict[str, str] = {}
         self.partial = False  # part of an answer arrived
 
     async def whole(self, body: bytes, headers: dict[str, str]) -> None:
-        self.body = body
+        self.body, self.headers = body, headers
 
     async def start(self, headers: dict[str, str], content_type: str, content_length: int | None = None) -> None:
-        self.partial = True
+        self.partial, self.headers = True, headers
 
     async def write(self, data: bytes) -> None:
         if self.query.stream:
@@ -69,10 +71,12 @@ class _Received:
     async def finish(self) -> None:
         pass
 
-    def completion(self) -> Completion:
+    def completion(self, left_at: float) -> Completion:
         if self.body is not None:
-            return completion_from_body(self.query, json_answer(self.body), self.model)
-        return self.assembler.result()
+            return completion_from_body(
+                self.query, json_answer(self.body), self.model, headers=self.headers, left_at=left_at
+            )
+        return self.assembler.result(left_at=left_at, server=server_report(self.headers, self.assembler.timings))
 
 
 def _translated(rejected: Rejected) -> QueryError:
@@ -141,6 +145,7 @@ class SimBackend:
             raise ConfigError("The backend is not open: use it inside `async with Orchestrator(...)`.")
         body = request_body(query, self.model)
         received = _Received(query, body["model"])
+        left_at = asyncio.get_running_loop().time()  # no transport: the request is at the server at once
         engine = self.simulator.engine
         with engine.tracked():
             try:
@@ -159,7 +164,7 @@ class SimBackend:
                 engine.disconnects += 1
                 raise
         engine.by_status[200] += 1
-        return received.completion()
+        return received.completion(left_at)
 
     def batch_api(self) -> _InProcessBatchAPI:
         """The simulator's Batch API, in-process (``mode="batch"``; a virtual clock compresses its hours)."""

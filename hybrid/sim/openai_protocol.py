@@ -213,17 +213,26 @@ class Simulator:
         limit_headers = engine.admit(reply, chat.max_tokens)
         fault = engine.faults.draw(reply.key, stream=chat.stream)
         await engine.before_answer(fault)
-        async with engine.slot(reply, profile) as request_pace:
+        async with engine.slot(reply, profile) as (request_pace, queued_s):
             request_id = f"chatcmpl-sim{reply.key:016x}"
+            # The server's own account of the request, as a client can read it: the queue in a
+            # header, the work in llama.cpp-style ``timings`` (the stream's last chunk, or the body).
+            limit_headers = {**limit_headers, "x-hybrid-queue-ms": f"{queued_s * 1000:.3f}"}
+            timer = ServiceTimer(reply)
             if chat.stream:
-                await self._stream(sink, reply, chat, request_id, request_pace, fault, limit_headers)
+                await self._stream(sink, reply, chat, request_id, request_pace, fault, limit_headers, timer)
                 return
             pacer = Pacer()
             await pacer.wait(request_pace.ttft_s)
+            await pacer.settle()
+            timer.first_token()
             for _, tokens in reply.pieces:
                 await pacer.wait(request_pace.decode_s(tokens, engine.busy))
             await pacer.settle()
-            payload = orjson.dumps(completion_body(reply, chat.model, request_id, with_usage=fault != "no_usage"))
+            body = completion_body(reply, chat.model, request_id, with_usage=fault != "no_usage")
+            body["timings"] = timer.timings()
+            limit_headers["openai-processing-ms"] = f"{(queued_s + timer.elapsed()) * 1000:.3f}"
+            payload = orjson.dumps(body)
             if fault == "malformed":
                 await sink.whole(payload[: len(payload) // 2], limit_headers)
             elif fault == "truncate":
@@ -332,13 +341,15 @@ class Simulator:
         request_pace: Pace,
         fault: str | None,
         headers: dict[str, str],
+        timer: ServiceTimer,
     ) -> None:
-        """Send the reply as SSE chunks: role, content in up to 8 paced pieces, finish, usage."""
+        """Send the reply as SSE chunks: role, content in up to 8 paced pieces, finish, usage (with
+        the server's ``timings``, as llama.cpp sends them in its last chunk)."""
         await sink.start({**headers, "Cache-Control": "no-cache"}, "text/event-stream")
         created = int(time.time())
         model = chat.model
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             data = {
                 "id": request_id,
                 "object": "chat.completion.chunk",
@@ -346,12 +357,15 @@ class Simulator:
                 "model": model,
                 "system_fingerprint": "hybrid-sim",
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                **extra,
             }
             return b"data: " + orjson.dumps(data) + b"\n\n"
 
         pieces = reply.pieces
         pacer = Pacer()
         await pacer.wait(request_pace.ttft_s)
+        await pacer.settle()
+        timer.first_token()
         await sink.write(chunk({"role": "assistant", "content": "", "refusal": None}))
         for i, (piece, tokens) in enumerate(pieces):
             if fault == "truncate" and i >= len(pieces) // 2:
@@ -363,7 +377,7 @@ class Simulator:
         if fault == "truncate":
             raise Drop
         await pacer.settle()
-        await sink.write(chunk({}, reply.finish_reason))
+        await sink.write(chunk({}, reply.finish_reason, timings=timer.timings()))
         if chat.include_usage and fault != "no_usage":
             usage = {
                 "id": request_id,
@@ -377,6 +391,33 @@ class Simulator:
             await sink.write(b"data: " + orjson.dumps(usage) + b"\n\n")
         await sink.write(b"data: [DONE]\n\n")
         await sink.finish()
+
+
+class ServiceTimer:
+    """How long the server worked on one request, split as llama.cpp's ``timings`` split it: the
+    prompt (up to the first token) and the predicted tokens after it, on the loop's clock."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self._clock = asyncio.get_running_loop().time
+        self.started = self._clock()
+        self.first: float | None = None
+
+    def first_token(self) -> None:
+        self.first = self._clock()
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started
+
+    def timings(self) -> dict[str, float | int]:
+        now = self._clock()
+        first = self.first if self.first is not None else now
+        return {
+            "prompt_n": self.reply.prompt_tokens,
+            "prompt_ms": (first - self.started) * 1000.0,
+            "predicted_n": self.reply.completion_tokens,
+            "predicted_ms": (now - first) * 1000.0,
+        }
 
 
 def completion_body(reply: Reply, model: str, request_id: str, *, with_usage: bool) -> dict[str, Any]:
