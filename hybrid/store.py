@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hybrid")
 
-SCHEMA_VERSION = 3  # 2: remote_jobs (batch ids); 3: events (what a live viewer follows)
+SCHEMA_VERSION = 4  # 2: remote_jobs (batch ids); 3: events (what a live viewer follows); 4: latency parts
 BUSY_TIMEOUT_S = 30.0
 #: How long the writer lets rows gather before one commit: bounds what a kill can lose beyond
 #: the requests in flight (answers of the last few milliseconds), and keeps commits few under load.
@@ -100,6 +100,11 @@ CREATE TABLE IF NOT EXISTS results (
     stage INTEGER,
     origin TEXT NOT NULL,
     recorded_at REAL NOT NULL,
+    retry_s REAL,
+    client_s REAL,
+    server_queue_s REAL,
+    server_s REAL,
+    network_s REAL,
     PRIMARY KEY (run_id, idx)
 );
 CREATE TABLE IF NOT EXISTS remote_jobs (
@@ -133,10 +138,12 @@ CREATE TABLE IF NOT EXISTS cache (
 );
 """
 
+#: A row's latency decomposition (schema 4 added these columns).
+_LATENCY_PARTS = ("retry_s", "client_s", "server_queue_s", "server_s", "network_s")
 _RESULT_COLUMNS = (
     "run_id, idx, name, fingerprint, query, text, error_kind, error_message, error_status, retry_after_s, model, "
     "finish_reason, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, latency_s, queue_s, ttft_s, "
-    "attempts, started_s, finished_s, stage, origin, recorded_at"
+    "attempts, started_s, finished_s, stage, origin, recorded_at, " + ", ".join(_LATENCY_PARTS)
 )
 _QUERY_FIELDS = ("prompt", "system", "model", "max_tokens", "temperature", "stream", "json_mode", "sample")
 
@@ -193,7 +200,11 @@ class Store:
             )
         if version < SCHEMA_VERSION:  # every table is CREATE ... IF NOT EXISTS: one script creates or upgrades
             try:
-                self._reader.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+                # Columns added to an existing table since: schema 4, the latency decomposition.
+                added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in _LATENCY_PARTS) if version else ""
+                self._reader.executescript(
+                    "BEGIN;" + _SCHEMA + added + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
             except sqlite3.OperationalError as exc:
                 raise ConfigError(
                     f"Store({str(self.path)!r}) cannot be written ({exc}): choose a folder you can write to."
@@ -592,7 +603,8 @@ class Store:
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-_INSERT_RESULT = f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({', '.join('?' * 25)})"
+_PLACEHOLDERS = ", ".join("?" * len(_RESULT_COLUMNS.split(",")))
+_INSERT_RESULT = f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({_PLACEHOLDERS})"
 _INSERT_EVENT = "INSERT INTO events (run_id, kind, idx, at, tokens) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -624,6 +636,7 @@ def _result_row(run_id: int, result: QueryResult, default_model: str, recorded_a
         result.stage,
         result.origin,
         recorded_at,
+        *(getattr(result, part) for part in _LATENCY_PARTS),
     )
 
 
@@ -672,4 +685,5 @@ def _result_from(row: dict[str, Any]) -> QueryResult:
         stage=row["stage"],
         cost_usd=row["cost_usd"],
         origin=row["origin"],
+        **{part: row[part] for part in _LATENCY_PARTS},
     )

@@ -241,3 +241,25 @@ async def test_benchmarks_refuse_a_cache_unless_told(store: Store) -> None:
     assert frame["succeeded"].tolist() == [2, 2]
     with pytest.raises(ConfigError, match="measures the cache"):
         await bench.sweep(FakeBackend(), grid(2), levels=(1,), store=store, cache=True)
+
+
+async def test_a_store_written_before_the_latency_parts_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A schema-3 file (no decomposition columns) opens, keeps its runs, and records the new parts."""
+    from hybrid import store as store_module
+
+    old = tmp_path / "old.sqlite"
+    with Store(old) as first:
+        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=first) as orch:
+            await orch.run(grid(2), name="before")
+    with sqlite3.connect(old) as db:
+        for column in store_module._LATENCY_PARTS:
+            db.execute(f"ALTER TABLE results DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 3")
+    with Store(old) as upgraded:
+        assert upgraded.load("before").metrics.succeeded == 2
+        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=upgraded) as orch:
+            run = await orch.run(grid(2), name="after")
+        assert [r.as_row() for r in upgraded.load("after").results] == [r.as_row() for r in run.results]
+        assert run.results[0].network_s == pytest.approx(1.0)
+    with sqlite3.connect(old) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
