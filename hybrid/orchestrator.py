@@ -38,6 +38,7 @@ from hybrid import progress
 from hybrid.backends.openai_wire import STREAM_LISTENER
 from hybrid.backends.protocol import Backend
 from hybrid.chain import Attempt, Link, compose
+from hybrid.chain.adaptive import AdaptiveConcurrency
 from hybrid.chain.budget import Budget
 from hybrid.chain.cache import CACHE_MODES, ResponseCache
 from hybrid.chain.rate_limits import RateLimits
@@ -76,9 +77,11 @@ class Orchestrator:
 
     ``backend`` is any object meeting the :class:`~hybrid.backends.protocol.Backend` protocol.
     ``max_concurrency`` queries are in flight at once (the backend's connection pool is sized to
-    match); ``timeout`` (seconds, or None) bounds each query over all its attempts; ``retry`` is the
-    :class:`Retry` policy; ``rpm``/``tpm`` are client-side rate limits, taken per attempt, over
-    ``rate_window_s`` (the provider's counting window, a minute by default);
+    match; ``"auto"``: as many as the server keeps up with, up to ``concurrency_ceiling``, backing
+    off on 429s and waiting out Retry-After, :mod:`hybrid.chain.adaptive`); ``timeout`` (seconds,
+    or None) bounds each query over all its attempts; ``retry`` is the :class:`Retry` policy;
+    ``rpm``/``tpm`` are client-side rate limits, taken per attempt, over ``rate_window_s`` (the
+    provider's counting window, a minute by default);
     ``progress`` shows a tqdm bar: ``"auto"`` (the default) in a Jupyter kernel with widgets, never
     under CI or with ``HYBRID_PROGRESS=0``; ``prices`` maps
     model names to :class:`Price` for a cost column; ``seed`` makes the retry jitter reproducible.
@@ -99,7 +102,8 @@ class Orchestrator:
         self,
         backend: Backend,
         *,
-        max_concurrency: int = 8,
+        max_concurrency: int | str = 8,
+        concurrency_ceiling: int = 64,
         timeout: float | None = 60.0,
         retry: Retry | None = None,
         rpm: int | None = None,
@@ -118,7 +122,13 @@ class Orchestrator:
                 f"backend must meet the Backend protocol (open, complete, complete_blocking, aclose, model, "
                 f"supports_threads), e.g. OpenAIBackend or HTTPBackend; got {type(backend).__name__}."
             )
-        check_int("max_concurrency", max_concurrency, minimum=1)
+        self.adaptive = None
+        if max_concurrency == "auto":
+            self.adaptive = AdaptiveConcurrency(concurrency_ceiling)
+            max_concurrency = concurrency_ceiling
+        elif isinstance(max_concurrency, str):
+            raise ConfigError(f"max_concurrency must be a number >= 1 or 'auto', got {max_concurrency!r}.")
+        check_int("max_concurrency (a number >= 1, or 'auto')", max_concurrency, minimum=1)
         if timeout is not None:
             check_number("timeout (seconds, or None for none)", timeout, positive=True, unit="seconds")
         if retry is not None and not isinstance(retry, Retry):
@@ -161,12 +171,14 @@ class Orchestrator:
         # Per attempt: the cache first (a hit costs nothing and takes no rate-limit token), then the
         # budget, then the limits, then the backend.
         limits = self.limits if self.limits.active else None
-        self.links: list[Link] = [link for link in (self.cache, self.budget, limits) if link is not None]
+        # Adaptive concurrency sits next to the backend: it sees each request as it leaves and returns.
+        links = (self.cache, self.budget, limits, self.adaptive)
+        self.links: list[Link] = [link for link in links if link is not None]
         self.progress = progress
         self.last_run: RunResult | None = None
         self.seed = seed
         self._rng = random.Random(seed)
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: asyncio.Semaphore | AdaptiveConcurrency | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._depth = 0
@@ -184,7 +196,11 @@ class Orchestrator:
             self._depth += 1
             return self
         await self.backend.open(max_connections=self.max_concurrency, query_timeout=self.timeout)
-        self._loop, self._slots, self._depth = loop, asyncio.Semaphore(self.max_concurrency), 1
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+        if self.adaptive is not None:
+            self.adaptive.open(loop.time())
+            self._slots = self.adaptive
+        self._loop, self._depth = loop, 1
         return self
 
     async def __aexit__(
@@ -376,6 +392,7 @@ class Orchestrator:
                 on_finish=None if record is None else record.save,
                 on_start=None if record is None else record.started,
                 on_progress=None if record is None else record.progressed,
+                limit_trace=None if self.adaptive is None else self.adaptive.trace,
             )
             if record is not None:
                 for result in record.resumed(queries, stage_of):

@@ -176,6 +176,11 @@ class RayShards(Strategy):
                 f"mode='ray' rebuilds the backend in each worker from its settings; {type(backend).__name__} cannot "
                 "be. Use OpenAIBackend or HTTPBackend (for the simulator: sim.serve(...) and its URL)."
             )
+        if orchestrator.adaptive is not None:
+            raise ConfigError(
+                "mode='ray' shares a fixed max_concurrency between its shards; 'auto' adapts one orchestrator's "
+                "limit to what one server answers. Give a number, e.g. max_concurrency=32."
+            )
         if orchestrator.max_concurrency < self.shards:
             raise ConfigError(
                 f"max_concurrency={orchestrator.max_concurrency} cannot be shared by {self.shards} shards: "

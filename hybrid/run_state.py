@@ -50,8 +50,11 @@ class RunState:
         on_finish: Callable[[QueryResult], None] | None = None,
         on_start: Callable[[int], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        limit_trace: Sequence[tuple[float, int]] | None = None,
     ) -> None:
         self.queries = list(queries)
+        #: ``max_concurrency="auto"``: the adaptive limit's changes (loop times), shared and growing.
+        self.limit_trace = limit_trace
         self.stages = list(stages)
         self.mode = mode
         self.concurrency = concurrency
@@ -119,7 +122,9 @@ class RunState:
         )
         warnings = self._failure_warnings(results)
         try:
-            metrics = RunMetrics.compute(results, wall_s=wall, cpu_s=cpu, concurrency=self.concurrency)
+            metrics = RunMetrics.compute(
+                results, wall_s=wall, cpu_s=cpu, concurrency=self.concurrency, concurrency_trace=self._run_trace()
+            )
         except Exception as exc:  # never lose the rows over a number
             log.exception("hybrid: computing the run's metrics failed; the rows are kept")
             metrics = RunMetrics.unavailable(results, wall_s=wall)
@@ -132,6 +137,15 @@ class RunState:
         return RunResult(
             results=results, metrics=metrics, mode=self.mode, warnings=tuple(warnings), cancelled=cancelled
         )
+
+    def _run_trace(self) -> list[tuple[float, int]]:
+        """This run's part of the adaptive limit's changes, in seconds since the run started: the
+        limit it started with, then each change."""
+        if not self.limit_trace:
+            return []
+        before = [limit for at, limit in self.limit_trace if at <= self.t0]
+        during = [(at - self.t0, limit) for at, limit in self.limit_trace if at > self.t0]
+        return [(0.0, before[-1] if before else during[0][1]), *during]
 
     @staticmethod
     def _failure_warnings(results: Sequence[QueryResult]) -> list[str]:
