@@ -13,10 +13,13 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from hybrid.sim.config import PROFILES, Faults, SimConfig
+
+T = TypeVar("T")
 
 
 def _sim_config(args: argparse.Namespace) -> SimConfig:
@@ -65,32 +68,69 @@ async def _serve_forever(config: SimConfig, quiet: bool) -> None:
         await stop.wait()
 
 
+def _run(coro: Coroutine[Any, Any, T], args: argparse.Namespace) -> T:
+    """Run a command's coroutine, on uvloop with ``--uvloop``."""
+    from hybrid.notebook import run_sync
+
+    return run_sync(coro, uvloop=getattr(args, "uvloop", False))
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
-    asyncio.run(_serve_forever(_sim_config(args), args.quiet))
+    _run(_serve_forever(_sim_config(args), args.quiet), args)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from hybrid.demo import run_demo
 
-    return asyncio.run(
-        run_demo(out_dir=Path(args.out), time_scale=args.time_scale, seed=args.seed, virtual=args.virtual)
+    return _run(
+        run_demo(
+            out_dir=Path(args.out), time_scale=args.time_scale, seed=args.seed, virtual=args.virtual, uvloop=args.uvloop
+        ),
+        args,
     )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.suite[:1] == ["diff"]:
+        return bench_diff(args)
     from hybrid.bench.suites import run_suites
 
-    return asyncio.run(run_suites(args.suite, out_dir=Path(args.out), quick=args.quick))
+    return _run(run_suites(args.suite, out_dir=Path(args.out), quick=args.quick, uvloop=args.uvloop), args)
+
+
+def bench_diff(args: argparse.Namespace) -> int:
+    """``hybrid bench diff A B``: B against the baseline A; exit 1 when B is a regression."""
+    from hybrid.bench.comparison import compare_runs
+    from hybrid.errors import ConfigError
+    from hybrid.store import Store
+
+    if len(args.suite) != 3:
+        print("hybrid bench diff: give two runs, A (the baseline) and B: saved files or store names.", file=sys.stderr)
+        return 2
+    _, a, b = args.suite
+    try:
+        with contextlib.ExitStack() as stack:
+            store = stack.enter_context(Store(args.store)) if args.store else None
+            comparison = compare_runs(a, b, store=store, metric=args.metric, tolerance=args.tolerance, level=args.level)
+    except ConfigError as exc:
+        print(f"hybrid bench diff: {exc}", file=sys.stderr)
+        return 2
+    print(comparison)
+    if comparison.regression:
+        print(f"REGRESSION: B is {comparison.verdict} than A on {comparison.metric} beyond {args.tolerance:.0%}.")
+        return 1
+    return 0
 
 
 def cmd_real(args: argparse.Namespace) -> int:
     from hybrid.real import serve_until_stopped
 
-    asyncio.run(
+    _run(
         serve_until_stopped(
             port=args.port, api_key=args.api_key or os.environ.get("HYBRID_REAL_API_KEY"), slots=args.slots
-        )
+        ),
+        args,
     )
     return 0
 
@@ -133,7 +173,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         print(f"hybrid view: {exc}", file=sys.stderr)
         return 2
     with store, contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(store, host=args.host, port=args.port))
+        _run(serve(store, host=args.host, port=args.port), args)
     return 0
 
 
@@ -144,6 +184,9 @@ BENCH_SUITES = {
     "sweep": "a concurrency sweep (1-32 in flight) against a server with 8 slots: where throughput stops rising",
     "peers": "the kit against raw aiohttp, the raw SDK and LangChain, at time scale 0: calls/s and CPU per call",
 }
+
+
+UVLOOP_HELP = "run on uvloop's event loop (needs the fast extra: pip install 'hybrid-llm-kit[fast]')"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         sim.add_argument(f"--fault-{kind.replace('_', '-')}", type=float, metavar="RATE", help=f"probability of {kind}")
     sim.add_argument("--fail-first", type=int, help="fail the first N attempts of every request")
     sim.add_argument("--quiet", action="store_true", help="print only the URL")
+    sim.add_argument("--uvloop", action="store_true", help=UVLOOP_HELP)
     sim.set_defaults(func=cmd_sim)
 
     demo = sub.add_parser("demo", help="legacy (6 prompts, 3 stages) vs hybrid (2 prompts, gathered)")
@@ -177,13 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run at full model pace on a virtual clock (exact, instant; the legacy pool is modelled by gathering)",
     )
+    demo.add_argument("--uvloop", action="store_true", help=UVLOOP_HELP + "; the simulator process too")
     demo.set_defaults(func=cmd_demo)
 
     listed = "\n".join(f"  {name:<9} {what}" for name, what in BENCH_SUITES.items())
     bench = sub.add_parser(
         "bench",
         help="run benchmark suites against a simulator in its own process",
-        description=f"Suites (default: all of them):\n{listed}",
+        description=f"Suites (default: all of them):\n{listed}\n\n"
+        "hybrid bench diff A B compares run B with the baseline A (saved with run.to_json(), or names in --store):\n"
+        "bootstrap confidence intervals per metric and a verdict; exits 1 when B is slower beyond --tolerance.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("suite", nargs="*", default=list(BENCH_SUITES), help="which suites to run (default: all)")
@@ -194,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmarks/results, written with --out benchmarks/results)",
     )
     bench.add_argument("--quick", action="store_true", help="small workloads (seconds, for smoke tests)")
+    bench.add_argument("--uvloop", action="store_true", help=UVLOOP_HELP + "; the simulator process too")
+    bench.add_argument("--store", help="diff: the run store holding A and B by name")
+    bench.add_argument(
+        "--metric", default="p50_latency_s", help="diff: the metric that decides (default p50_latency_s)"
+    )
+    bench.add_argument("--tolerance", type=float, default=0.05, help="diff: a difference to ignore (default 0.05)")
+    bench.add_argument("--level", type=float, default=0.95, help="diff: confidence level (default 0.95)")
     bench.set_defaults(func=cmd_bench)
 
     runs = sub.add_parser("runs", help="the run store's history: list, show, export or compare saved runs")

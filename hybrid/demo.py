@@ -19,8 +19,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from hybrid import plots
 from hybrid.backends import Backend, OpenAIBackend
 from hybrid.metrics import ratio
@@ -34,7 +32,7 @@ from hybrid.sim.serve import serve_process
 from hybrid.virtual_time import simulate
 
 
-def compare_runs(legacy: RunResult, hybrid: RunResult, *, time_scale: float) -> dict[str, Any]:
+def scenario_summary(legacy: RunResult, hybrid: RunResult, *, time_scale: float) -> dict[str, Any]:
     """The summary numbers of a legacy-vs-hybrid comparison (what ``summary.json`` holds)."""
     lm, hm = legacy.metrics, hybrid.metrics
     return {
@@ -114,14 +112,15 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 async def measure(
-    *, time_scale: float = 0.1, seed: int = 7, virtual: bool = False
+    *, time_scale: float = 0.1, seed: int = 7, virtual: bool = False, uvloop: bool = False
 ) -> tuple[RunResult, RunResult, audit.AuditReport]:
-    """Run legacy (staged, thread pool per stage) and hybrid (gathered) on a simulator process, or
-    with ``virtual`` on the in-process simulator at full pace on a virtual clock."""
+    """Run legacy (staged, thread pool per stage) and hybrid (gathered) on a simulator process
+    (on uvloop with ``uvloop``), or with ``virtual`` on the in-process simulator at full pace on a
+    virtual clock."""
     if virtual:
         in_process = sim_backend(audit.sim_config(seed=seed, time_scale=1.0), model=audit.MODEL)
         return await simulate(_audit, in_process, "gather", seed)
-    async with serve_process(audit.sim_config(seed=seed, time_scale=time_scale)) as server:
+    async with serve_process(audit.sim_config(seed=seed, time_scale=time_scale), uvloop=uvloop) as server:
         backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model=audit.MODEL)
         return await _audit(backend, "threads", seed)
 
@@ -143,29 +142,21 @@ def write_outputs(out_dir: Path, legacy: RunResult, hybrid: RunResult, summary: 
     runs = {"legacy": legacy, "hybrid": hybrid}
     plots.timeline(runs, title="Legacy (3 stages) vs hybrid (gathered): one bar per query").savefig(paths[1])
     plots.tokens(runs, title="Tokens: legacy role prompts vs hybrid merged prompts").savefig(paths[2])
-    frame = pd.DataFrame(
-        [
-            {
-                "run": label,
-                "parallel_efficiency": r.metrics.parallel_efficiency,
-                "ideal_efficiency": r.metrics.ideal_efficiency,
-            }
-            for label, r in runs.items()
-        ]
-    )
-    plots.efficiency(frame, x="run", title="Parallel efficiency, legacy vs hybrid").savefig(paths[3])
+    plots.wall(runs, title="Where the wall time goes: legacy's stages wait for each other").savefig(paths[3])
     return paths
 
 
-async def run_demo(*, out_dir: Path, time_scale: float = 0.1, seed: int = 7, virtual: bool = False) -> int:
+async def run_demo(
+    *, out_dir: Path, time_scale: float = 0.1, seed: int = 7, virtual: bool = False, uvloop: bool = False
+) -> int:
     """The ``hybrid demo`` command: measure, print the table, write the files."""
     if virtual:
         time_scale = 1.0
         print("Running the audit on a virtual clock at the model's full pace (simulator in-process)...", flush=True)
     else:
         print(f"Starting the simulator in its own process and running the audit (time scale {time_scale})...")
-    legacy, hybrid, report = await measure(time_scale=time_scale, seed=seed, virtual=virtual)
-    summary = compare_runs(legacy, hybrid, time_scale=time_scale)
+    legacy, hybrid, report = await measure(time_scale=time_scale, seed=seed, virtual=virtual, uvloop=uvloop)
+    summary = scenario_summary(legacy, hybrid, time_scale=time_scale)
     summary["virtual"] = virtual
     summary["report_complete"] = report.complete
     summary["report_warnings"] = list(report.warnings)

@@ -119,12 +119,40 @@ def virtual_clock_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from synchronous code and return its result (or raise its error)."""
+def run_sync(coro: Coroutine[Any, Any, T], *, uvloop: bool = False) -> T:
+    """Run ``coro`` to completion from synchronous code and return its result (or raise its error).
+
+    ``uvloop=True`` runs it on uvloop's event loop (the ``fast`` extra), for scripts and the CLI,
+    where the client's own CPU per call matters; a notebook kernel's loop is never replaced.
+    """
     if not _loop_running():
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=loop_factory(uvloop)) as runner:
+            return runner.run(coro)
+    if uvloop:
+        from hybrid.errors import ConfigError
+
+        coro.close()
+        raise ConfigError(
+            "uvloop=True replaces the event loop, which a running loop (a notebook kernel's) cannot have: "
+            "drop uvloop=, or use it from a script or `hybrid ... --uvloop`."
+        )
     value: T = WorkerLoop(coro).result()
     return value
+
+
+def loop_factory(uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory when asked for (None: asyncio's default loop)."""
+    if not uvloop:
+        return None
+    try:
+        import uvloop as fast_loops
+    except ImportError:
+        from hybrid.errors import ConfigError
+
+        raise ConfigError(
+            "uvloop is not installed: pip install 'hybrid-llm-kit[fast]' (or drop the uvloop option)."
+        ) from None
+    return fast_loops.new_event_loop
 
 
 def enable_nested() -> None:

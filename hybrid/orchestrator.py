@@ -128,7 +128,7 @@ class Orchestrator:
             max_concurrency = concurrency_ceiling
         elif isinstance(max_concurrency, str):
             raise ConfigError(f"max_concurrency must be a number >= 1 or 'auto', got {max_concurrency!r}.")
-        check_int("max_concurrency (a number >= 1, or 'auto')", max_concurrency, minimum=1)
+        check_int("max_concurrency", max_concurrency, minimum=1)
         if timeout is not None:
             check_number("timeout (seconds, or None for none)", timeout, positive=True, unit="seconds")
         if retry is not None and not isinstance(retry, Retry):

@@ -1,14 +1,16 @@
 """Figures for notebooks and reports; each function returns a matplotlib ``Figure``.
 
 Every figure has a title, axis labels with units and a legend where there is more than one
-series, so it can be pasted into a report as it is.  Nothing here calls ``plt.show()``: a notebook
+series, so it can be pasted into a report as it is.  Legends sit outside the plotting area
+(:func:`_legend`), so they never cover data.  Nothing here calls ``plt.show()``: a notebook
 displays a returned figure by itself, a script saves it with ``fig.savefig(path)``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -27,6 +29,15 @@ def _figure(width: float = 8.0, height: float = 4.0) -> tuple[Figure, matplotlib
 
     fig = Figure(figsize=(width, height), layout="constrained")
     return fig, fig.add_subplot()
+
+
+def _legend(ax: Any, handles: list[Any] | None = None, labels: list[str] | None = None, **options: Any) -> None:
+    """The axes' legend as a figure legend right of every plotting area (``"outside right upper"``:
+    constrained layout makes room, beside a second y axis too), where it cannot hide a bar or a
+    point, whatever the data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ax.figure.legend(handles, labels, loc="outside right upper", **options)
 
 
 def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = None) -> Figure:
@@ -61,7 +72,7 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
     ax.set_yticklabels([f"{label}: {r.name}" if label else r.name for label, _, r in reversed(rows)])
     ax.set_xlabel("time since the run started (s)")
     ax.set_title(title or "Query timeline: one bar per query, start to finish")
-    ax.legend(loc="lower right", title="grey: waiting for a slot; hatched: failed", fontsize="small")
+    _legend(ax, title="grey: waiting for a slot\nhatched: failed", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -70,24 +81,36 @@ def efficiency(frame: pd.DataFrame, *, x: str = "concurrency", title: str | None
     """Measured parallel efficiency against the ideal, by ``x`` (concurrency, or a label column).
 
     ``frame`` needs ``parallel_efficiency`` and ``ideal_efficiency`` columns (as :func:`hybrid.bench.sweep`
-    and :meth:`RunMetrics` give); efficiency 1.0 means no overlap at all.
+    and :meth:`RunMetrics` give); efficiency 1.0 means no overlap at all.  With ``throughput_qps``
+    the throughput is drawn on a right axis, and levels a sweep flagged ``efficiency_misleading``
+    (efficiency up, throughput flat: the server's queue counted as latency) are circled in red.
     """
     fig, ax = _figure()
     xs = frame[x]
+    axes = [ax]
     if xs.dtype.kind in "iuf":
         ax.plot(xs, frame["ideal_efficiency"], "--", color="grey", label="ideal (same latencies and limit)")
         ax.plot(xs, frame["parallel_efficiency"], "o-", color=_STAGE_COLOURS[0], label="measured")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("max concurrency (queries in flight)")
+        if "efficiency_misleading" in frame and frame["efficiency_misleading"].any():
+            flagged = frame[frame["efficiency_misleading"].astype(bool)]
+            ax.plot(
+                flagged[x],
+                flagged["parallel_efficiency"],
+                "o",
+                markersize=12,
+                markerfacecolor="none",
+                markeredgecolor="red",
+                label="efficiency up, throughput flat:\nqueueing, not speed",
+            )
         if "throughput_qps" in frame:
             # Efficiency counts server-side queueing as latency; the knee shows in throughput.
             right = ax.twinx()
             right.plot(xs, frame["throughput_qps"], "s:", color=_STAGE_COLOURS[1], label="throughput (right axis)")
             right.set_ylabel("throughput (queries/s)")
             right.set_ylim(bottom=0)
-            handles, labels = ax.get_legend_handles_labels()
-            more, more_labels = right.get_legend_handles_labels()
-            ax.legend(handles + more, labels + more_labels, loc="upper left")
+            axes.append(right)
     else:
         positions = range(len(xs))
         ax.bar(positions, frame["ideal_efficiency"], color="lightgrey", label="ideal", width=0.6)
@@ -97,8 +120,12 @@ def efficiency(frame: pd.DataFrame, *, x: str = "concurrency", title: str | None
         ax.set_xlabel(x)
     ax.set_ylabel("parallel efficiency = sum of latencies / wall (x)")
     ax.set_title(title or "Parallel efficiency against the ideal")
-    if ax.get_legend() is None:
-        ax.legend()
+    handles: list[Any] = []
+    labels: list[str] = []
+    for each in axes:
+        more, more_labels = each.get_legend_handles_labels()
+        handles, labels = handles + more, labels + more_labels
+    _legend(ax, handles, labels)
     ax.grid(alpha=0.3)
     return fig
 
@@ -117,7 +144,7 @@ def speedup(frame: pd.DataFrame, *, title: str | None = None) -> Figure:
     ax.set_ylabel("speedup over sequential (x, median of repeats)")
     ax.set_xlabel("mode")
     ax.set_title(title or "Speedup by mode")
-    ax.legend()
+    _legend(ax)
     return fig
 
 
@@ -141,7 +168,6 @@ def tokens(runs: RunResult | Mapping[str, RunResult], *, title: str | None = Non
     per_query.set_xticklabels(names, rotation=45, ha="right")
     per_query.set_ylabel("tokens")
     per_query.set_title("per query")
-    per_query.legend()
     labels = list(runs)
     totals.bar(labels, [r.metrics.prompt_tokens for r in runs.values()], color=_STAGE_COLOURS[0], label="prompt")
     totals.bar(
@@ -153,6 +179,7 @@ def tokens(runs: RunResult | Mapping[str, RunResult], *, title: str | None = Non
     )
     totals.set_ylabel("tokens")
     totals.set_title("total per run")
+    _legend(totals)
     fig.suptitle(title or "Token usage")
     return fig
 
@@ -181,6 +208,139 @@ def latency(frame: pd.DataFrame, *, by: str = "mode", title: str | None = None) 
     ax.set_xlabel("latency per query (s)")
     ax.set_ylabel("fraction of queries at or below")
     ax.set_title(title or "Latency distribution (dotted: p50, p95, p99)")
-    ax.legend(title=by)
+    _legend(ax, title=by)
     ax.grid(alpha=0.3)
+    return fig
+
+
+#: A row's latency parts (and the client's queue before them), in the order they happen.
+PARTS = (
+    ("queue_s", "client queue (waiting for a slot)", "lightgrey"),
+    ("retry_s", "failed attempts and backoff", "#C44E52"),
+    ("client_s", "client, before the request left", "#DD8452"),
+    ("server_queue_s", "server queue", "#8172B3"),
+    ("server_s", "server work", "#4C72B0"),
+    ("network_s", "network and the rest", "#55A868"),
+)
+
+
+def decomposition(
+    data: RunResult | Mapping[str, RunResult] | pd.DataFrame, *, by: str = "concurrency", title: str | None = None
+) -> Figure:
+    """Where the time of each query went, stacked: the client's queue, then the latency's parts
+    (:class:`~hybrid.query.QueryResult`: retries, client, server queue, server work, the rest).
+
+    One run: a bar per answered query.  Several runs by label (``{"threads": a, "gather": b}``): a
+    bar per run, the mean query.  A sweep's frame (:func:`hybrid.bench.sweep`): a bar per ``by``
+    level, the mean query at that level.
+    """
+    import pandas as pd
+
+    if isinstance(data, RunResult):
+        rows = pd.DataFrame([r.as_row() for r in data.results if r.ok and r.origin == "sent"])
+        labels = list(rows["name"]) if len(rows) else []
+        xlabel = "query"
+    elif isinstance(data, Mapping):
+        rows = pd.DataFrame(
+            [
+                pd.DataFrame([r.as_row() for r in run.results if r.ok and r.origin == "sent"])[[p for p, _, _ in PARTS]]
+                .astype(float)
+                .mean()
+                for run in data.values()
+            ]
+        )
+        labels, xlabel = [str(label) for label in data], "run (mean query)"
+    else:
+        means = {part: f"mean_{part}" for part, _, _ in PARTS}
+        rows = (
+            data.groupby(by, sort=True)[list(means.values())].median().rename(columns={v: k for k, v in means.items()})
+        )
+        labels, xlabel = [str(level) for level in rows.index], f"{by} (mean query, median of repeats)"
+    fig, ax = _figure(max(6.0, min(14.0, 0.35 * len(labels) + 4.0)), 4.0)
+    positions = list(range(len(labels)))
+    bottom = [0.0] * len(labels)
+    for part, label, colour in PARTS:
+        values = [
+            0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in rows.get(part, [])
+        ]
+        if not values or not any(values):
+            continue
+        ax.bar(positions, values, bottom=bottom, color=colour, label=label, width=0.7)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xticks(positions)
+    ax.set_xticklabels(labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("time per query (s)")
+    ax.set_title(title or "Where each query's time went")
+    _legend(ax, fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def concurrency(run: RunResult, *, title: str | None = None) -> Figure:
+    """Queries in flight over the run, and (``max_concurrency="auto"``) the adaptive limit."""
+    fig, ax = _figure()
+    changes = sorted(
+        [(r.started_s, 1) for r in run.results if r.origin == "sent" and r.attempts]
+        + [(r.finished_s, -1) for r in run.results if r.origin == "sent" and r.attempts]
+    )
+    times, counts, level = [0.0], [0], 0
+    for at, step in changes:
+        level += step
+        times.append(at)
+        counts.append(level)
+    ax.step(times, counts, where="post", color=_STAGE_COLOURS[0], label="queries in flight")
+    trace = run.metrics.concurrency_trace
+    if trace:
+        xs = [at for at, _ in trace] + [run.metrics.wall_s]
+        ys = [limit for _, limit in trace] + [trace[-1][1]]
+        ax.step(xs, ys, where="post", color=_STAGE_COLOURS[3], linestyle="--", label="adaptive limit")
+    ax.set_xlabel("time since the run started (s)")
+    ax.set_ylabel("queries")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "Concurrency over the run")
+    _legend(ax)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def wall(runs: Mapping[str, RunResult], *, title: str | None = None) -> Figure:
+    """What the wall time of each run is made of: one bar per run, split by pipeline stage (a stage
+    waits for the one before), with the summed query time beside it.  Efficiency is work / wall:
+    the figure shows *why* one run's wall is longer, which two efficiency bars at their ideal cannot."""
+    fig, ax = _figure(9.0, 1.2 + 1.1 * len(runs))
+    for y, run in enumerate(reversed(list(runs.values()))):
+        stages: dict[int | None, list[float]] = {}
+        for r in run.results:
+            stages.setdefault(r.stage, []).append(r.finished_s)
+        left = 0.0
+        for i, (stage, finishes) in enumerate(sorted(stages.items(), key=lambda kv: max(kv[1]))):
+            end = max(finishes)
+            name = "one gathered stage" if stage is None else f"stage {stage + 1}"
+            ax.barh(y + 0.18, end - left, left=left, height=0.34, color=_STAGE_COLOURS[i % len(_STAGE_COLOURS)])
+            ax.text(
+                left + (end - left) / 2,
+                y + 0.18,
+                f"{name}\n{len(finishes)} queries",
+                ha="center",
+                va="center",
+                fontsize="x-small",
+                color="white",
+            )
+            left = end
+        m = run.metrics
+        ax.barh(y - 0.2, m.sum_latency_s, height=0.3, color="lightgrey", label="summed query time" if y == 0 else None)
+        ax.text(
+            m.sum_latency_s,
+            y - 0.2,
+            f"  efficiency {m.parallel_efficiency:.1f}x (ideal {m.ideal_efficiency:.1f}x)",
+            va="center",
+            fontsize="small",
+        )
+    ax.set_yticks(range(len(runs)))
+    ax.set_yticklabels(list(reversed(list(runs))))
+    ax.set_xlabel("time (s); top bar: the wall, by stage; grey: the queries' summed time")
+    ax.set_title(title or "Where the wall time goes")
+    ax.grid(axis="x", alpha=0.3)
+    _legend(ax, fontsize="small")
     return fig

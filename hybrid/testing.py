@@ -31,6 +31,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -38,7 +39,7 @@ from hybrid.errors import ConfigError, QueryError, check_number
 from hybrid.query import Completion, Query, ServerReport, Usage
 from hybrid.tokens import count_message_tokens, count_tokens
 
-__all__ = ["Answer", "Call", "Fail", "FakeBackend", "Hang", "Step", "chat_server"]
+__all__ = ["Answer", "Call", "Fail", "FakeBackend", "Hang", "Step", "assert_no_regression", "chat_server"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,3 +191,17 @@ async def chat_server(handler: Callable[[web.Request], Awaitable[web.StreamRespo
         yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     finally:
         await runner.cleanup()
+
+
+def assert_no_regression(baseline: Any, candidate: Any, **options: Any) -> Any:
+    """Fail (``AssertionError`` with the comparison table) when ``candidate`` is slower than
+    ``baseline`` beyond the tolerance, by :func:`hybrid.bench.compare_runs` (same arguments: runs,
+    saved files or store names, ``metric=``, ``tolerance=``, ``level=``, ``store=``); return the
+    comparison otherwise.  For a pytest test or an nbval-checked notebook cell that gates on speed.
+    """
+    from hybrid.bench.comparison import compare_runs
+
+    comparison = compare_runs(baseline, candidate, **options)
+    if comparison.regression:
+        raise AssertionError(f"Performance regression.\n{comparison}")
+    return comparison

@@ -104,9 +104,18 @@ async def test_every_plot_renders_with_title_and_axis_labels(tmp_path: Path) -> 
         queries = bench.make_queries(6)
         run = await orch.run(queries)
         staged = await orch.pipeline([queries[:1], queries[1:4], queries[4:]])
-        compared = await bench.compare(orch, queries, repeats=1)
+        with pytest.warns(bench.SharedProcessWarning):  # a served simulator in this loop: fine for a picture
+            compared = await bench.compare(orch, queries, repeats=1)
+        decomposed = {"gather": run, "pipeline": staged}
     sweep = pd.DataFrame(
-        {"concurrency": [1, 2, 4], "parallel_efficiency": [1.0, 1.9, 3.5], "ideal_efficiency": [1.0, 2.0, 4.0]}
+        {
+            "concurrency": [1, 2, 4, 8],
+            "parallel_efficiency": [1.0, 1.9, 3.5, 6.0],
+            "ideal_efficiency": [1.0, 2.0, 4.0, 8.0],
+            "throughput_qps": [1.0, 1.9, 3.5, 3.6],
+            "efficiency_misleading": [False, False, False, True],
+            **{f"mean_{part}": [0.1, 0.1, 0.2, 0.3] for part, _, _ in plots.PARTS},
+        }
     )
     per_query = run.to_frame().assign(mode="gather")
     figures = [
@@ -116,6 +125,11 @@ async def test_every_plot_renders_with_title_and_axis_labels(tmp_path: Path) -> 
         plots.speedup(compared),
         plots.tokens({"one": run, "two": staged}),
         plots.latency(per_query),
+        plots.decomposition(run),
+        plots.decomposition(decomposed),
+        plots.decomposition(sweep),
+        plots.concurrency(run),
+        plots.wall(decomposed),
     ]
     for i, fig in enumerate(figures):
         labels = _labels(fig)
@@ -123,6 +137,22 @@ async def test_every_plot_renders_with_title_and_axis_labels(tmp_path: Path) -> 
         assert any("(s)" in label or "tokens" in label or "(x" in label for label in labels), (i, labels)
         fig.savefig(tmp_path / f"{i}.png")
         assert (tmp_path / f"{i}.png").stat().st_size > 5000
+        assert_legends_cover_no_data(fig, i)
+
+
+def assert_legends_cover_no_data(fig: matplotlib.figure.Figure, i: int) -> None:
+    """Every legend lies outside every plotting area of its figure, so it hides no bar or point."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+    assert legends, f"figure {i} has no legend"
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), f"figure {i}: the legend covers a plot"
 
 
 @pytest.mark.looptime
@@ -188,10 +218,10 @@ def test_hybrid_bench_help_lists_every_suite() -> None:
 
 
 async def test_the_virtual_demo_gives_the_seeds_study_at_full_pace_the_same_every_time() -> None:
-    from hybrid.demo import compare_runs, measure
+    from hybrid.demo import measure, scenario_summary
 
-    first = compare_runs(*(await measure(virtual=True))[:2], time_scale=1.0)
-    second = compare_runs(*(await measure(virtual=True))[:2], time_scale=1.0)
+    first = scenario_summary(*(await measure(virtual=True))[:2], time_scale=1.0)
+    second = scenario_summary(*(await measure(virtual=True))[:2], time_scale=1.0)
     assert first == second  # every number, to the last bit
     assert 50 <= first["legacy_wall_s"] <= 75 and 15 <= first["hybrid_wall_s"] <= 20
     stages = [q["stage"] for q in first["legacy_queries"]]

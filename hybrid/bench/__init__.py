@@ -7,11 +7,23 @@ measured alternately within each repeat, so drift on a shared machine hits them 
 * :func:`compare` — the same queries in each mode, ``repeats`` times; speedup vs sequential.
 * :func:`sweep` — the same queries at each ``max_concurrency``; shows the knee where the server's
   slots (or a rate limit) run out, with efficiency against the ideal.
-* :func:`open_loop` — Poisson arrivals at a request rate, as real traffic arrives; queue time grows
-  as the rate nears capacity.
+  It reports speedup and throughput next to efficiency, flags levels where efficiency rose while
+  throughput did not (``efficiency_misleading``: the server's queue counted as latency), and with
+  ``stop_when_saturated`` stops once throughput stops rising and latency climbs.
+* :func:`open_loop` — arrivals at a request rate (Poisson, bursty gamma, constant; optionally a
+  linear ramp: :mod:`hybrid.bench.arrivals`), as real traffic arrives; queue time grows as the
+  rate nears capacity.
+* :class:`SLO`, :func:`goodput`, :func:`sla_search` (:mod:`hybrid.bench.slo`) — answers meeting
+  latency limits per second, and the highest concurrency or rate whose p99 meets a limit.
+* :func:`compare_runs` (:mod:`hybrid.bench.comparison`) — run B against run A with bootstrap
+  confidence intervals and a verdict (``hybrid bench diff`` in CI).
 
-Two siblings: :mod:`hybrid.bench.peers` (the kit against hand-written clients) and
+Siblings: :mod:`hybrid.bench.peers` (the kit against hand-written clients) and
 :mod:`hybrid.bench.suites` (what ``hybrid bench`` runs and writes).
+
+A benchmark whose server runs in the client's own process (``sim.serve`` in the notebook's loop,
+or ``sim.serve_in_thread``) charges the server's CPU to the client: :func:`compare` and
+:func:`sweep` warn loudly (:class:`SharedProcessWarning`); serve it with ``sim.serve_process``.
 
 Timings come from the runs themselves (the loop's clock); a measurement keeps a run even when every
 query failed (``raise_if_all_failed=False``), since its rows are the data.
@@ -20,17 +32,62 @@ query failed (``raise_if_all_failed=False``), since its rows are the data.
 from __future__ import annotations
 
 import asyncio
-import random
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from hybrid.backends import Backend
+from hybrid.bench.arrivals import arrival_times
+from hybrid.bench.comparison import Comparison, compare_runs
+from hybrid.bench.slo import SLO, goodput, sla_search
 from hybrid.errors import ConfigError
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Query
 from hybrid.results import RunResult
+
+__all__ = [
+    "SLO",
+    "Comparison",
+    "SharedProcessWarning",
+    "arrival_times",
+    "compare",
+    "compare_runs",
+    "goodput",
+    "make_queries",
+    "open_loop",
+    "run_row",
+    "sla_search",
+    "summarize",
+    "sweep",
+]
+
+#: Throughput must rise by more than this fraction from one level to the next, or the server is saturated.
+SATURATION_GAIN = 0.05
+#: ... while the median latency rises by more than this fraction.
+SATURATION_LATENCY_RISE = 0.2
+
+
+class SharedProcessWarning(UserWarning):
+    """The server being measured runs in the client's process: its CPU is charged to the client."""
+
+
+def warn_if_server_shares_process(backend: Backend) -> None:
+    """Warn when ``backend`` talks to a simulator served in this very process (``sim.serve``,
+    ``sim.serve_in_thread``): a benchmark then measures client and server on the same CPU time,
+    which flatters whichever client leaves the loop idle (a thread pool) and penalises ``gather``."""
+    from hybrid.sim.serve import IN_PROCESS_URLS
+
+    url = getattr(backend, "base_url", None)
+    if url in IN_PROCESS_URLS:
+        warnings.warn(
+            f"The server at {url} runs in this process: its CPU is charged to the client being measured, "
+            "so threads vs gather comparisons are skewed. Serve it with `async with sim.serve_process(config) "
+            "as server:` (its own process) for numbers you can defend.",
+            SharedProcessWarning,
+            stacklevel=3,
+        )
 
 
 def make_queries(n: int, *, prefix: str = "q", stream: bool = False, max_tokens: int | None = None) -> list[Query]:
@@ -61,6 +118,11 @@ def run_row(run: RunResult, **labels: Any) -> dict[str, Any]:
         "p99_latency_s": m.p99_latency_s,
         "mean_queue_s": m.mean_queue_s,
         "mean_ttft_s": m.mean_ttft_s,
+        "mean_retry_s": m.mean_retry_s,
+        "mean_client_s": m.mean_client_s,
+        "mean_server_queue_s": m.mean_server_queue_s,
+        "mean_server_s": m.mean_server_s,
+        "mean_network_s": m.mean_network_s,
         "retries": m.retries,
         "cpu_per_call_ms": m.cpu_per_call_ms,
         "parallel_efficiency": m.parallel_efficiency,
@@ -95,6 +157,7 @@ async def compare(
     response cache is refused unless ``allow_cache=True``: cached rows take no time, so every
     repeat after the first would measure the cache, not the modes."""
     _refuse_cache(orch.cache is not None, allow_cache)
+    warn_if_server_shares_process(orch.backend)
     if not orch.backend.supports_threads:
         modes = [m for m in modes if m != "threads"]
     rows = [
@@ -121,29 +184,83 @@ async def sweep(
     levels: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
     repeats: int = 1,
     allow_cache: bool = False,
+    stop_when_saturated: bool = False,
     **orchestrator: Any,
 ) -> pd.DataFrame:
-    """Run the same queries at each concurrency level; one row per (repeat, level).  A response
-    cache in ``orchestrator`` is refused unless ``allow_cache=True`` (see :func:`compare`)."""
+    """Run the same queries at each concurrency level; one row per (repeat, level).
+
+    Beside each level's metrics: ``speedup`` (the lowest level's median wall / this wall; with level
+    1 first, the speedup over sequential), ``throughput_gain`` (median throughput over the previous
+    level's) and ``efficiency_misleading``: efficiency rose by more than a tenth while throughput
+    rose by less than ``SATURATION_GAIN`` — the extra "efficiency" is time spent in the server's
+    queue, not work done.  ``stop_when_saturated`` stops after the first level where throughput
+    stopped rising (gain below ``SATURATION_GAIN``) and the median latency climbed by more than
+    ``SATURATION_LATENCY_RISE``; ``attrs["saturated_at"]`` is that level (None if never).
+
+    A response cache in ``orchestrator`` is refused unless ``allow_cache=True`` (see :func:`compare`).
+    """
     _refuse_cache(bool(orchestrator.get("cache")), allow_cache)
-    rows = []
-    for repeat in range(repeats):
-        for level in levels:
+    warn_if_server_shares_process(backend)
+    rows: list[dict[str, Any]] = []
+    saturated_at = None
+    previous: dict[str, float] | None = None
+    for level in levels:
+        for repeat in range(repeats):
             async with Orchestrator(backend, max_concurrency=level, **orchestrator) as orch:
                 run = await orch.run(queries, raise_if_all_failed=False)
             rows.append(run_row(run, concurrency=level, repeat=repeat))
+        here = pd.DataFrame(rows[-repeats:])[["throughput_qps", "p50_latency_s", "parallel_efficiency"]].median()
+        if previous is not None:
+            gain = _gain(here["throughput_qps"], previous["throughput_qps"])
+            for row in rows[-repeats:]:
+                row["throughput_gain"] = gain
+                row["efficiency_misleading"] = (
+                    _gain(here["parallel_efficiency"], previous["parallel_efficiency"]) > 0.1 and gain < SATURATION_GAIN
+                )
+            rising_latency = _gain(here["p50_latency_s"], previous["p50_latency_s"]) > SATURATION_LATENCY_RISE
+            if saturated_at is None and gain < SATURATION_GAIN and rising_latency:
+                saturated_at = level
+                if stop_when_saturated:
+                    break
+        previous = dict(here)
     frame = pd.DataFrame(rows)
-    frame["speedup"] = frame.loc[frame["concurrency"] == min(levels), "wall_s"].median() / frame["wall_s"]
+    for column, first in (("throughput_gain", float("nan")), ("efficiency_misleading", False)):
+        frame[column] = frame[column].fillna(first) if column in frame else first
+    frame["efficiency_misleading"] = frame["efficiency_misleading"].astype(bool)
+    lowest = frame["concurrency"].min()
+    frame["speedup"] = frame.loc[frame["concurrency"] == lowest, "wall_s"].median() / frame["wall_s"]
+    frame.attrs["saturated_at"] = saturated_at
     return frame
 
 
-async def open_loop(orch: Orchestrator, queries: Sequence[Query], *, rate_qps: float, seed: int = 0) -> pd.DataFrame:
-    """Submit queries at Poisson arrival times (mean ``rate_qps``); one row per query.
+def _gain(now: float, before: float) -> float:
+    """The relative rise from ``before`` to ``now`` (NaN-safe: no rise when either is unknown)."""
+    if not before or before != before or now != now:
+        return 0.0
+    return now / before - 1.0
+
+
+async def open_loop(
+    orch: Orchestrator,
+    queries: Sequence[Query],
+    *,
+    rate_qps: float,
+    arrival: str = "poisson",
+    burstiness: float = 1.0,
+    ramp_to_qps: float | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Submit queries at arrival times drawn in advance (:func:`hybrid.bench.arrivals.arrival_times`:
+    ``arrival`` ``"poisson"``, ``"gamma"`` with ``burstiness``, or ``"constant"``, at ``rate_qps``,
+    ramping linearly to ``ramp_to_qps`` if given); one row per query.
 
     Unlike ``run`` (a closed batch), arrivals do not wait for earlier answers, so queue time shows
-    what real traffic at that rate would see.
+    what real traffic at that rate would see.  Rows carry ``ttft_s`` and ``completion_tokens`` for
+    :func:`goodput`; ``attrs`` hold the rate and the wall.
     """
-    rng = random.Random(seed)
+    times = arrival_times(
+        len(queries), rate_qps, arrival=arrival, burstiness=burstiness, ramp_to_qps=ramp_to_qps, seed=seed
+    )
     clock = asyncio.get_running_loop().time
     start = clock()
 
@@ -159,15 +276,13 @@ async def open_loop(orch: Orchestrator, queries: Sequence[Query], *, rate_qps: f
             "ok": r.ok,
             "latency_s": r.latency_s,
             "queue_s": r.queue_s,
+            "ttft_s": r.ttft_s,
+            "completion_tokens": r.usage.completion_tokens,
+            "server_queue_s": r.server_queue_s,
             "attempts": r.attempts,
             "error_kind": None if r.error is None else r.error.kind,
         }
 
-    at, arrivals = 0.0, []
-    for query in queries:
-        at += rng.expovariate(rate_qps)
-        arrivals.append(arrive(query, at))
-    frame = pd.DataFrame(await asyncio.gather(*arrivals))
-    frame.attrs["rate_qps"] = rate_qps
-    frame.attrs["wall_s"] = clock() - start
+    frame = pd.DataFrame(await asyncio.gather(*(arrive(q, at) for q, at in zip(queries, times, strict=True))))
+    frame.attrs.update(rate_qps=rate_qps, arrival=arrival, ramp_to_qps=ramp_to_qps, wall_s=clock() - start)
     return frame

@@ -20,8 +20,9 @@ from hybrid.provenance import machine_info
 SUITES = ("scenario", "sweep", "peers")
 
 
-async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False) -> int:
-    """``hybrid bench``: run the named suites against a simulator process; write results and plots."""
+async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False, uvloop: bool = False) -> int:
+    """``hybrid bench``: run the named suites against a simulator process (on uvloop with ``uvloop``,
+    as the client then is too); write results and plots."""
     from hybrid.sim.config import ModelProfile, SimConfig
     from hybrid.sim.serve import serve_process
 
@@ -43,11 +44,11 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         written.extend([csv, out_dir / f"{name}.json"])
 
     if "scenario" in names:
-        from hybrid.demo import compare_runs, measure
+        from hybrid.demo import measure, scenario_summary
 
         scale = 0.05 if quick else 0.1
-        legacy, hybrid, _ = await measure(time_scale=scale)
-        summary = compare_runs(legacy, hybrid, time_scale=scale)
+        legacy, hybrid, _ = await measure(time_scale=scale, uvloop=uvloop)
+        summary = scenario_summary(legacy, hybrid, time_scale=scale)
         save("scenario", pd.DataFrame([{k: v for k, v in summary.items() if not isinstance(v, list)}]))
         plots.timeline({"legacy": legacy, "hybrid": hybrid}).savefig(out_dir / "scenario_timeline.png", dpi=60)
         written.append(out_dir / "scenario_timeline.png")
@@ -58,7 +59,7 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         # rises until 8 in flight, then queues.
         profile = {"sim-small": ModelProfile(ttft_s=2.0, prompt_tps=1e6, completion_tps=1e6, jitter=0.05)}
         config = SimConfig(seed=1, time_scale=0.025 if quick else 0.1, slots=8, profiles=profile)
-        async with serve_process(config) as server:
+        async with serve_process(config, uvloop=uvloop) as server:
             backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
             frame = await sweep(backend, make_queries(32 if quick else 64), levels=(1, 2, 4, 8, 16, 32), timeout=None)
         save("sweep", frame, {"server": f"8 slots, {2.0 * config.time_scale:g} s per answer"})
@@ -69,7 +70,7 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         print(summarize(frame, "concurrency")[["wall_s", "throughput_qps", "parallel_efficiency", "percent_of_ideal"]])
 
     if "peers" in names:
-        async with serve_process(SimConfig(seed=1, time_scale=0.0)) as server:
+        async with serve_process(SimConfig(seed=1, time_scale=0.0), uvloop=uvloop) as server:
             frame = await peers(
                 server.url,
                 server.api_key,

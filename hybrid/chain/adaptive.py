@@ -9,8 +9,8 @@ One object plays two parts.  As the orchestrator's *slot gate* (``async with``) 
   pushed back; "keeps up" means the server reports (almost) no queueing (``ServerReport.queue_s``
   at most a tenth of its work) or, when it reports nothing, the latency stays within twice the
   shortest seen;
-* it steps down by one for each answer the server did not keep up with (so it settles at what the
-  server serves at once, found from the server's own queue);
+* when the server queued a request it steps down, once per round trip: to the share of the limit
+  the server was serving (Little's law on its reported queue and work), or by one without them;
 * it halves on a 429 (or a 503 from an overloaded server), once per round trip, since a burst of
   429s is one signal, not many;
 * it never exceeds ``ceiling``.
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections import deque
 from types import TracebackType
 
 from hybrid.chain import Attempt, Next
@@ -65,6 +66,7 @@ class AdaptiveConcurrency:
         self._grown = 0  # answers since the last additive step
         self._last_decrease = -math.inf
         self._fastest = math.inf
+        self._queued_shares: deque[float] = deque()  # queue / (queue + service) of recent answers
         self._changed: asyncio.Condition | None = None
         # Rate-limit bookkeeping: attempts in flight (seq -> tokens charged), the newest report's room.
         self._seq = 0
@@ -215,24 +217,36 @@ class AdaptiveConcurrency:
             if self._keeps_up(completion, latency):
                 self._grow()
             else:
-                self._not_keeping_up()
+                self._not_keeping_up(completion, now - latency, now)
             changed.notify_all()
 
     def _charge_estimate(self) -> int:
         """A typical request's charge, for deciding whether the window has room for one more."""
         return max(1, round(self._mean_completion))
 
-    def _not_keeping_up(self) -> None:
-        """The server queued the request: leave slow start and step the limit down by one.  Per
-        answer, not per round trip: in a round trip about as many answers queue as the limit is
-        above what the server serves at once, so the limit lands there (and then probes one above)."""
+    def _not_keeping_up(self, completion: Completion, sent: float, now: float) -> None:
+        """The server queued the request: leave slow start and step the limit down, once per round
+        trip (only an answer sent after the last step reflects it).  With the server's timings the
+        step goes straight to what it serves at once, by Little's law: of ``limit`` requests in
+        flight, the share of their time spent in service (over the last ``limit`` answers) is being
+        served; otherwise by one."""
         self.slow_start = False
         self._grown = 0
-        self._set_limit(self.limit - 1)
+        if sent <= self._last_decrease:
+            return
+        self._last_decrease = now
+        target = self.limit - 1
+        if self._queued_shares:
+            served = self.limit * (1.0 - sum(self._queued_shares) / len(self._queued_shares))
+            target = min(target, math.ceil(served - 0.5))
+        self._set_limit(target)
 
     def _keeps_up(self, completion: Completion, latency: float) -> bool:
         report = completion.server
         if report is not None and report.queue_s is not None and report.service_s:
+            self._queued_shares.append(report.queue_s / (report.queue_s + report.service_s))
+            while len(self._queued_shares) > self.limit:
+                self._queued_shares.popleft()
             return report.queue_s <= QUEUE_TOLERANCE * report.service_s
         self._fastest = min(self._fastest, latency)
         return latency <= LATENCY_TOLERANCE * self._fastest

@@ -84,6 +84,11 @@ def _warn_if_exposed(host: str) -> None:
         )
 
 
+#: URLs of simulators serving in this process right now (``serve``, ``serve_in_thread``): a benchmark
+#: against one of them charges the server's CPU to the client (``hybrid.bench`` warns).
+IN_PROCESS_URLS: set[str] = set()
+
+
 @contextlib.asynccontextmanager
 async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
     """Serve the simulator in the running event loop until the block exits."""
@@ -103,13 +108,17 @@ async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
         host, port = runner.addresses[0][:2]
         host = f"[{host}]" if ":" in host else host
         root = f"http://{host}:{port}"
-        yield SimServer(
-            url=root + "/v1",
-            root=root,
-            api_key=config.api_key or _PLACEHOLDER_KEY,
-            simulator=simulator,
-            batches=batches,
-        )
+        IN_PROCESS_URLS.add(root + "/v1")
+        try:
+            yield SimServer(
+                url=root + "/v1",
+                root=root,
+                api_key=config.api_key or _PLACEHOLDER_KEY,
+                simulator=simulator,
+                batches=batches,
+            )
+        finally:
+            IN_PROCESS_URLS.discard(root + "/v1")
     finally:
         await runner.cleanup()
 
@@ -158,10 +167,13 @@ def serve_in_thread(config: SimConfig | None = None, *, start_timeout: float = 1
 
 
 @contextlib.asynccontextmanager
-async def serve_process(config: SimConfig | None = None, *, start_timeout: float = 30.0) -> AsyncIterator[SimServer]:
+async def serve_process(
+    config: SimConfig | None = None, *, start_timeout: float = 30.0, uvloop: bool = False
+) -> AsyncIterator[SimServer]:
     """Run ``hybrid sim`` as a child process with ``config``; stop it when the block exits.
 
     The config travels as a JSON file; the API key (if any) through the environment, never argv.
+    ``uvloop=True`` runs the child on uvloop (``hybrid sim --uvloop``; the ``fast`` extra).
     """
     config = config or SimConfig()
     _warn_if_exposed(config.host)
@@ -180,6 +192,7 @@ async def serve_process(config: SimConfig | None = None, *, start_timeout: float
         "--config",
         path,
         "--quiet",
+        *(["--uvloop"] if uvloop else []),
         stdout=asyncio.subprocess.PIPE,
         stderr=None,
         env=env,
