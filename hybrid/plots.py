@@ -309,6 +309,7 @@ def wall(runs: Mapping[str, RunResult], *, title: str | None = None) -> Figure:
     waits for the one before), with the summed query time beside it.  Efficiency is work / wall:
     the figure shows *why* one run's wall is longer, which two efficiency bars at their ideal cannot."""
     fig, ax = _figure(9.0, 1.2 + 1.1 * len(runs))
+    longest = 0.0
     for y, run in enumerate(reversed(list(runs.values()))):
         stages: dict[int | None, list[float]] = {}
         for r in run.results:
@@ -316,12 +317,13 @@ def wall(runs: Mapping[str, RunResult], *, title: str | None = None) -> Figure:
         left = 0.0
         for i, (stage, finishes) in enumerate(sorted(stages.items(), key=lambda kv: max(kv[1]))):
             end = max(finishes)
-            name = "one gathered stage" if stage is None else f"stage {stage + 1}"
+            name = "gathered" if stage is None else f"stage {stage + 1}"
+            count = f"{len(finishes)} quer{'y' if len(finishes) == 1 else 'ies'}"
             ax.barh(y + 0.18, end - left, left=left, height=0.34, color=_STAGE_COLOURS[i % len(_STAGE_COLOURS)])
             ax.text(
                 left + (end - left) / 2,
                 y + 0.18,
-                f"{name}\n{len(finishes)} queries",
+                f"{name}\n{count}",
                 ha="center",
                 va="center",
                 fontsize="x-small",
@@ -337,6 +339,8 @@ def wall(runs: Mapping[str, RunResult], *, title: str | None = None) -> Figure:
             va="center",
             fontsize="small",
         )
+        longest = max(longest, m.sum_latency_s, left)
+    ax.set_xlim(0, longest * 1.45)  # room for the efficiency labels
     ax.set_yticks(range(len(runs)))
     ax.set_yticklabels(list(reversed(list(runs))))
     ax.set_xlabel("time (s); top bar: the wall, by stage; grey: the queries' summed time")
