@@ -426,3 +426,29 @@ def test_curl_gets_json_and_sse() -> None:
     assert json.loads(plain.stdout)["choices"][0]["message"]["content"]
     assert streamed.stdout.strip().endswith("data: [DONE]") and streamed.stdout.count("data: ") > 3
     assert refused.stdout == "401"
+
+
+def test_generated_answers_draw_words_exactly_as_random_choice_does() -> None:
+    """The simulator's filler draws words without ``rng.choice``'s overhead; seeded answers must be
+    the very ones ``rng.choice`` would give (notebooks and saved runs hold them)."""
+    import random
+
+    from hybrid.sim import model
+
+    def reference(rng: random.Random, n_tokens: int) -> str:
+        pieces: list[str] = []
+        words_in_sentence, sentence_length = 0, rng.randint(8, 16)
+        for i in range(n_tokens):
+            if i > 0 and words_in_sentence > 0 and (words_in_sentence >= sentence_length or i == n_tokens - 1):
+                pieces.append(".")
+                words_in_sentence, sentence_length = 0, rng.randint(8, 16)
+                continue
+            word = rng.choice(model._WORDS)
+            word = word.capitalize() if words_in_sentence == 0 else word
+            pieces.append(" " + word if pieces else word)
+            words_in_sentence += 1
+        return "".join(pieces)
+
+    for seed in range(200):
+        for n in (1, 2, 9, 40, 333):
+            assert model.generated_text(random.Random(seed), n) == reference(random.Random(seed), n)

@@ -33,6 +33,10 @@ _WORDS = (
 ).split()
 
 
+_CAPITALIZED = [word.capitalize() for word in _WORDS]
+_SPACED = [" " + word for word in _WORDS]
+
+
 def digest(*parts: object) -> int:
     """A stable 64-bit integer from ``parts`` (Python's ``hash`` is salted per process)."""
     text = "\x1f".join(repr(p) for p in parts).encode()
@@ -40,21 +44,28 @@ def digest(*parts: object) -> int:
 
 
 def generated_text(rng: random.Random, n_tokens: int) -> str:
-    """Exactly ``n_tokens`` tokens of plausible filler: words, with a full stop every 8-16 words."""
+    """Exactly ``n_tokens`` tokens of plausible filler: words, with a full stop every 8-16 words.
+
+    This is most of the simulator's work per answer, so each word is drawn as ``rng.choice``
+    draws it (``seq[rng._randbelow(len(seq))]``, the same numbers in the same order: seeded
+    answers do not change) without the call's overhead; ``tests/test_sim.py`` checks the texts
+    against ``rng.choice``.
+    """
     pieces: list[str] = []
     words_in_sentence = 0
     sentence_length = rng.randint(8, 16)
+    draw, count = rng._randbelow, len(_WORDS)  # type: ignore[attr-defined]
     for i in range(n_tokens):
-        is_last = i == n_tokens - 1
-        if i > 0 and words_in_sentence > 0 and (words_in_sentence >= sentence_length or is_last):
+        if i > 0 and words_in_sentence > 0 and (words_in_sentence >= sentence_length or i == n_tokens - 1):
             pieces.append(".")
             words_in_sentence = 0
             sentence_length = rng.randint(8, 16)
             continue
-        word = rng.choice(_WORDS)
         if words_in_sentence == 0:
-            word = word.capitalize()
-        pieces.append(" " + word if pieces else word)
+            word = _CAPITALIZED[draw(count)]
+            pieces.append(" " + word if pieces else word)
+        else:
+            pieces.append(_SPACED[draw(count)])
         words_in_sentence += 1
     return "".join(pieces)
 
@@ -94,6 +105,7 @@ class ReplyModel:
         json_mode: bool,
         profile: ModelProfile,
     ) -> Reply:
+        n_full: int | None = None
         for pattern, scripted in self._scripts:
             if pattern.search(text):
                 full = scripted
@@ -102,10 +114,11 @@ class ReplyModel:
             rng = random.Random(digest(self._seed, model, text, temperature))
             n = rng.randint(profile.min_completion_tokens, profile.max_completion_tokens)
             body = generated_text(rng, n)
-            full = orjson.dumps({"answer": body}).decode() if json_mode else body
+            full, n_full = (orjson.dumps({"answer": body}).decode(), None) if json_mode else (body, n)
         n_prompt = prompt_tokens(text, n_messages)
         key = digest(model, text, temperature, max_tokens, json_mode)
-        n_full = count_tokens(full)
+        if n_full is None:  # generated text has the tokens it was made with; anything else is counted
+            n_full = count_tokens(full)
         if max_tokens is not None and n_full > max_tokens:
             text_out, n_out, finish = truncate_tokens(full, max_tokens), max_tokens, "length"
         else:
