@@ -173,14 +173,7 @@ class OpenAIBackend(Endpoint):
                 return await self._complete_streamed(client, query, body, stamp)
             try:
                 raw = await client.chat.completions.with_raw_response.create(**body)
-                response = raw.http_response
-                return completion_from_body(
-                    query,
-                    orjson.loads(response.content),
-                    body["model"],
-                    headers=response.headers,
-                    left_at=stamp.left_at,
-                )
+                return _whole(query, raw.http_response, body["model"], stamp)
             except Exception as exc:
                 raise translate(exc, self) from None
 
@@ -195,7 +188,7 @@ class OpenAIBackend(Endpoint):
                     _feed(assembler, chunk)
         except Exception as exc:
             raise translate(exc, self, received_chunks=assembler.chunks) from None
-        return assembler.result(left_at=stamp.left_at, server=server_report(stream.response.headers, assembler.timings))
+        return _streamed(assembler, stream.response, stamp)
 
     def _sync(self) -> openai.OpenAI:
         """The synchronous client, made once by whichever pool thread needs it first (the lock keeps
@@ -229,22 +222,13 @@ class OpenAIBackend(Endpoint):
             try:
                 if not query.stream:
                     raw = client.chat.completions.with_raw_response.create(**body)
-                    response = raw.http_response
-                    return completion_from_body(
-                        query,
-                        orjson.loads(response.content),
-                        body["model"],
-                        headers=response.headers,
-                        left_at=stamp.left_at,
-                    )
+                    return _whole(query, raw.http_response, body["model"], stamp)
                 with client.chat.completions.create(**body) as stream:
                     for chunk in stream:
                         _feed(assembler, chunk)
             except Exception as exc:
                 raise translate(exc, self, received_chunks=assembler.chunks) from None
-            return assembler.result(
-                left_at=stamp.left_at, server=server_report(stream.response.headers, assembler.timings)
-            )
+            return _streamed(assembler, stream.response, stamp)
 
     async def aclose(self) -> None:
         batch_api, self._batch_api = self._batch_api, None
@@ -256,6 +240,18 @@ class OpenAIBackend(Endpoint):
             await client.close()
         if sync_client is not None:
             sync_client.close()
+
+
+def _whole(query: Query, response: httpx2.Response, model: str, stamp: SendStamp) -> Completion:
+    """A non-streamed answer, with when its request left and what the server reported."""
+    return completion_from_body(
+        query, orjson.loads(response.content), model, headers=response.headers, left_at=stamp.left_at
+    )
+
+
+def _streamed(assembler: StreamAssembler, response: httpx2.Response, stamp: SendStamp) -> Completion:
+    """A streamed answer, with when its request left and what the server reported."""
+    return assembler.result(left_at=stamp.left_at, server=server_report(response.headers, assembler.timings))
 
 
 def _feed(assembler: StreamAssembler, chunk: Any) -> None:
