@@ -227,6 +227,7 @@ class Orchestrator:
         name: str | None = None,
         resume: bool = False,
         shards: int | None = None,
+        progress: bool | None = None,
     ) -> RunResult:
         """Send every query and return the run.  ``mode`` is the :mod:`strategy <hybrid.strategies>`:
         ``gather`` (concurrently), ``sequential`` (one by one), ``threads`` (the synchronous SDK
@@ -238,6 +239,9 @@ class Orchestrator:
         the run of that name: queries it already answered ok (same name, same request) are not
         sent and come back with ``origin="resumed"``; failed, missing and changed ones are sent.
 
+        ``progress`` overrides the orchestrator's bar setting for this run (a harness that makes
+        many small runs shows one bar of its own instead of one per run).
+
         Raises :class:`AllQueriesFailed` only if every query failed (pass
         ``raise_if_all_failed=False`` to get that run back instead, as a measurement wants);
         otherwise failures are rows.
@@ -246,7 +250,9 @@ class Orchestrator:
         items = self._checked(queries)
         strategy.check(self)
         record = self._begin_record(name, resume, strategy.name, items)
-        run = await self._execute(items, [None] * len(items), strategy, strategy.name, None, record=record)
+        run = await self._execute(
+            items, [None] * len(items), strategy, strategy.name, None, record=record, show_progress=progress
+        )
         return _raise_if_all_failed(run) if raise_if_all_failed else run
 
     def stream(self, queries: Sequence[Query], *, mode: str | Strategy = "gather") -> EventStream:
@@ -377,11 +383,13 @@ class Orchestrator:
         *,
         body: Callable[[RunState, Callable[[int, Query], Awaitable[None]]], Awaitable[None]] | None = None,
         record: RunRecord | None = None,
+        show_progress: bool | None = None,
     ) -> RunResult:
         self._check_loop()
         send = strategy.sender(self.backend, self._thread_pool)
         concurrency = strategy.concurrency(self.max_concurrency)
-        with progress.bar(len(queries), f"hybrid {label}", requested=progress.wanted(self.progress)) as bar:
+        setting = self.progress if show_progress is None else show_progress
+        with progress.bar(len(queries), f"hybrid {label}", requested=progress.wanted(setting)) as bar:
             state = RunState(
                 queries,
                 stage_of,

@@ -206,6 +206,7 @@ def test_hybrid_bench_writes_results_with_machine_info_to_out_bench(tmp_path: Pa
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["machine"]["python"] and "commit" in saved["machine"]
     assert len(saved["samples"]) == 6 and (out / "sweep.csv").exists() and (out / "sweep_efficiency.png").exists()
+    assert (out / "sweep_decomposition.png").exists()
 
 
 def test_hybrid_bench_help_lists_every_suite() -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from hybrid import progress
 from hybrid.backends import Backend
 from hybrid.bench.arrivals import arrival_times
 from hybrid.bench.comparison import Comparison, compare_runs
@@ -267,7 +268,8 @@ async def open_loop(
     async def arrive(query: Query, at: float) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, at - (clock() - start)))
         arrived = clock() - start
-        run = await orch.run([query], raise_if_all_failed=False)
+        run = await orch.run([query], raise_if_all_failed=False, progress=False)  # one bar for all, below
+        progress.tick(bar)
         r = run.results[0]
         return {
             "name": r.name,
@@ -283,6 +285,9 @@ async def open_loop(
             "error_kind": None if r.error is None else r.error.kind,
         }
 
-    frame = pd.DataFrame(await asyncio.gather(*(arrive(q, at) for q, at in zip(queries, times, strict=True))))
+    description = f"hybrid open loop at {rate_qps:g}/s"
+    with progress.bar(len(queries), description, requested=progress.wanted(orch.progress)) as bar:
+        rows = await asyncio.gather(*(arrive(q, at) for q, at in zip(queries, times, strict=True)))
+    frame = pd.DataFrame(rows)
     frame.attrs.update(rate_qps=rate_qps, arrival=arrival, ramp_to_qps=ramp_to_qps, wall_s=clock() - start)
     return frame

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from hybrid.backends import Backend
-from hybrid.errors import ConfigError, check_choice, check_int, check_number
+from hybrid.errors import ConfigError, check_choice, check_number
 from hybrid.metrics import percentile
 from hybrid.query import Query
 from hybrid.results import RunResult
@@ -115,18 +115,18 @@ async def sla_search(
     queue + latency, what a user waits), until ``high / low`` is within ``1 + tolerance``.
 
     One row per probe (``level``, ``p99_s``, ``met``, ``throughput_qps``); ``attrs["best"]`` is the
-    highest level that met the limit (None if even ``low`` did not).
+    highest level that met the limit (None if even ``low`` did not).  ``orchestrator`` holds the
+    probes' other settings (``timeout=``, ``retry=``...; no progress bars unless ``progress=``).
     """
     from hybrid.bench import open_loop
     from hybrid.orchestrator import Orchestrator
 
     check_choice("over", over, ("concurrency", "rate"))
     check_number("p99_limit_s", p99_limit_s, positive=True, unit="seconds")
-    check_number("low", low, positive=True)
+    check_number("low", low, minimum=1.0 if over == "concurrency" else None, positive=True)
     check_number("high", high, minimum=low)
     check_number("tolerance", tolerance, positive=True)
-    if over == "concurrency":
-        check_int("low (concurrency)", int(low), minimum=1)
+    orchestrator.setdefault("progress", False)  # a bar per probe would say little; the probes table says it
     probes: list[dict[str, Any]] = []
 
     async def probe(level: float) -> bool:

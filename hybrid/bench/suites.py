@@ -66,8 +66,13 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         plots.efficiency(frame, title="Concurrency sweep: a server with 8 slots").savefig(
             out_dir / "sweep_efficiency.png", dpi=60
         )
-        written.append(out_dir / "sweep_efficiency.png")
-        print(summarize(frame, "concurrency")[["wall_s", "throughput_qps", "parallel_efficiency", "percent_of_ideal"]])
+        plots.decomposition(frame, title="Where each query's time went, per level").savefig(
+            out_dir / "sweep_decomposition.png", dpi=60
+        )
+        written.extend([out_dir / "sweep_efficiency.png", out_dir / "sweep_decomposition.png"])
+        columns = ["wall_s", "speedup", "throughput_qps", "parallel_efficiency", "efficiency_misleading"]
+        print(summarize(frame.astype({"efficiency_misleading": int}), "concurrency")[columns])
+        print(f"saturated at {frame.attrs['saturated_at']} in flight")
 
     if "peers" in names:
         async with serve_process(SimConfig(seed=1, time_scale=0.0), uvloop=uvloop) as server:

@@ -75,8 +75,10 @@ class AdaptiveConcurrency:
         self._requests_left: int | None = None
         self._tokens_left: int | None = None
         self._probing = False
-        self._mean_completion = 0.0
+        self._mean_completion = 0.0  # completion tokens per answer
         self._answers = 0
+        self._mean_charge = 0.0  # tokens charged per request sent
+        self._sends = 0
 
     def open(self, now: float) -> None:
         """Bind to the running loop (the orchestrator opens it with its other per-loop state)."""
@@ -150,7 +152,10 @@ class AdaptiveConcurrency:
         """The tokens a request is charged against TPM: its prompt plus ``max_tokens`` (as OpenAI
         charges), or the mean completion seen so far when it sets none."""
         completion = query.max_tokens if query.max_tokens is not None else round(self._mean_completion)
-        return count_message_tokens(query.messages()) + completion
+        charge = count_message_tokens(query.messages()) + completion
+        self._sends += 1
+        self._mean_charge += (charge - self._mean_charge) / self._sends
+        return charge
 
     async def _wait_for_room(self, charge: int) -> None:
         """Hold this attempt while the server asked for a pause, or while its last report (less what
@@ -210,7 +215,7 @@ class AdaptiveConcurrency:
             if report is not None and seq > self._reported:  # an older request's report is staler
                 self._reported = seq
                 self._requests_left, self._tokens_left = report.remaining_requests, report.remaining_tokens
-                if self._no_room(self._charge_estimate()):
+                if self._no_room(max(1, round(self._mean_charge))):  # room for a typical request
                     resets = [r for r in (report.reset_requests_s, report.reset_tokens_s) if r is not None]
                     self.pause_until = max(self.pause_until, now + max(resets, default=DEFAULT_PAUSE_S))
                     self._probing = True
@@ -219,10 +224,6 @@ class AdaptiveConcurrency:
             else:
                 self._not_keeping_up(completion, now - latency, now)
             changed.notify_all()
-
-    def _charge_estimate(self) -> int:
-        """A typical request's charge, for deciding whether the window has room for one more."""
-        return max(1, round(self._mean_completion))
 
     def _not_keeping_up(self, completion: Completion, sent: float, now: float) -> None:
         """The server queued the request: leave slow start and step the limit down, once per round
