@@ -126,24 +126,26 @@ def server_report(headers: Mapping[str, str], timings: object = None) -> ServerR
     simulator's ``x-hybrid-queue-ms`` (no public server reports one).  A value that is not a
     non-negative number is ignored, never an error: these are hints, not the answer.
     """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    queue = _millis(lowered.get("x-hybrid-queue-ms"))
+    # Both transports' headers are case-insensitive mappings (the in-process simulator's have
+    # lower-case names), so names are looked up as they are, not copied lower-cased: this runs on
+    # every answer.
+    queue = _millis(headers.get("x-hybrid-queue-ms"))
     service = None
     if isinstance(timings, dict):
         prompt, predicted = _millis(timings.get("prompt_ms")), _millis(timings.get("predicted_ms"))
         if prompt is not None and predicted is not None:
             service = prompt + predicted
     if service is None:
-        processing = _millis(lowered.get("openai-processing-ms"))
+        processing = _millis(headers.get("openai-processing-ms"))
         if processing is not None:
             service = max(0.0, processing - (queue or 0.0))
     report = ServerReport(
         queue_s=queue,
         service_s=service,
-        remaining_requests=_count(lowered.get("x-ratelimit-remaining-requests")),
-        remaining_tokens=_count(lowered.get("x-ratelimit-remaining-tokens")),
-        reset_requests_s=duration_seconds(lowered.get("x-ratelimit-reset-requests")),
-        reset_tokens_s=duration_seconds(lowered.get("x-ratelimit-reset-tokens")),
+        remaining_requests=_count(headers.get("x-ratelimit-remaining-requests")),
+        remaining_tokens=_count(headers.get("x-ratelimit-remaining-tokens")),
+        reset_requests_s=duration_seconds(headers.get("x-ratelimit-reset-requests")),
+        reset_tokens_s=duration_seconds(headers.get("x-ratelimit-reset-tokens")),
     )
     return None if report == ServerReport() else report
 

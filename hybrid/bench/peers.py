@@ -132,11 +132,14 @@ async def _peer_threads(url: str, key: str, model: str, queries: Sequence[Query]
 async def _peer_langchain(url: str, key: str, model: str, queries: Sequence[Query], c: int) -> int:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=url, api_key=key, model=model, max_retries=0)  # type: ignore[arg-type]
+    # A client of its own, closed here: ChatOpenAI otherwise shares one cached HTTP client between
+    # instances and never closes it, and closing that shared one broke every later repeat.
+    http_client = openai.DefaultAsyncHttpxClient()
+    llm = ChatOpenAI(base_url=url, api_key=key, model=model, max_retries=0, http_async_client=http_client)  # type: ignore[arg-type]
     try:
         replies = await llm.abatch([q.prompt for q in queries], config={"max_concurrency": c}, return_exceptions=True)
     finally:
-        await llm.root_async_client.close()  # ChatOpenAI never closes the client it made
+        await http_client.aclose()
     return sum(not isinstance(r, BaseException) for r in replies)
 
 

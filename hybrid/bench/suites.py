@@ -71,7 +71,7 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         )
         written.extend([out_dir / "sweep_efficiency.png", out_dir / "sweep_decomposition.png"])
         columns = ["wall_s", "speedup", "throughput_qps", "parallel_efficiency", "efficiency_misleading"]
-        print(summarize(frame.astype({"efficiency_misleading": int}), "concurrency")[columns])
+        print(summarize(frame.astype({"efficiency_misleading": int}), "concurrency")[columns].round(3).to_string())
         print(f"saturated at {frame.attrs['saturated_at']} in flight")
 
     if "peers" in names:
