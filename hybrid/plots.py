@@ -8,7 +8,6 @@ displays a returned figure by itself, a script saves it with ``fig.savefig(path)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -236,19 +235,12 @@ def decomposition(
     """
     import pandas as pd
 
+    columns = [part for part, _, _ in PARTS]
     if isinstance(data, RunResult):
-        rows = pd.DataFrame([r.as_row() for r in data.results if r.ok and r.origin == "sent"])
-        labels = list(rows["name"]) if len(rows) else []
-        xlabel = "query"
+        rows = _answered_over_the_wire(data)
+        labels, xlabel = list(rows["name"]), "query"
     elif isinstance(data, Mapping):
-        rows = pd.DataFrame(
-            [
-                pd.DataFrame([r.as_row() for r in run.results if r.ok and r.origin == "sent"])[[p for p, _, _ in PARTS]]
-                .astype(float)
-                .mean()
-                for run in data.values()
-            ]
-        )
+        rows = pd.DataFrame([_answered_over_the_wire(run)[columns].astype(float).mean() for run in data.values()])
         labels, xlabel = [str(label) for label in data], "run (mean query)"
     else:
         means = {part: f"mean_{part}" for part, _, _ in PARTS}
@@ -260,10 +252,10 @@ def decomposition(
     positions = list(range(len(labels)))
     bottom = [0.0] * len(labels)
     for part, label, colour in PARTS:
-        values = [
-            0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) for v in rows.get(part, [])
-        ]
-        if not values or not any(values):
+        if part not in rows or not len(rows):
+            continue
+        values = rows[part].astype(float).fillna(0.0).tolist()  # a part the server did not report: none drawn
+        if not any(values):
             continue
         ax.bar(positions, values, bottom=bottom, color=colour, label=label, width=0.7)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
@@ -277,13 +269,17 @@ def decomposition(
     return fig
 
 
+def _answered_over_the_wire(run: RunResult) -> pd.DataFrame:
+    """The run's rows answered ok by a request of this run (not the cache, a resume or a batch)."""
+    rows = run.to_frame()
+    return rows[rows["ok"] & (rows["origin"] == "sent")]
+
+
 def concurrency(run: RunResult, *, title: str | None = None) -> Figure:
     """Queries in flight over the run, and (``max_concurrency="auto"``) the adaptive limit."""
     fig, ax = _figure()
-    changes = sorted(
-        [(r.started_s, 1) for r in run.results if r.origin == "sent" and r.attempts]
-        + [(r.finished_s, -1) for r in run.results if r.origin == "sent" and r.attempts]
-    )
+    sent = [r for r in run.results if r.origin == "sent" and r.attempts]
+    changes = sorted([(r.started_s, 1) for r in sent] + [(r.finished_s, -1) for r in sent])
     times, counts, level = [0.0], [0], 0
     for at, step in changes:
         level += step

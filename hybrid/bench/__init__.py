@@ -32,6 +32,7 @@ query failed (``raise_if_all_failed=False``), since its rows are the data.
 from __future__ import annotations
 
 import asyncio
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from hybrid.bench.arrivals import arrival_times
 from hybrid.bench.comparison import Comparison, compare_runs
 from hybrid.bench.slo import SLO, goodput, sla_search
 from hybrid.errors import ConfigError
+from hybrid.metrics import ratio
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Query
 from hybrid.results import RunResult
@@ -235,10 +237,9 @@ async def sweep(
 
 
 def _gain(now: float, before: float) -> float:
-    """The relative rise from ``before`` to ``now`` (NaN-safe: no rise when either is unknown)."""
-    if not before or before != before or now != now:
-        return 0.0
-    return now / before - 1.0
+    """The relative rise from ``before`` to ``now``; no rise when either is unknown or ``before`` is 0."""
+    rise = ratio(now, before) - 1.0
+    return 0.0 if math.isnan(rise) else rise
 
 
 async def open_loop(

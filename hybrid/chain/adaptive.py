@@ -189,12 +189,11 @@ class AdaptiveConcurrency:
         changed = self._gate()
         async with changed:
             self._sent.pop(seq, None)
-            rate_limited = isinstance(error, RateLimited)
-            if rate_limited or (isinstance(error, ServerError) and error.status == 503):
-                if sent > self._last_decrease:
-                    self._last_decrease = now
-                    self.slow_start = False
-                    self._set_limit(self.limit // 2)
+            overloaded = isinstance(error, ServerError) and error.status == 503
+            if (isinstance(error, RateLimited) or overloaded) and sent > self._last_decrease:
+                self._last_decrease = now
+                self.slow_start = False
+                self._set_limit(self.limit // 2)
             if isinstance(error, RateLimited):
                 wait = DEFAULT_PAUSE_S if error.retry_after_s is None else error.retry_after_s
                 self.pause_until = max(self.pause_until, now + wait)
@@ -222,10 +221,10 @@ class AdaptiveConcurrency:
             if self._keeps_up(completion, latency):
                 self._grow()
             else:
-                self._not_keeping_up(completion, now - latency, now)
+                self._not_keeping_up(now - latency, now)
             changed.notify_all()
 
-    def _not_keeping_up(self, completion: Completion, sent: float, now: float) -> None:
+    def _not_keeping_up(self, sent: float, now: float) -> None:
         """The server queued the request: leave slow start and step the limit down, once per round
         trip (only an answer sent after the last step reflects it).  With the server's timings the
         step goes straight to what it serves at once, by Little's law: of ``limit`` requests in
