@@ -22,16 +22,6 @@ def count_tokens(text: str) -> int:
     return sum(1 for _ in TOKEN_PATTERN.finditer(text))
 
 
-def truncate_tokens(text: str, limit: int) -> str:
-    """The prefix of ``text`` holding its first ``limit`` tokens."""
-    if limit <= 0:
-        return ""
-    for index, match in enumerate(TOKEN_PATTERN.finditer(text), start=1):
-        if index == limit:
-            return text[: match.end()]
-    return text
-
-
 def message_text(messages: Sequence[Mapping[str, object]]) -> str:
     """All the text of a chat request's messages: string contents and the text parts of arrays."""
     parts: list[str] = []

@@ -451,4 +451,4 @@ def test_generated_answers_draw_words_exactly_as_random_choice_does() -> None:
 
     for seed in range(200):
         for n in (1, 2, 9, 40, 333):
-            assert model.generated_text(random.Random(seed), n) == reference(random.Random(seed), n)
+            assert "".join(model.generated_tokens(random.Random(seed), n)) == reference(random.Random(seed), n)

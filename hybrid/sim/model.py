@@ -13,13 +13,15 @@ import math
 import random
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 
 import orjson
 
 from hybrid.sim.config import Faults, ModelProfile, Script
-from hybrid.tokens import TOKEN_PATTERN, count_tokens, prompt_tokens, truncate_tokens
+from hybrid.tokens import TOKEN_PATTERN, prompt_tokens
 
 #: Content chunks per streamed answer; decoding is also paced in this many steps.
 STREAM_PIECES = 8
@@ -43,8 +45,10 @@ def digest(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 
 
-def generated_text(rng: random.Random, n_tokens: int) -> str:
+def generated_tokens(rng: random.Random, n_tokens: int) -> list[str]:
     """Exactly ``n_tokens`` tokens of plausible filler: words, with a full stop every 8-16 words.
+    Each item is one token under the kit's rule with the space before it, so the text is their
+    join and its token boundaries are known without tokenising it again.
 
     This is most of the simulator's work per answer, so each word is drawn as ``rng.choice``
     draws it (``seq[rng._randbelow(len(seq))]``, the same numbers in the same order: seeded
@@ -67,7 +71,7 @@ def generated_text(rng: random.Random, n_tokens: int) -> str:
         else:
             pieces.append(_SPACED[draw(count)])
         words_in_sentence += 1
-    return "".join(pieces)
+    return pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +91,9 @@ class Reply:
 class ReplyModel:
     """Answers for one simulator: scripted replies first, then seeded filler (JSON in json mode)."""
 
-    def __init__(self, seed: int, scripts: tuple[Script, ...]) -> None:
+    def __init__(self, seed: int, scripts: tuple[Script, ...], profiles: Mapping[str, ModelProfile]) -> None:
         self._seed = seed
+        self._profiles = profiles
         self._scripts = [
             (re.compile(s.pattern), s.reply if isinstance(s.reply, str) else orjson.dumps(s.reply).decode())
             for s in scripts
@@ -103,33 +108,36 @@ class ReplyModel:
         max_tokens: int | None,
         temperature: float,
         json_mode: bool,
-        profile: ModelProfile,
     ) -> Reply:
-        n_full: int | None = None
+        ends: list[int] | None = None  # where each token of the answer ends
         for pattern, scripted in self._scripts:
             if pattern.search(text):
                 full = scripted
                 break
         else:
+            profile = self._profiles[model]
             rng = random.Random(digest(self._seed, model, text, temperature))
             n = rng.randint(profile.min_completion_tokens, profile.max_completion_tokens)
-            body = generated_text(rng, n)
-            full, n_full = (orjson.dumps({"answer": body}).decode(), None) if json_mode else (body, n)
+            tokens = generated_tokens(rng, n)
+            if json_mode:
+                full = orjson.dumps({"answer": "".join(tokens)}).decode()
+            else:
+                full, ends = "".join(tokens), list(accumulate(map(len, tokens)))
+        if ends is None:  # generated text knows its tokens; anything else is tokenised once
+            ends = [m.end() for m in TOKEN_PATTERN.finditer(full)]
         n_prompt = prompt_tokens(text, n_messages)
         key = digest(model, text, temperature, max_tokens, json_mode)
-        if n_full is None:  # generated text has the tokens it was made with; anything else is counted
-            n_full = count_tokens(full)
-        if max_tokens is not None and n_full > max_tokens:
-            text_out, n_out, finish = truncate_tokens(full, max_tokens), max_tokens, "length"
+        if max_tokens is not None and len(ends) > max_tokens:
+            ends = ends[:max_tokens]
+            text_out, finish = full[: ends[-1]], "length"
         else:
-            text_out, n_out, finish = full, n_full, "stop"
-        return Reply(text_out, n_prompt, n_out, finish, key, split(text_out, STREAM_PIECES))
+            text_out, finish = full, "stop"
+        return Reply(text_out, n_prompt, len(ends), finish, key, split(text_out, ends, STREAM_PIECES))
 
 
-def split(text: str, parts: int) -> tuple[tuple[str, int], ...]:
-    """Cut ``text`` at token boundaries into at most ``parts`` pieces that join back to it, each
-    with its token count."""
-    ends = [m.end() for m in TOKEN_PATTERN.finditer(text)]
+def split(text: str, ends: list[int], parts: int) -> tuple[tuple[str, int], ...]:
+    """Cut ``text``, whose tokens end at ``ends``, at token boundaries into at most ``parts``
+    pieces that join back to it, each with its token count."""
     if not ends:
         return ((text, 0),) if text else ()
     step = max(1, math.ceil(len(ends) / parts))

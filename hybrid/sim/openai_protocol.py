@@ -252,7 +252,6 @@ class Simulator:
             chat.max_tokens,
             chat.temperature,
             chat.json_mode,
-            self.config.profiles[chat.model],
         )
 
     async def _parse_body(self, request: web.Request) -> dict[str, Any]:
