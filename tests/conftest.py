@@ -57,7 +57,7 @@ async def settled(server: sim.SimServer, *, within_s: float = 3.0) -> dict[str, 
 
 
 #: Tasks of the simulator sharing this loop: its request handlers and asyncio accepting its connections.
-SERVER_TASKS = ("RequestHandler", "_accept_connection")
+SERVER_TASKS = ("RequestHandler", "LeanConnection", "_accept_connection")
 
 
 def client_tasks() -> set[asyncio.Task[Any]]:

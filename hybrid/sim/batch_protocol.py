@@ -33,7 +33,7 @@ from aiohttp import web
 
 from hybrid.sim.engine import Rejected
 from hybrid.sim.model import Reply, digest, pace
-from hybrid.sim.openai_protocol import ChatRequest, Simulator, completion_body, error_body
+from hybrid.sim.openai_protocol import ChatRequest, Simulator, completion_body, error_body, parse_json_object
 
 ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
@@ -403,13 +403,7 @@ class BatchService:
         return web.Response(body=self.content(request.match_info["id"]), content_type="application/octet-stream")
 
     async def _create_route(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            raise Rejected(400, "The request body is not valid JSON.", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise Rejected(400, "The request body must be a JSON object.", code="invalid_json")
-        return _json(self.create(body))
+        return _json(self.create(parse_json_object(await request.read())))
 
     async def _list_route(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -433,11 +427,11 @@ def _guarded(simulator: Simulator, handler: Any) -> Any:
     """``handler`` behind the simulator's key check, request counting and error shaping."""
 
     async def checked(request: web.Request) -> web.StreamResponse:
-        simulator.check_key(request)
+        simulator.check_key(request.headers.get("Authorization"))
         response: web.StreamResponse = await handler(request)
         return response
 
-    async def route(request: web.Request) -> web.Response:
+    async def route(request: web.Request) -> web.StreamResponse:
         return await simulator.guarded(request, checked)
 
     return route

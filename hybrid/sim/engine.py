@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import math
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from hybrid.sim.config import ModelProfile, SimConfig
@@ -202,10 +202,11 @@ class Engine:
         if fault == "drop":
             raise Drop
 
-    @contextlib.asynccontextmanager
-    async def slot(self, reply: Reply, profile: ModelProfile) -> AsyncIterator[tuple[Pace, float]]:
-        """Hold one of the server's slots while answering ``reply`` (queueing for one first, or 503
-        when ``max_queue`` are already waiting); yields the request's pace and the seconds it queued."""
+    async def take_slot(self, reply: Reply, profile: ModelProfile) -> tuple[Pace, float]:
+        """Take one of the server's slots to answer ``reply`` (queueing for one first, or 503 when
+        ``max_queue`` are already waiting); returns the request's pace and the seconds it queued.
+        The caller gives it back with :meth:`release_slot` in a ``finally`` (a plain pair rather
+        than a context manager: this is on every request's path)."""
         if self.config.max_queue is not None and self._waiting >= self.config.max_queue and self._slots.locked():
             raise Rejected(503, "The server is overloaded; retry later.", type_="server_error", code="overloaded")
         clock = asyncio.get_running_loop().time
@@ -215,15 +216,14 @@ class Engine:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
-        queued = clock() - arrived
         self.busy += 1
-        try:
-            self.prompt_tokens += reply.prompt_tokens
-            self.completion_tokens += reply.completion_tokens
-            yield pace(profile, reply, seed=self.config.seed, time_scale=self.config.time_scale), queued
-        finally:
-            self.busy -= 1
-            self._slots.release()
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+        return pace(profile, reply, seed=self.config.seed, time_scale=self.config.time_scale), clock() - arrived
+
+    def release_slot(self) -> None:
+        self.busy -= 1
+        self._slots.release()
 
 
 class Pacer:

@@ -57,8 +57,8 @@ class _Received:
         self.headers: dict[str, str] = {}
         self.partial = False  # part of an answer arrived
 
-    async def whole(self, body: bytes, headers: dict[str, str]) -> None:
-        self.body, self.headers = body, headers
+    async def whole(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
+        self.body, self.headers = body, headers  # only answers reach it: rejections are raised
 
     async def start(self, headers: dict[str, str], content_type: str, content_length: int | None = None) -> None:
         self.partial, self.headers = True, headers

@@ -13,7 +13,7 @@ import math
 import random
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate
@@ -37,11 +37,13 @@ _WORDS = (
 
 _CAPITALIZED = [word.capitalize() for word in _WORDS]
 _SPACED = [" " + word for word in _WORDS]
+_WORD_COUNT = len(_WORDS)
+_WORD_BITS = _WORD_COUNT.bit_length()
 
 
 def digest(*parts: object) -> int:
     """A stable 64-bit integer from ``parts`` (Python's ``hash`` is salted per process)."""
-    text = "\x1f".join(repr(p) for p in parts).encode()
+    text = "\x1f".join(map(repr, parts)).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 
 
@@ -50,28 +52,40 @@ def generated_tokens(rng: random.Random, n_tokens: int) -> list[str]:
     Each item is one token under the kit's rule with the space before it, so the text is their
     join and its token boundaries are known without tokenising it again.
 
-    This is most of the simulator's work per answer, so each word is drawn as ``rng.choice``
-    draws it (``seq[rng._randbelow(len(seq))]``, the same numbers in the same order: seeded
-    answers do not change) without the call's overhead; ``tests/test_sim.py`` checks the texts
-    against ``rng.choice``.
+    This is most of the simulator's work per answer, so it draws the very numbers ``rng.choice``
+    and ``rng.randint(8, 16)`` would, in the same order (seeded answers do not change), without
+    their calls: both are ``_randbelow(n)``, which draws ``getrandbits(n.bit_length())`` until the
+    value is below ``n``.  ``tests/test_sim.py`` checks the texts against ``rng.choice``.
     """
-    pieces: list[str] = []
+    bits = rng.getrandbits
+    tokens: list[str] = []
+    append = tokens.append
     words_in_sentence = 0
-    sentence_length = rng.randint(8, 16)
-    draw, count = rng._randbelow, len(_WORDS)  # type: ignore[attr-defined]
+    sentence_length = _sentence_length(bits)
+    last = n_tokens - 1
     for i in range(n_tokens):
-        if i > 0 and words_in_sentence > 0 and (words_in_sentence >= sentence_length or i == n_tokens - 1):
-            pieces.append(".")
+        if words_in_sentence and (words_in_sentence >= sentence_length or i == last):
+            append(".")
             words_in_sentence = 0
-            sentence_length = rng.randint(8, 16)
+            sentence_length = _sentence_length(bits)
             continue
-        if words_in_sentence == 0:
-            word = _CAPITALIZED[draw(count)]
-            pieces.append(" " + word if pieces else word)
+        r = bits(_WORD_BITS)
+        while r >= _WORD_COUNT:
+            r = bits(_WORD_BITS)
+        if words_in_sentence:
+            append(_SPACED[r])
         else:
-            pieces.append(_SPACED[draw(count)])
+            append(" " + _CAPITALIZED[r] if tokens else _CAPITALIZED[r])
         words_in_sentence += 1
-    return pieces
+    return tokens
+
+
+def _sentence_length(bits: Callable[[int], int]) -> int:
+    """``randint(8, 16)``, drawn as ``random`` draws it."""
+    r = bits(4)
+    while r >= 9:
+        r = bits(4)
+    return 8 + r
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +176,11 @@ class Pace:
     ttft_s: float
     token_s: float
     contention: float
+
+    @property
+    def instant(self) -> bool:
+        """No time passes at all (time scale 0)."""
+        return self.ttft_s == 0 and self.token_s == 0
 
     def decode_s(self, tokens: int, sharing: int) -> float:
         return tokens * self.token_s * (1.0 + self.contention * max(0, sharing - 1))

@@ -36,6 +36,8 @@ log = logging.getLogger("hybrid.sim")
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 _JSON = "application/json"
+#: The largest request body accepted (a Batch API upload can be large).
+MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
@@ -59,8 +61,8 @@ class Sink(Protocol):
     """Where :meth:`Simulator.answer` writes an answer: an HTTP response here, or the in-process
     backend's parser (:mod:`hybrid.sim.in_process`), so both get the same bytes."""
 
-    async def whole(self, body: bytes, headers: dict[str, str]) -> None:
-        """A complete JSON answer with status 200."""
+    async def whole(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
+        """A complete JSON answer (an error body with its status)."""
 
     async def start(self, headers: dict[str, str], content_type: str, content_length: int | None = None) -> None:
         """Begin an answer sent in parts."""
@@ -79,8 +81,8 @@ class _HTTPSink:
         self.request = request
         self.response: web.StreamResponse | None = None
 
-    async def whole(self, body: bytes, headers: dict[str, str]) -> None:
-        self.response = web.Response(body=body, content_type=_JSON, headers=headers)
+    async def whole(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
+        self.response = web.Response(status=status, body=body, content_type=_JSON, headers=headers)
 
     async def start(self, headers: dict[str, str], content_type: str, content_length: int | None = None) -> None:
         self.response = web.StreamResponse(headers={**headers, "Content-Type": content_type})
@@ -109,7 +111,7 @@ class Simulator:
         return self.engine.stats()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model}", self.get_model)
@@ -127,78 +129,94 @@ class Simulator:
     def _model_card(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": "hybrid-sim"}
 
-    async def list_models(self, request: web.Request) -> web.Response:
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
         return await self.guarded(request, self._list_models)
 
     async def _list_models(self, request: web.Request) -> web.StreamResponse:
-        self.check_key(request)
+        self.check_key(request.headers.get("Authorization"))
         data = [self._model_card(name) for name in self.config.profiles]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
 
-    async def get_model(self, request: web.Request) -> web.Response:
+    async def get_model(self, request: web.Request) -> web.StreamResponse:
         return await self.guarded(request, self._get_model)
 
     async def _get_model(self, request: web.Request) -> web.StreamResponse:
-        self.check_key(request)
+        self.check_key(request.headers.get("Authorization"))
         name = request.match_info["model"]
         if name not in self.config.profiles:
             raise Rejected(404, f"The model `{name}` does not exist.", code="model_not_found", param="model")
         return web.Response(body=orjson.dumps(self._model_card(name)), content_type=_JSON)
 
     # -- the main route -----------------------------------------------------------------------
-    async def chat_completions(self, request: web.Request) -> web.Response:
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self.guarded(request, self._chat)
 
     async def guarded(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.Response:
-        """Count the request, turn rejections into OpenAI-shaped errors, notice disconnects."""
+    ) -> web.StreamResponse:
+        """An aiohttp route's ``handler`` behind :meth:`respond`; a dropped answer aborts the connection."""
+        sink = _HTTPSink(request)
+
+        async def work() -> int:
+            sink.response = await handler(request)
+            return sink.response.status
+
+        try:
+            await self.respond(work, sink)
+        except Drop:
+            # Abort the transport; cancelling ends the handler the way aiohttp ends one whose
+            # client left, without counting it as a client disconnect.
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError from None
+        assert sink.response is not None
+        return sink.response
+
+    async def respond(self, work: Callable[[], Awaitable[int]], sink: Sink) -> None:
+        """Run one request's ``work`` (which answers into ``sink`` and returns its status), for any
+        transport: counted while in flight and by status, a :class:`Rejected` written as OpenAI's
+        error body, a client gone (cancellation) counted as a disconnect, a bug answered 500 with no
+        traceback.  :class:`Drop` propagates: closing the connection is the transport's job."""
         engine = self.engine
         with engine.tracked():
             try:
-                response: web.StreamResponse = await handler(request)
+                status = await work()
             except Rejected as rejected:
-                response = web.Response(
-                    status=rejected.status,
-                    body=error_body(rejected.message, rejected.type, rejected.param, rejected.code),
-                    content_type=_JSON,
-                    headers=rejected.headers,
-                )
-            except Drop:
-                # Abort the transport; cancelling ends the handler the way aiohttp ends one whose
-                # client left, without counting it as a client disconnect.
-                if request.transport is not None:
-                    request.transport.abort()
-                raise asyncio.CancelledError from None
+                status = rejected.status
+                body = error_body(rejected.message, rejected.type, rejected.param, rejected.code)
+                await sink.whole(body, rejected.headers, status)
             except asyncio.CancelledError:
                 engine.disconnects += 1
                 raise
+            except Drop:
+                raise
             except Exception:
-                log.exception("simulator bug while answering %s", request.path)
-                response = web.Response(
-                    status=500,
-                    body=error_body("The simulator failed unexpectedly.", "server_error"),
-                    content_type=_JSON,
-                )
-        engine.by_status[response.status] += 1
-        return response  # type: ignore[return-value]
+                log.exception("simulator bug while answering a request")
+                status = 500
+                await sink.whole(error_body("The simulator failed unexpectedly.", "server_error"), {}, status)
+        engine.by_status[status] += 1
 
-    def check_key(self, request: web.Request) -> None:
+    def check_key(self, authorization: str | None) -> None:
+        """Refuse (401) a request whose ``Authorization`` header does not carry the configured key."""
         expected = self.config.api_key
         if expected is None:
             return
-        header = request.headers.get("Authorization", "")
-        if header != f"Bearer {expected}":
+        if authorization != f"Bearer {expected}":
             raise Rejected(
                 401,
                 "Incorrect API key provided. Pass the simulator's key (server.api_key) as the API key.",
                 code="invalid_api_key",
             )
 
+    async def chat(self, raw: bytes, authorization: str | None, sink: Sink) -> int:
+        """The chat-completions route on any transport: the key, the JSON body, the answer."""
+        self.check_key(authorization)
+        await self.answer(parse_json_object(raw), sink)
+        return 200
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        self.check_key(request)
         sink = _HTTPSink(request)
-        await self.answer(await self._parse_body(request), sink)
+        await self.chat(await request.read(), request.headers.get("Authorization"), sink)
         assert sink.response is not None
         return sink.response
 
@@ -213,7 +231,8 @@ class Simulator:
         limit_headers = engine.admit(reply, chat.max_tokens)
         fault = engine.faults.draw(reply.key, stream=chat.stream)
         await engine.before_answer(fault)
-        async with engine.slot(reply, profile) as (request_pace, queued_s):
+        request_pace, queued_s = await engine.take_slot(reply, profile)
+        try:
             request_id = f"chatcmpl-sim{reply.key:016x}"
             # The server's own account of the request, as a client can read it: the queue in a
             # header, the work in llama.cpp-style ``timings`` (the stream's last chunk, or the body).
@@ -222,13 +241,16 @@ class Simulator:
             if chat.stream:
                 await self._stream(sink, reply, chat, request_id, request_pace, fault, limit_headers, timer)
                 return
-            pacer = Pacer()
-            await pacer.wait(request_pace.ttft_s)
-            await pacer.settle()
-            timer.first_token()
-            for _, tokens in reply.pieces:
-                await pacer.wait(request_pace.decode_s(tokens, engine.busy))
-            await pacer.settle()
+            if request_pace.instant:  # time scale 0: nothing to wait for, so no awaits either
+                timer.first_token()
+            else:
+                pacer = Pacer()
+                await pacer.wait(request_pace.ttft_s)
+                await pacer.settle()
+                timer.first_token()
+                for _, tokens in reply.pieces:
+                    await pacer.wait(request_pace.decode_s(tokens, engine.busy))
+                await pacer.settle()
             body = completion_body(reply, chat.model, request_id, with_usage=fault != "no_usage")
             body["timings"] = timer.timings()
             limit_headers["openai-processing-ms"] = f"{(queued_s + timer.elapsed()) * 1000:.3f}"
@@ -241,6 +263,8 @@ class Simulator:
                 raise Drop
             else:
                 await sink.whole(payload, limit_headers)
+        finally:
+            engine.release_slot()
 
     def reply(self, chat: ChatRequest) -> Reply:
         """The seeded answer to a validated request (the same for the live API and the Batch API)."""
@@ -253,16 +277,6 @@ class Simulator:
             chat.temperature,
             chat.json_mode,
         )
-
-    async def _parse_body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise Rejected(400, "The request body is not valid JSON.", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise Rejected(400, "The request body must be a JSON object.", code="invalid_json")
-        return body
 
     def validate(self, body: dict[str, Any]) -> ChatRequest:
         """Check the fields the simulator understands, as OpenAI would, and normalise them."""
@@ -417,6 +431,17 @@ class ServiceTimer:
             "predicted_n": self.reply.completion_tokens,
             "predicted_ms": (now - first) * 1000.0,
         }
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or a 400 that says so."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Rejected(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise Rejected(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
 
 
 def completion_body(reply: Reply, model: str, request_id: str, *, with_usage: bool) -> dict[str, Any]:

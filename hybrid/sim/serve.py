@@ -33,6 +33,7 @@ from hybrid.errors import HybridError
 from hybrid.process import stop
 from hybrid.sim.batch_protocol import BatchService
 from hybrid.sim.config import SimConfig
+from hybrid.sim.lean_http import LeanConnection, close_all
 from hybrid.sim.openai_protocol import Simulator
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -100,12 +101,17 @@ async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
     batches.add_routes(app)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    server = runner.server
-    simulator.engine.open_connections = lambda: 0 if server is None else len(server.connections)
-    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
+    aiohttp_server = runner.server
+    assert aiohttp_server is not None
+    # Chat completions are answered by the lean protocol; it hands any other request's connection
+    # to aiohttp (hybrid/sim/lean_http.py says why).
+    lean: set[LeanConnection] = set()
+    simulator.engine.open_connections = lambda: len(lean) + len(aiohttp_server.connections)
     try:
-        await site.start()
-        host, port = runner.addresses[0][:2]
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: LeanConnection(simulator, aiohttp_server, lean), config.host, config.port, backlog=4096
+        )
+        host, port = listener.sockets[0].getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
         root = f"http://{host}:{port}"
         IN_PROCESS_URLS.add(root + "/v1")
@@ -119,6 +125,9 @@ async def serve(config: SimConfig | None = None) -> AsyncIterator[SimServer]:
             )
         finally:
             IN_PROCESS_URLS.discard(root + "/v1")
+            listener.close()
+            await close_all(lean)
+            await listener.wait_closed()
     finally:
         await runner.cleanup()
 
