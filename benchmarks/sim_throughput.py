@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 
 import aiohttp
 import orjson
@@ -21,18 +22,24 @@ from hybrid.bench.peers import by_hand, raw_aiohttp
 from hybrid.provenance import machine_info
 
 
-async def throughput(requests: int, concurrency: int) -> tuple[float, float]:
-    """Requests/s of a raw aiohttp loop against a simulator process at time scale 0; and its RSS."""
+async def throughput(requests: int, concurrency: int) -> tuple[float, float, float, float]:
+    """Requests/s of a raw aiohttp loop against a simulator process at time scale 0, the server's
+    and the client's CPU per request (ms), and the server's RSS.  The wall rate is the pair's: on
+    two cores the client is usually the slower; the server's CPU per request is its own capacity."""
     query = Query("hello", "hello")
     async with (
         sim.serve_process(sim.SimConfig(seed=1, time_scale=0.0)) as server,
         raw_aiohttp(server.url, server.api_key, "sim-small", concurrency) as call,
     ):
         await by_hand(call, [query] * 500, concurrency)  # warm up connections and caches
+        child = psutil.Process(server.pid)
+        server_cpu, client_cpu = sum(child.cpu_times()[:2]), time.process_time()
         run = await by_hand(call, [query] * requests, concurrency)
+        server_cpu = sum(child.cpu_times()[:2]) - server_cpu
+        client_cpu = time.process_time() - client_cpu
         assert run.succeeded == requests, "the simulator answered an error"
-        rss = psutil.Process(server.pid).memory_info().rss / 2**20
-    return requests / run.wall_s, rss
+        rss = child.memory_info().rss / 2**20
+    return requests / run.wall_s, server_cpu / requests * 1000, client_cpu / requests * 1000, rss
 
 
 async def hung(count: int) -> tuple[int, float, dict[str, object]]:
@@ -76,10 +83,14 @@ async def main() -> None:
     args = parser.parse_args()
     info = machine_info()
     print(f"machine: {info['cpu_model']}, {info['cpu_count']} cores; commit {info['commit']}")
-    rps, rss = await throughput(args.requests, args.concurrency)
+    rps, server_ms, client_ms, rss = await throughput(args.requests, args.concurrency)
     print(
         f"throughput: {rps:,.0f} requests/s at concurrency {args.concurrency}, time scale 0 "
         f"(goal >= 2,000: {'met' if rps >= 2000 else 'MISSED'}); server RSS {rss:.0f} MB"
+    )
+    print(
+        f"  CPU per request: server {server_ms:.3f} ms ({1000 / server_ms:,.0f} requests/s per core), "
+        f"raw aiohttp client {client_ms:.3f} ms"
     )
     held, rss, _ = await hung(args.hung)
     print(

@@ -13,7 +13,7 @@ Goal: the simulator serves at least twice what the fastest client in the kit sen
 benchmark never measures the simulator.  On a 2-core machine the client and the server share the
 cores, so capacity is measured as CPU per request, not as a wall-clock race.
 
-    .venv/bin/python benchmarks/uvloop_speed.py [--requests 6000] [--rounds 3]
+    .venv/bin/python benchmarks/uvloop_speed.py [--requests 20000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ async def measure(requests: int, uvloop: bool) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=6000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     print(machine_info())
     samples: dict[str, list[dict[str, float]]] = {"asyncio": [], "uvloop": []}

@@ -137,10 +137,10 @@ class LeanConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.current is not None and self.transport is not None
-        name = name.lower()
-        if name == b"authorization":
+        size = len(name)  # compare lengths first: most headers are neither
+        if size == 13 and name.lower() == b"authorization":
             self.current.authorization = value.decode("latin-1")
-        elif name == b"expect" and value.lower() == b"100-continue":
+        elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_headers_complete(self) -> None:

@@ -236,7 +236,7 @@ class Simulator:
             request_id = f"chatcmpl-sim{reply.key:016x}"
             # The server's own account of the request, as a client can read it: the queue in a
             # header, the work in llama.cpp-style ``timings`` (the stream's last chunk, or the body).
-            limit_headers = {**limit_headers, "x-hybrid-queue-ms": f"{queued_s * 1000:.3f}"}
+            limit_headers["x-hybrid-queue-ms"] = f"{queued_s * 1000:.3f}"  # admit's dict is new per request
             timer = ServiceTimer(reply)
             if chat.stream:
                 await self._stream(sink, reply, chat, request_id, request_pace, fault, limit_headers, timer)
