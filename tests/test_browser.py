@@ -81,7 +81,7 @@ async def test_the_viewer_follows_a_run_in_another_process_live(browser: Browser
             )
             await page.screenshot(path=str(SHOTS / "viewer-running.png"), full_page=True)
             # ...and when it ends, the page reloads as the finished run, with its plots.
-            await page.wait_for_function("document.querySelectorAll('figure svg').length === 2", timeout=60_000)
+            await page.wait_for_function("document.querySelectorAll('figure svg').length === 3", timeout=60_000)
             await page.screenshot(path=str(SHOTS / "viewer-finished.png"), full_page=True)
             done_rows = await page.locator("#rows tr.done").count()
             shown_ok = int(await page.inner_text("#ok"))
@@ -93,7 +93,7 @@ async def test_the_viewer_follows_a_run_in_another_process_live(browser: Browser
             await asyncio.gather(viewer, return_exceptions=True)
     stored = store.load("live")
     assert done_rows == shown_ok == stored.metrics.succeeded == n
-    assert figures == 2 and status == "finished"
+    assert figures == 3 and status == "finished"  # timeline, where the time went, tokens
     store.close()
 
 

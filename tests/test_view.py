@@ -83,10 +83,27 @@ async def test_a_run_page_shows_every_row_and_the_plots(viewer: tuple[TestClient
     page = await response.text()
     assert response.status == 200
     assert all(f"id='q{i}' class='done'" in page for i in range(5))
-    assert page.count("<svg") == 2  # the timeline and tokens per query
+    assert page.count("<svg") == 3  # the timeline, where each query's time went, tokens per query
+    assert "Where each query" in page
     assert "of ideal" in page and "5</span> of 5 finished" in page
     assert "viewer.js" not in page  # a finished run needs no live updates
     assert (await client.get("/static/viewer.js")).status == 200
+
+
+async def test_a_run_page_says_where_the_mean_query_spent_its_time(viewer: tuple[TestClient, Path]) -> None:
+    """The latency's parts as the store kept them: the simulator reports its queue and its work."""
+    client, path = viewer
+    profiles = {"sim-small": sim.ModelProfile(ttft_s=0.02, prompt_tps=1e6, completion_tps=1e6, jitter=0.0)}
+    config = sim.SimConfig(seed=3, time_scale=1.0, slots=1, profiles=profiles)
+    async with Orchestrator(sim.backend(config), store=path, max_concurrency=2) as orch:
+        run = await orch.run(grid(2), name="queued")
+    page = await (await client.get("/runs/queued")).text()
+    line = page[page.index("<p class='decomposition'>") :].split("</p>")[0]
+    m = run.metrics
+    assert m.mean_server_s is not None and m.mean_server_queue_s is not None and m.mean_server_queue_s > 0
+    assert f"server queue {m.mean_server_queue_s * 1000:.3g} ms" in line  # one waited for the only slot
+    assert f"server {m.mean_server_s * 1000:.3g} ms" in line
+    assert "client queue" in line and "network and the rest" in line
 
 
 async def test_unknown_runs_are_404_pages(viewer: tuple[TestClient, Path]) -> None:

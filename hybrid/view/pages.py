@@ -103,9 +103,29 @@ def _figures(run: RunResult) -> str:
         f"{m.ideal_efficiency:.2f} · <b>{m.percent_of_ideal:.0%} of ideal</b> · p95 latency {m.p95_latency_s:.3g} s"
         f" · {m.total_tokens} tokens</p>"
     )
+    numbers += _where_the_time_went(run)
     if len(run.results) > MAX_PLOTTED_ROWS:
         return numbers + f"<p>Plots are left out above {MAX_PLOTTED_ROWS} queries.</p>"
-    return numbers + "<div class='figures'>" + _svg(plots.timeline(run)) + _svg(plots.tokens(run)) + "</div>"
+    figures = (plots.timeline(run), plots.decomposition(run), plots.tokens(run))
+    return numbers + "<div class='figures'>" + "".join(_svg(f) for f in figures) + "</div>"
+
+
+def _where_the_time_went(run: RunResult) -> str:
+    """The mean query's latency split (the decomposition's parts), in milliseconds."""
+    m = run.metrics
+    parts = [
+        ("client queue", m.mean_queue_s),
+        ("retries", m.mean_retry_s),
+        ("client", m.mean_client_s),
+        ("server queue", m.mean_server_queue_s),
+        ("server", m.mean_server_s),
+        ("network and the rest", m.mean_network_s),
+    ]
+    shown = " · ".join(
+        f"{label} {'not reported' if value is None or math.isnan(value) else f'{value * 1000:.3g} ms'}"
+        for label, value in parts
+    )
+    return f"<p class='decomposition'>mean query: {shown}</p>"
 
 
 def _svg(figure: Figure) -> str:
