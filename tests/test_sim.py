@@ -452,3 +452,27 @@ def test_generated_answers_draw_words_exactly_as_random_choice_does() -> None:
     for seed in range(200):
         for n in (1, 2, 9, 40, 333):
             assert "".join(model.generated_tokens(random.Random(seed), n)) == reference(random.Random(seed), n)
+
+
+def test_a_reply_keeps_the_token_boundaries_a_fresh_tokenisation_finds() -> None:
+    """Generated answers are counted, cut at max_tokens and split into stream pieces from the
+    boundaries they were drawn with; they must be the ones the kit's token rule finds in the text."""
+    from hybrid.sim.config import PROFILES
+    from hybrid.sim.model import ReplyModel
+    from hybrid.tokens import count_tokens
+
+    replies = ReplyModel(7, (Script(pattern="scripted", reply="A scripted reply, with: punctuation!"),), PROFILES)
+    for i in range(300):
+        for max_tokens in (None, 1, 7, 40):
+            for json_mode in (False, True):
+                text = f"scripted {i}" if i % 5 == 0 else f"question {i}"
+                reply = replies.reply("sim-small", text, 1, max_tokens, 1.0, json_mode)
+                whole = replies.reply("sim-small", text, 1, None, 1.0, json_mode)
+                assert reply.completion_tokens == count_tokens(reply.text)
+                if max_tokens is not None and whole.completion_tokens > max_tokens:
+                    assert reply.finish_reason == "length" and reply.completion_tokens == max_tokens
+                    assert whole.text.startswith(reply.text) and whole.text != reply.text
+                else:
+                    assert reply.finish_reason == "stop" and reply.text == whole.text
+                assert "".join(piece for piece, _ in reply.pieces) == reply.text
+                assert [n for _, n in reply.pieces] == [count_tokens(piece) for piece, _ in reply.pieces]

@@ -9,9 +9,12 @@ OpenAI-shaped error bodies (``{"error": {"message", "type", "param", "code"}}``)
 and :class:`~hybrid.sim.engine.Drop` into an aborted connection.  The engine
 (:mod:`hybrid.sim.engine`) decides everything else.
 
-The server is run with aiohttp's handler cancellation on, so a client that goes away cancels its
-handler: it is counted as a disconnect and leaves nothing in flight.  An unexpected bug answers
-500 with the same error shape and no traceback.
+:meth:`Simulator.respond` and :meth:`Simulator.chat` are the route with no transport in them:
+:mod:`hybrid.sim.lean_http` serves chat completions with them straight off the socket, and the
+aiohttp routes here (:meth:`Simulator.guarded`) serve everything else, chat completions included
+for a connection that has been handed over.  Either way a client that goes away cancels its
+answer (aiohttp's handler cancellation is on): it is counted as a disconnect and leaves nothing
+in flight.  An unexpected bug answers 500 with the same error shape and no traceback.
 """
 
 from __future__ import annotations
