@@ -13,7 +13,6 @@ clock (``asyncio.sleep``, ``loop.time()``), so the engine runs the same on a vir
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections import Counter, deque
 from collections.abc import Callable
@@ -93,6 +92,7 @@ class Engine:
         self.by_status: Counter[int] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self._in_flight = _InFlight(self)
         #: Set by the runner: how many client connections the server holds open now.
         self.open_connections: Callable[[], int] = lambda: 0
 
@@ -112,16 +112,9 @@ class Engine:
             "completion_tokens": self.completion_tokens,
         }
 
-    @contextlib.contextmanager
-    def tracked(self) -> Any:
-        """Count one request while it is in flight."""
-        self.requests += 1
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+    def tracked(self) -> _InFlight:
+        """``with engine.tracked():`` counts one request while it is in flight."""
+        return self._in_flight
 
     def admit(self, reply: Reply, max_tokens: int | None) -> dict[str, str]:
         """Apply RPM/TPM limits; return the ``x-ratelimit-*`` headers, or raise a 429.
@@ -224,6 +217,27 @@ class Engine:
     def release_slot(self) -> None:
         self.busy -= 1
         self._slots.release()
+
+
+class _InFlight:
+    """The context :meth:`Engine.tracked` returns.  It keeps no state of a request's own, so one
+    instance serves every request (a generator-based context manager per request cost more than
+    the counting)."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> None:
+        engine = self.engine
+        engine.requests += 1
+        engine.in_flight += 1
+        if engine.in_flight > engine.peak_in_flight:
+            engine.peak_in_flight = engine.in_flight
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.engine.in_flight -= 1
 
 
 class Pacer:

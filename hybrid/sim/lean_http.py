@@ -40,7 +40,7 @@ from hybrid.sim.openai_protocol import MAX_BODY_BYTES, Simulator
 CHAT_PATH = b"/v1/chat/completions"
 #: A request line longer than this is not a chat completion worth waiting for.
 _REQUEST_LINE_LIMIT = 16 * 1024
-_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 def is_chat(method: bytes, target: bytes) -> bool:
@@ -241,26 +241,27 @@ class TransportSink:
         self.request = request
         self.chunked = False
 
-    def _head(self, status: int, headers: dict[str, str], framing: bytes) -> bytes:
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-        lines.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
-        lines.append(framing)
+    def _head(self, status: int, headers: dict[str, str], framing: str) -> bytes:
+        """The status line and headers, built as one string and encoded once (this is per request)."""
+        head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+        if headers:
+            head += "\r\n".join(map(": ".join, headers.items())) + "\r\n"
+        head += framing
         if not self.request.keep_alive:
-            lines.append(b"Connection: close\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            head += "Connection: close\r\n"
+        return (head + "\r\n").encode("latin-1")
 
     async def whole(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
-        framing = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        framing = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.transport.write(self._head(status, headers, framing) + body)
 
     async def start(self, headers: dict[str, str], content_type: str, content_length: int | None = None) -> None:
-        framing = f"Content-Type: {content_type}\r\n".encode()
+        framing = f"Content-Type: {content_type}\r\n"
         if content_length is not None:
-            framing += b"Content-Length: %d\r\n" % content_length
+            framing += f"Content-Length: {content_length}\r\n"
         elif self.request.http11:
             self.chunked = True
-            framing += b"Transfer-Encoding: chunked\r\n"
+            framing += "Transfer-Encoding: chunked\r\n"
         else:  # HTTP/1.0 has no chunks: the end of the answer is the end of the connection
             self.request.keep_alive = False
         self.transport.write(self._head(200, headers, framing))

@@ -9,7 +9,6 @@ concurrency, which is what notebook regression tests and exact retry tests rely 
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import re
 from collections import Counter, OrderedDict
@@ -108,6 +107,7 @@ class ReplyModel:
     def __init__(self, seed: int, scripts: tuple[Script, ...], profiles: Mapping[str, ModelProfile]) -> None:
         self._seed = seed
         self._profiles = profiles
+        self._rng = random.Random()  # reseeded for each reply: one generator, not one per reply
         self._scripts = [
             (re.compile(s.pattern), s.reply if isinstance(s.reply, str) else orjson.dumps(s.reply).decode())
             for s in scripts
@@ -130,7 +130,8 @@ class ReplyModel:
                 break
         else:
             profile = self._profiles[model]
-            rng = random.Random(digest(self._seed, model, text, temperature))
+            rng = self._rng
+            rng.seed(digest(self._seed, model, text, temperature))  # as random.Random(that) would start
             n = rng.randint(profile.min_completion_tokens, profile.max_completion_tokens)
             tokens = generated_tokens(rng, n)
             if json_mode:
@@ -151,17 +152,16 @@ class ReplyModel:
 
 def split(text: str, ends: list[int], parts: int) -> tuple[tuple[str, int], ...]:
     """Cut ``text``, whose tokens end at ``ends``, at token boundaries into at most ``parts``
-    pieces that join back to it, each with its token count."""
+    pieces that join back to it, each with its token count: ``step`` tokens each, the last piece
+    the rest (and any trailing space)."""
     if not ends:
         return ((text, 0),) if text else ()
-    step = max(1, math.ceil(len(ends) / parts))
-    pieces, start = [], 0
-    for first in range(0, len(ends), step):
-        last = min(first + step, len(ends))
-        cut = len(text) if last == len(ends) else ends[last - 1]
-        pieces.append((text[start:cut], last - first))
-        start = cut
-    return tuple(pieces)
+    n = len(ends)
+    step = -(-n // parts)  # ceil
+    cuts = [*ends[step - 1 : -1 : step], len(text)]  # where each piece ends
+    starts = [0, *cuts[:-1]]
+    counts = [step] * (len(cuts) - 1) + [n - step * (len(cuts) - 1)]
+    return tuple(zip(map(text.__getitem__, map(slice, starts, cuts)), counts, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

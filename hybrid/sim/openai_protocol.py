@@ -233,7 +233,8 @@ class Simulator:
         reply = self.reply(chat)
         limit_headers = engine.admit(reply, chat.max_tokens)
         fault = engine.faults.draw(reply.key, stream=chat.stream)
-        await engine.before_answer(fault)
+        if fault is not None:
+            await engine.before_answer(fault)
         request_pace, queued_s = await engine.take_slot(reply, profile)
         try:
             request_id = f"chatcmpl-sim{reply.key:016x}"
