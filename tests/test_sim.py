@@ -355,8 +355,12 @@ async def test_langchain_openai_works_unchanged() -> None:
     assert all(r.content for r in replies) and "".join(streamed)
 
 
+@pytest.mark.looptime
 async def test_contention_slows_requests_that_share_the_server_together() -> None:
-    # 40 tokens at 200 tokens/s = 0.2 s alone; with contention 1.0 four together decode 4x slower.
+    """In virtual time, exactly: 40 tokens at 200 tokens/s take 0.2 s alone; with contention 1.0,
+    four sharing the server decode 4x slower, all of them (not just the later arrivals)."""
+    from hybrid import Orchestrator, Query
+
     profile = {
         "sim-small": ModelProfile(
             ttft_s=0.0,
@@ -369,21 +373,16 @@ async def test_contention_slows_requests_that_share_the_server_together() -> Non
         )
     }
 
-    async def wall(n: int) -> list[float]:
-        async with sim.serve(SimConfig(time_scale=1.0, profiles=profile, slots=8)) as server:
-            async with client(server) as c:
+    async def latencies(n: int) -> list[float]:
+        backend = sim.backend(SimConfig(time_scale=1.0, profiles=profile, slots=8))
+        async with Orchestrator(backend, progress=False) as orch:
+            run = await orch.run([Query(f"q{i}", f"{i}") for i in range(n)])
+        return [r.latency_s for r in run.results]
 
-                async def one(i: int) -> float:
-                    start = time.perf_counter()
-                    await c.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": f"{i}"}])
-                    return time.perf_counter() - start
-
-                return list(await asyncio.gather(*(one(i) for i in range(n))))
-
-    alone = await wall(1)
-    together = await wall(4)
-    assert 0.18 < alone[0] < 0.3
-    assert all(0.6 < t < 1.0 for t in together)  # all four slow down (~0.8 s), not just the later arrivals
+    assert await latencies(1) == [pytest.approx(0.2)]
+    # Decoding is paced in 8 pieces of 5 tokens, each at the sharing of its moment: the k-th arrival
+    # decodes its first piece while k requests hold slots (25 ms x k), then 7 pieces shared by all 4.
+    assert await latencies(4) == pytest.approx([0.025 * k + 7 * 0.1 for k in (1, 2, 3, 4)])
 
 
 def test_curl_gets_json_and_sse() -> None:

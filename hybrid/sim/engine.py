@@ -195,14 +195,14 @@ class Engine:
         if fault == "drop":
             raise Drop
 
-    async def take_slot(self, reply: Reply, profile: ModelProfile) -> tuple[Pace, float]:
+    async def take_slot(self, reply: Reply, profile: ModelProfile, clock: Callable[[], float]) -> tuple[Pace, float]:
         """Take one of the server's slots to answer ``reply`` (queueing for one first, or 503 when
         ``max_queue`` are already waiting); returns the request's pace and the seconds it queued.
         The caller gives it back with :meth:`release_slot` in a ``finally`` (a plain pair rather
-        than a context manager: this is on every request's path)."""
+        than a context manager: this is on every request's path).  ``clock`` is the running loop's
+        ``time``, which the caller already holds (each ``get_running_loop`` costs a ``getpid``)."""
         if self.config.max_queue is not None and self._waiting >= self.config.max_queue and self._slots.locked():
             raise Rejected(503, "The server is overloaded; retry later.", type_="server_error", code="overloaded")
-        clock = asyncio.get_running_loop().time
         arrived = clock()
         self._waiting += 1
         try:

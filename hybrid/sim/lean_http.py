@@ -86,6 +86,7 @@ class LeanConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
+        self.loop = asyncio.get_running_loop()  # once: each look-up costs a getpid
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -171,7 +172,7 @@ class LeanConnection(asyncio.Protocol):
         self.pending.append(self.current)
         self.current, self.between_requests = None, True
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._serve())
+            self.task = self.loop.create_task(self._serve())
 
     # -- answering ----------------------------------------------------------------------------
     async def _serve(self) -> None:

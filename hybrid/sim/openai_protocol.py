@@ -235,13 +235,14 @@ class Simulator:
         fault = engine.faults.draw(reply.key, stream=chat.stream)
         if fault is not None:
             await engine.before_answer(fault)
-        request_pace, queued_s = await engine.take_slot(reply, profile)
+        clock = asyncio.get_running_loop().time
+        request_pace, queued_s = await engine.take_slot(reply, profile, clock)
         try:
             request_id = f"chatcmpl-sim{reply.key:016x}"
             # The server's own account of the request, as a client can read it: the queue in a
             # header, the work in llama.cpp-style ``timings`` (the stream's last chunk, or the body).
             limit_headers["x-hybrid-queue-ms"] = f"{queued_s * 1000:.3f}"  # admit's dict is new per request
-            timer = ServiceTimer(reply)
+            timer = ServiceTimer(reply, clock)
             if chat.stream:
                 await self._stream(sink, reply, chat, request_id, request_pace, fault, limit_headers, timer)
                 return
@@ -414,9 +415,9 @@ class ServiceTimer:
     """How long the server worked on one request, split as llama.cpp's ``timings`` split it: the
     prompt (up to the first token) and the predicted tokens after it, on the loop's clock."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, clock: Callable[[], float]) -> None:
         self.reply = reply
-        self._clock = asyncio.get_running_loop().time
+        self._clock = clock
         self.started = self._clock()
         self.first: float | None = None
 
