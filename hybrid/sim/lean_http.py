@@ -2,7 +2,7 @@
 
 Why it exists: at time scale 0 a client benchmark measures the client *and* the simulator, so the
 simulator must cost far less per request than the kit's fastest client (``benchmarks/
-uvloop_speed.py`` checks at least 2x).  aiohttp's web layer alone (request and response objects,
+uvloop_speed.py`` measures how much less; the goal is 2x).  aiohttp's web layer alone (request and response objects,
 header multidicts, the router, its stream writer) costs about half of what that client spends per
 call.  So this protocol parses chat completions with httptools (llhttp, the parser uvicorn uses),
 answers them with :meth:`Simulator.respond <hybrid.sim.openai_protocol.Simulator.respond>` and
