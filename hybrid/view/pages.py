@@ -121,11 +121,15 @@ def _where_the_time_went(run: RunResult) -> str:
         ("server", m.mean_server_s),
         ("network and the rest", m.mean_network_s),
     ]
-    shown = " · ".join(
-        f"{label} {'not reported' if value is None or math.isnan(value) else f'{value * 1000:.3g} ms'}"
-        for label, value in parts
-    )
+    shown = " · ".join(f"{label} {_duration(value)}" for label, value in parts)
     return f"<p class='decomposition'>mean query: {shown}</p>"
+
+
+def _duration(seconds: float | None) -> str:
+    """Milliseconds below a second, seconds above: ``272 ms``, ``1.36 s``."""
+    if seconds is None or math.isnan(seconds):
+        return "not reported"
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
 
 
 def _svg(figure: Figure) -> str:
