@@ -111,7 +111,7 @@ def _figures(run: RunResult) -> str:
 
 
 def _where_the_time_went(run: RunResult) -> str:
-    """The mean query's latency split (the decomposition's parts), in milliseconds."""
+    """The mean query's latency split (the decomposition's parts), each as :func:`_duration` writes it."""
     m = run.metrics
     parts = [
         ("client queue", m.mean_queue_s),
