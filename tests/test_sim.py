@@ -460,7 +460,11 @@ def test_a_reply_keeps_the_token_boundaries_a_fresh_tokenisation_finds() -> None
     from hybrid.sim.model import ReplyModel
     from hybrid.tokens import count_tokens
 
-    replies = ReplyModel(7, (Script(pattern="scripted", reply="A scripted reply, with: punctuation!"),), PROFILES)
+    scripts = (
+        Script(pattern="scripted", reply="A scripted reply, with: punctuation!"),
+        Script(pattern="blank", reply="  "),
+    )
+    replies = ReplyModel(7, scripts, PROFILES)
     for i in range(300):
         for max_tokens in (None, 1, 7, 40):
             for json_mode in (False, True):
@@ -473,5 +477,7 @@ def test_a_reply_keeps_the_token_boundaries_a_fresh_tokenisation_finds() -> None
                     assert whole.text.startswith(reply.text) and whole.text != reply.text
                 else:
                     assert reply.finish_reason == "stop" and reply.text == whole.text
-                assert "".join(piece for piece, _ in reply.pieces) == reply.text
+                assert "".join(piece for piece, _ in reply.pieces) == "".join(reply.tokens) == reply.text
                 assert [n for _, n in reply.pieces] == [count_tokens(piece) for piece, _ in reply.pieces]
+    blank = replies.reply("sim-small", "blank", 1, None, 1.0, False)  # nothing the token rule counts
+    assert (blank.text, blank.completion_tokens, blank.pieces) == ("  ", 0, (("  ", 0),))

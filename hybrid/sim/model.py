@@ -12,10 +12,9 @@ import hashlib
 import random
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import accumulate
 
 import orjson
 
@@ -34,10 +33,19 @@ _WORDS = (
 ).split()
 
 
-_CAPITALIZED = [word.capitalize() for word in _WORDS]
-_SPACED = [" " + word for word in _WORDS]
 _WORD_COUNT = len(_WORDS)
-_WORD_BITS = _WORD_COUNT.bit_length()
+# Every draw below is ``random``'s ``_randbelow(n)``: ``getrandbits(n.bit_length())`` until the value
+# is below ``n``.  For up to 8 bits that value is the top byte of one 32-bit Mersenne Twister word
+# shifted right, so a draw is accepted or rejected on that byte alone: a word is byte >> 1 (72 words,
+# 7 bits) and a sentence's length ``randint(8, 16)`` is 8 + (byte >> 4) (4 bits); both accept exactly
+# the bytes below 144.  The generator therefore takes a block of words at once and deletes the
+# rejected bytes in C, which leaves one byte per accepted draw, in order.  (Another word count would
+# change every seeded answer, and break this; ``tests/test_sim.py`` compares against ``rng.choice``.)
+_ACCEPTED_BELOW = _WORD_COUNT << (8 - _WORD_COUNT.bit_length())
+_REJECTED = bytes(range(_ACCEPTED_BELOW, 256))
+_FIRST = [_WORDS[b >> 1].capitalize() for b in range(_ACCEPTED_BELOW)]  # indexed by accepted byte
+_OPENING = [" " + word for word in _FIRST]
+_SPACED = [" " + _WORDS[b >> 1] for b in range(_ACCEPTED_BELOW)]
 
 
 def digest(*parts: object) -> int:
@@ -52,53 +60,54 @@ def generated_tokens(rng: random.Random, n_tokens: int) -> list[str]:
     join and its token boundaries are known without tokenising it again.
 
     This is most of the simulator's work per answer, so it draws the very numbers ``rng.choice``
-    and ``rng.randint(8, 16)`` would, in the same order (seeded answers do not change), without
-    their calls: both are ``_randbelow(n)``, which draws ``getrandbits(n.bit_length())`` until the
-    value is below ``n``.  ``tests/test_sim.py`` checks the texts against ``rng.choice``.
+    and ``rng.randint(8, 16)`` would, in the same order (seeded answers do not change), a block at
+    a time (see ``_ACCEPTED_BELOW``).  ``tests/test_sim.py`` checks the texts against ``rng.choice``.
     """
-    bits = rng.getrandbits
+    draws = _accepted_draws(rng, n_tokens + 1)  # a sentence of k tokens takes k draws; the last one more
     tokens: list[str] = []
-    append = tokens.append
-    words_in_sentence = 0
-    sentence_length = _sentence_length(bits)
-    last = n_tokens - 1
-    for i in range(n_tokens):
-        if words_in_sentence and (words_in_sentence >= sentence_length or i == last):
-            append(".")
-            words_in_sentence = 0
-            sentence_length = _sentence_length(bits)
-            continue
-        r = bits(_WORD_BITS)
-        while r >= _WORD_COUNT:
-            r = bits(_WORD_BITS)
-        if words_in_sentence:
-            append(_SPACED[r])
-        else:
-            append(" " + _CAPITALIZED[r] if tokens else _CAPITALIZED[r])
-        words_in_sentence += 1
+    at, left = 0, n_tokens
+    while left:
+        words = 8 + (draws[at] >> 4)  # the sentence's length; at the end of the answer, what is left:
+        if words >= left:  # its last token is a full stop, unless it is the only one
+            words = left - 1 or 1
+        tokens.append(_OPENING[draws[at + 1]] if tokens else _FIRST[draws[at + 1]])
+        tokens.extend(map(_SPACED.__getitem__, draws[at + 2 : at + 1 + words]))
+        at, left = at + 1 + words, left - words
+        if left:
+            tokens.append(".")
+            left -= 1
     return tokens
 
 
-def _sentence_length(bits: Callable[[int], int]) -> int:
-    """``randint(8, 16)``, drawn as ``random`` draws it."""
-    r = bits(4)
-    while r >= 9:
-        r = bits(4)
-    return 8 + r
+def _accepted_draws(rng: random.Random, count: int) -> bytes:
+    """The top bytes of ``rng``'s next accepted draws, at least ``count`` of them, in order."""
+    draws = b""
+    while len(draws) < count:
+        block = (count - len(draws)) * 16 // 9 + 16  # 9 in 16 draws are accepted
+        draws += rng.getrandbits(32 * block).to_bytes(4 * block, "little")[3::4].translate(None, _REJECTED)
+    return draws
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     """The simulated answer to one request (before timing and faults), computed once per distinct
-    request: ``key`` identifies the request (for seeded timing and faults), ``pieces`` are its
-    streamed chunks with their token counts."""
+    request: ``key`` identifies the request (for seeded timing and faults), ``tokens`` are the
+    text cut at its token boundaries (they join back to it)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
     key: int
-    pieces: tuple[tuple[str, int], ...]
+    tokens: tuple[str, ...]
+
+    @property
+    def pieces(self) -> tuple[tuple[str, int], ...]:
+        """The streamed chunks with their token counts, cut when asked: only a streamed or paced
+        answer needs them, and the cut is a tenth of a reply's cost at time scale 0."""
+        if not self.tokens:  # no token at all: the text (if any) is one piece
+            return ((self.text, 0),) if self.text else ()
+        return split(self.tokens, STREAM_PIECES)
 
 
 class ReplyModel:
@@ -123,45 +132,46 @@ class ReplyModel:
         temperature: float,
         json_mode: bool,
     ) -> Reply:
-        ends: list[int] | None = None  # where each token of the answer ends
+        key = digest(model, text, temperature, max_tokens, json_mode)
+        n_prompt = prompt_tokens(text, n_messages)
         for pattern, scripted in self._scripts:
             if pattern.search(text):
-                full = scripted
+                tokens = cut_into_tokens(scripted)
+                if not tokens:  # nothing the token rule counts (say, only spaces): sent as it is
+                    return Reply(scripted, n_prompt, 0, "stop", key, ())
                 break
         else:
             profile = self._profiles[model]
             rng = self._rng
             rng.seed(digest(self._seed, model, text, temperature))  # as random.Random(that) would start
-            n = rng.randint(profile.min_completion_tokens, profile.max_completion_tokens)
-            tokens = generated_tokens(rng, n)
+            tokens = generated_tokens(rng, rng.randint(profile.min_completion_tokens, profile.max_completion_tokens))
             if json_mode:
-                full = orjson.dumps({"answer": "".join(tokens)}).decode()
-            else:
-                full, ends = "".join(tokens), list(accumulate(map(len, tokens)))
-        if ends is None:  # generated text knows its tokens; anything else is tokenised once
-            ends = [m.end() for m in TOKEN_PATTERN.finditer(full)]
-        n_prompt = prompt_tokens(text, n_messages)
-        key = digest(model, text, temperature, max_tokens, json_mode)
-        if max_tokens is not None and len(ends) > max_tokens:
-            ends = ends[:max_tokens]
-            text_out, finish = full[: ends[-1]], "length"
-        else:
-            text_out, finish = full, "stop"
-        return Reply(text_out, n_prompt, len(ends), finish, key, split(text_out, ends, STREAM_PIECES))
+                tokens = cut_into_tokens(orjson.dumps({"answer": "".join(tokens)}).decode())
+        finish = "stop"
+        if max_tokens is not None and len(tokens) > max_tokens:
+            tokens, finish = tokens[:max_tokens], "length"
+        return Reply("".join(tokens), n_prompt, len(tokens), finish, key, tuple(tokens))
 
 
-def split(text: str, ends: list[int], parts: int) -> tuple[tuple[str, int], ...]:
-    """Cut ``text``, whose tokens end at ``ends``, at token boundaries into at most ``parts``
-    pieces that join back to it, each with its token count: ``step`` tokens each, the last piece
-    the rest (and any trailing space)."""
+def cut_into_tokens(text: str) -> list[str]:
+    """``text`` cut after each of its tokens under the kit's rule, so the pieces join back to it:
+    what precedes a token belongs to it, what follows the last token belongs to the last."""
+    ends = [m.end() for m in TOKEN_PATTERN.finditer(text)]
     if not ends:
-        return ((text, 0),) if text else ()
-    n = len(ends)
+        return []
+    ends[-1] = len(text)
+    return list(map(text.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+
+def split(tokens: tuple[str, ...], parts: int) -> tuple[tuple[str, int], ...]:
+    """Join ``tokens`` into at most ``parts`` pieces at token boundaries, each with its token
+    count: ``step`` tokens each, the last piece the rest."""
+    n = len(tokens)
     step = -(-n // parts)  # ceil
-    cuts = [*ends[step - 1 : -1 : step], len(text)]  # where each piece ends
-    starts = [0, *cuts[:-1]]
-    counts = [step] * (len(cuts) - 1) + [n - step * (len(cuts) - 1)]
-    return tuple(zip(map(text.__getitem__, map(slice, starts, cuts)), counts, strict=True))
+    texts = ["".join(tokens[i : i + step]) for i in range(0, n, step)]
+    counts = [step] * len(texts)
+    counts[-1] = n - step * (len(texts) - 1)
+    return tuple(zip(texts, counts, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
