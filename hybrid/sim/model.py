@@ -104,7 +104,7 @@ class Reply:
     @property
     def pieces(self) -> tuple[tuple[str, int], ...]:
         """The streamed chunks with their token counts, cut when asked: only a streamed or paced
-        answer needs them, and the cut is a tenth of a reply's cost at time scale 0."""
+        answer needs them, and the cut was a sixth of a reply's cost at time scale 0."""
         if not self.tokens:  # no token at all: the text (if any) is one piece
             return ((self.text, 0),) if self.text else ()
         return split(self.tokens, STREAM_PIECES)
