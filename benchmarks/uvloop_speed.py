@@ -80,7 +80,8 @@ def main() -> None:
             run["server_capacity_per_core"] / max(s[i]["client_calls_per_s"] for s in samples.values())
             for i, run in enumerate(runs)
         ]
-        print(f"simulator on {name}, round by round: {', '.join(f'{r:.2f}x' for r in ratios)} (worst {min(ratios):.2f}x)")
+        listed = ", ".join(f"{r:.2f}x" for r in ratios)
+        print(f"simulator on {name}, round by round: {listed} (worst {min(ratios):.2f}x)")
     for key in ("client_calls_per_s", "server_capacity_per_core"):
         print(f"uvloop / asyncio, {key}: {medians['uvloop'][key] / medians['asyncio'][key]:.2f}x")
 

@@ -453,6 +453,28 @@ def test_generated_answers_draw_words_exactly_as_random_choice_does() -> None:
             assert "".join(model.generated_tokens(random.Random(seed), n)) == reference(random.Random(seed), n)
 
 
+def test_the_compiled_filler_gives_the_pure_python_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_filler.c`` (built by ``make``) must draw the very words the Python path draws, for any seed
+    (one or two 32-bit key words, 0, the extremes), any range (one value, two, wide) and answers long
+    enough to need the Mersenne Twister's state regenerated twice."""
+    import random
+
+    from hybrid.sim import model
+
+    compiled = model._compiled
+    assert compiled is not None, "the compiled filler is missing: rebuild it with `make .venv/.installed`"
+    draw = random.Random(5)
+    seeds = [0, 1, 2**32 - 1, 2**32, 2**64 - 1] + [draw.getrandbits(bits) for bits in (8, 32, 64) for _ in range(300)]
+    ranges = [(0, 0), (1, 1), (20, 60), (0, 1), (5, 12), (1, 2000)]
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "_compiled", None)
+        expected = {(seed, r): model.seeded_tokens(seed, *r) for seed in seeds for r in ranges}
+    assert max(len(tokens) for tokens in expected.values()) > 1300  # past two regenerations of 624 words
+    assert {key: model.seeded_tokens(key[0], *key[1]) for key in expected} == expected
+    with pytest.raises(ValueError):
+        compiled.seeded_tokens(1, 5, 4, model._FIRST, model._OPENING, model._SPACED, ".")
+
+
 def test_a_reply_keeps_the_token_boundaries_a_fresh_tokenisation_finds() -> None:
     """Generated answers are counted, cut at max_tokens and split into stream pieces from the
     boundaries they were drawn with; they must be the ones the kit's token rule finds in the text."""

@@ -15,11 +15,18 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from types import ModuleType
 
 import orjson
 
 from hybrid.sim.config import Faults, ModelProfile, Script
 from hybrid.tokens import TOKEN_PATTERN, prompt_tokens
+
+_compiled: ModuleType | None
+try:  # the compiled filler (setup.py builds it when it can); else the Python below, same texts
+    from hybrid.sim import _filler as _compiled
+except ImportError:  # pragma: no cover - depends on the install
+    _compiled = None
 
 #: Content chunks per streamed answer; decoding is also paced in this many steps.
 STREAM_PIECES = 8
@@ -40,12 +47,14 @@ _WORD_COUNT = len(_WORDS)
 # 7 bits) and a sentence's length ``randint(8, 16)`` is 8 + (byte >> 4) (4 bits); both accept exactly
 # the bytes below 144.  The generator therefore takes a block of words at once and deletes the
 # rejected bytes in C, which leaves one byte per accepted draw, in order.  (Another word count would
-# change every seeded answer, and break this; ``tests/test_sim.py`` compares against ``rng.choice``.)
+# change every seeded answer, and break this and ``_filler.c``'s ``ACCEPTED_BELOW``; ``tests/test_sim.py``
+# compares against ``rng.choice`` and the compiled filler against this code.)
 _ACCEPTED_BELOW = _WORD_COUNT << (8 - _WORD_COUNT.bit_length())
 _REJECTED = bytes(range(_ACCEPTED_BELOW, 256))
 _FIRST = [_WORDS[b >> 1].capitalize() for b in range(_ACCEPTED_BELOW)]  # indexed by accepted byte
 _OPENING = [" " + word for word in _FIRST]
 _SPACED = [" " + _WORDS[b >> 1] for b in range(_ACCEPTED_BELOW)]
+_RNG = random.Random()  # the pure-Python path's one generator, reseeded for each reply (cheaper than a new one)
 
 
 def digest(*parts: object) -> int:
@@ -59,9 +68,10 @@ def generated_tokens(rng: random.Random, n_tokens: int) -> list[str]:
     Each item is one token under the kit's rule with the space before it, so the text is their
     join and its token boundaries are known without tokenising it again.
 
-    This is most of the simulator's work per answer, so it draws the very numbers ``rng.choice``
+    This was a fifth of the simulator's work per request, so it draws the very numbers ``rng.choice``
     and ``rng.randint(8, 16)`` would, in the same order (seeded answers do not change), a block at
-    a time (see ``_ACCEPTED_BELOW``).  ``tests/test_sim.py`` checks the texts against ``rng.choice``.
+    a time (see ``_ACCEPTED_BELOW``); ``_filler.c`` does the same compiled (:func:`seeded_tokens`).
+    ``tests/test_sim.py`` checks the texts against ``rng.choice``.
     """
     draws = _accepted_draws(rng, n_tokens + 1)  # a sentence of k tokens takes k draws; the last one more
     tokens: list[str] = []
@@ -77,6 +87,18 @@ def generated_tokens(rng: random.Random, n_tokens: int) -> list[str]:
             tokens.append(".")
             left -= 1
     return tokens
+
+
+def seeded_tokens(seed: int, low: int, high: int) -> list[str]:
+    """The filler a request seeded with ``seed`` gets: ``generated_tokens`` of ``random.Random(seed)``,
+    ``randint(low, high)`` tokens long.  Compiled (``_filler.c``, the same numbers and tokens) when
+    the extension was built, else this module's Python; ``tests/test_sim.py`` compares the two."""
+    if _compiled is not None:
+        tokens: list[str] = _compiled.seeded_tokens(seed, low, high, _FIRST, _OPENING, _SPACED, ".")
+        return tokens
+    rng = _RNG
+    rng.seed(seed)  # as random.Random(seed) would start
+    return generated_tokens(rng, rng.randint(low, high))
 
 
 def _accepted_draws(rng: random.Random, count: int) -> bytes:
@@ -116,7 +138,6 @@ class ReplyModel:
     def __init__(self, seed: int, scripts: tuple[Script, ...], profiles: Mapping[str, ModelProfile]) -> None:
         self._seed = seed
         self._profiles = profiles
-        self._rng = random.Random()  # reseeded for each reply: one generator, not one per reply
         self._scripts = [
             (re.compile(s.pattern), s.reply if isinstance(s.reply, str) else orjson.dumps(s.reply).decode())
             for s in scripts
@@ -142,9 +163,8 @@ class ReplyModel:
                 break
         else:
             profile = self._profiles[model]
-            rng = self._rng
-            rng.seed(digest(self._seed, model, text, temperature))  # as random.Random(that) would start
-            tokens = generated_tokens(rng, rng.randint(profile.min_completion_tokens, profile.max_completion_tokens))
+            seed = digest(self._seed, model, text, temperature)
+            tokens = seeded_tokens(seed, profile.min_completion_tokens, profile.max_completion_tokens)
             if json_mode:
                 tokens = cut_into_tokens(orjson.dumps({"answer": "".join(tokens)}).decode())
         finish = "stop"
