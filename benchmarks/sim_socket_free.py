@@ -58,7 +58,7 @@ async def cpu_per_request(prompts: list[str]) -> float:
     """Seconds of CPU per request to answer ``prompts`` on one connection, one after the other."""
     simulator = Simulator(SimConfig(seed=1, time_scale=0.0))
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    connection = LeanConnection(simulator, lambda: asyncio.Protocol(), set())
+    connection = LeanConnection(simulator, asyncio.Protocol, set())
     connection.connection_made(CountingTransport(len(prompts), done))
     requests = [request(prompt) for prompt in prompts]
     started = time.process_time()

@@ -473,6 +473,8 @@ def test_the_compiled_filler_gives_the_pure_python_tokens(monkeypatch: pytest.Mo
     assert {key: model.seeded_tokens(key[0], *key[1]) for key in expected} == expected
     with pytest.raises(ValueError):
         compiled.seeded_tokens(1, 5, 4, model._FIRST, model._OPENING, model._SPACED, ".")
+    with pytest.raises(TypeError, match="exactly 144"):  # another word count must not draw other words silently
+        compiled.seeded_tokens(1, 5, 9, [*model._FIRST, "x"], model._OPENING, model._SPACED, ".")
 
 
 def test_a_reply_keeps_the_token_boundaries_a_fresh_tokenisation_finds() -> None:

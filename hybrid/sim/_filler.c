@@ -113,8 +113,9 @@ next_draw(Twister *tw)
 static int
 check_table(PyObject *table, const char *name)
 {
-    if (!PyList_CheckExact(table) || PyList_GET_SIZE(table) < ACCEPTED_BELOW) {
-        PyErr_Format(PyExc_TypeError, "%s must be a list of %d strings", name, ACCEPTED_BELOW);
+    /* Exactly: tables of another length mean model.py's word count changed, and with it the draws. */
+    if (!PyList_CheckExact(table) || PyList_GET_SIZE(table) != ACCEPTED_BELOW) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list of exactly %d strings", name, ACCEPTED_BELOW);
         return -1;
     }
     return 0;

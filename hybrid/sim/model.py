@@ -54,7 +54,6 @@ _REJECTED = bytes(range(_ACCEPTED_BELOW, 256))
 _FIRST = [_WORDS[b >> 1].capitalize() for b in range(_ACCEPTED_BELOW)]  # indexed by accepted byte
 _OPENING = [" " + word for word in _FIRST]
 _SPACED = [" " + _WORDS[b >> 1] for b in range(_ACCEPTED_BELOW)]
-_RNG = random.Random()  # the pure-Python path's one generator, reseeded for each reply (cheaper than a new one)
 
 
 def digest(*parts: object) -> int:
@@ -96,8 +95,7 @@ def seeded_tokens(seed: int, low: int, high: int) -> list[str]:
     if _compiled is not None:
         tokens: list[str] = _compiled.seeded_tokens(seed, low, high, _FIRST, _OPENING, _SPACED, ".")
         return tokens
-    rng = _RNG
-    rng.seed(seed)  # as random.Random(seed) would start
+    rng = random.Random(seed)  # one per reply: simulators in different threads share this module
     return generated_tokens(rng, rng.randint(low, high))
 
 
