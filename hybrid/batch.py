@@ -130,7 +130,7 @@ class _BatchRun:
             try:
                 record = self.ctx.record
                 if record is not None:
-                    active = record.store.open_remote_jobs(record.run_id, "batch")
+                    active = record.open_remote_jobs("batch")
                     if active:
                         log.info("hybrid: reattaching to %d batch(es) of run %r", len(active), record.name)
                         await self._wait_for(active, bar)
@@ -199,9 +199,7 @@ class _BatchRun:
                 continue
             job_id = str(batch["id"])
             if record is not None:
-                record.store.add_remote_job(
-                    record.run_id, job_id, kind="batch", input_file_id=file_id, requests=len(ids)
-                )
+                record.add_remote_job(job_id, kind="batch", input_file_id=file_id, requests=len(ids))
             now = self.state.clock()
             for custom_id in ids:
                 index = self.pending[custom_id][0]
@@ -273,7 +271,7 @@ class _BatchRun:
         self.collected += len(seen)
         record = self.ctx.record
         if record is not None:
-            record.store.end_remote_job(record.run_id, job, status)
+            record.end_remote_job(job, status)
 
     def _land_line(self, raw: bytes, job: str) -> str:
         """Land one line of a result file if it answers a pending query; its custom_id."""

@@ -6,7 +6,9 @@
 * ``ideal_efficiency``: the same ratio for a perfect scheduler with the same per-query latencies
   and the same concurrency limit, stage by stage (longest-first list scheduling, which is what a
   semaphore-fed pool achieves at best; for unlimited concurrency it is ``sum / max``).
-* ``percent_of_ideal = parallel_efficiency / ideal_efficiency``.
+* ``percent_of_ideal = parallel_efficiency / ideal_efficiency``.  Both are NaN when the
+  concurrency is not known (``concurrency=None``: a run merged from resumed segments that ran at
+  different limits, or a run saved by a kit too old to record it): no ideal can be computed then.
 * client CPU per call: process CPU seconds during the run divided by the calls made (attempts).
 
 Rows that did not go over the wire in this run (``origin`` ``"cache"`` or ``"resumed"``) are
@@ -78,7 +80,8 @@ class RunMetrics:
     parallel_efficiency: float
     ideal_efficiency: float
     percent_of_ideal: float
-    concurrency: int
+    #: The concurrency limit the run ran at; None when not known (see the module docstring).
+    concurrency: int | None
     p50_latency_s: float
     p95_latency_s: float
     p99_latency_s: float
@@ -117,7 +120,7 @@ class RunMetrics:
         *,
         wall_s: float,
         cpu_s: float,
-        concurrency: int,
+        concurrency: int | None,
         concurrency_trace: Sequence[tuple[float, int]] = (),
     ) -> RunMetrics:
         sent = [r for r in results if r.attempts > 0 and r.origin == "sent"]
@@ -127,9 +130,12 @@ class RunMetrics:
         stages: dict[int | None, list[float]] = {}
         for r in sent:
             stages.setdefault(r.stage, []).append(r.latency_s)
-        ideal_s = sum(ideal_wall(stage, concurrency) for stage in stages.values())
         efficiency = total / wall_s if wall_s > 0 else 0.0
-        ideal = total / ideal_s if ideal_s > 0 else 0.0
+        if concurrency is None:
+            ideal = math.nan
+        else:
+            ideal_s = sum(ideal_wall(stage, concurrency) for stage in stages.values())
+            ideal = total / ideal_s if ideal_s > 0 else 0.0
         ttfts = [r.ttft_s for r in sent if r.ttft_s is not None]
         batched = [r for r in results if r.origin == "batch"]
         attempts = sum(r.attempts for r in sent) + sum(r.attempts for r in batched)
@@ -145,7 +151,7 @@ class RunMetrics:
             sum_latency_s=total,
             parallel_efficiency=efficiency,
             ideal_efficiency=ideal,
-            percent_of_ideal=efficiency / ideal if ideal > 0 else 0.0,
+            percent_of_ideal=efficiency / ideal if ideal > 0 else ideal,  # 0 with nothing sent, NaN unknown
             concurrency=concurrency,
             p50_latency_s=percentile(latencies, 50, is_sorted=True),
             p95_latency_s=percentile(latencies, 95, is_sorted=True),
@@ -189,7 +195,7 @@ class RunMetrics:
             parallel_efficiency=nan,
             ideal_efficiency=nan,
             percent_of_ideal=nan,
-            concurrency=0,
+            concurrency=None,
             p50_latency_s=nan,
             p95_latency_s=nan,
             p99_latency_s=nan,

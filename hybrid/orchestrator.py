@@ -24,8 +24,10 @@ cancel propagates; the results finished before it stay on :attr:`Orchestrator.la
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -57,11 +59,11 @@ from hybrid.errors import (
 )
 from hybrid.estimate import Estimate, estimate
 from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
-from hybrid.fingerprint import fingerprint
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.ray_shards import RayShards
 from hybrid.results import RunResult
 from hybrid.retry import Retry
+from hybrid.run_record import RunRecord
 from hybrid.run_state import RunState
 from hybrid.store import Store
 from hybrid.strategies import RunContext, Strategy, strategy_for
@@ -182,6 +184,8 @@ class Orchestrator:
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._depth = 0
+        #: The runs in flight: each one's cancel scope, its task and an event set once it has ended.
+        self._runs: dict[asyncio.Timeout, tuple[asyncio.Task[object] | None, asyncio.Event]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -209,6 +213,7 @@ class Orchestrator:
         self._depth -= 1
         if self._depth > 0:
             return
+        await self._stop_runs()
         self._loop = self._slots = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -216,6 +221,24 @@ class Orchestrator:
         await self.backend.aclose()
         if self.store is not None:
             await asyncio.to_thread(self.store.flush)  # leaving the block means the rows are on disk
+
+    async def _stop_runs(self) -> None:
+        """Closing under running runs cancels them, as an interrupt would, and waits until each has
+        closed its requests and landed its rows: each ``run()`` / ``pipeline()`` then returns its
+        partial :class:`RunResult` (``cancelled=True``, a warning saying why) and a stream ends with
+        it.  Only then is the backend closed, so no request outlives the orchestrator and no task is
+        left.  (A run in the very task that closes cannot be waited for: it ends on its own.)"""
+        current = asyncio.current_task()
+        waiting = []
+        for scope, (task, ended) in list(self._runs.items()):
+            if task is not current:
+                scope.reschedule(asyncio.get_running_loop().time())
+                waiting.append(ended.wait())
+        if waiting:
+            log.warning(
+                "hybrid: the orchestrator was closed with %d run(s) in flight; they were cancelled", len(waiting)
+            )
+            await asyncio.gather(*waiting)
 
     # -- public API ---------------------------------------------------------------------------
     async def run(
@@ -269,7 +292,9 @@ class Orchestrator:
         strategy.check(self)
         record = self._begin_record(None, False, strategy.name, items)
         return EventStream(
-            lambda emit: self._execute(items, [None] * len(items), strategy, strategy.name, emit, record=record)
+            lambda emit: self._execute(
+                items, [None] * len(items), strategy, strategy.name, emit, record=record, announce_interrupt=False
+            )
         )
 
     async def pipeline(self, stages: Sequence[Sequence[Query]], *, mode: str | Strategy = "gather") -> RunResult:
@@ -384,11 +409,15 @@ class Orchestrator:
         body: Callable[[RunState, Callable[[int, Query], Awaitable[None]]], Awaitable[None]] | None = None,
         record: RunRecord | None = None,
         show_progress: bool | None = None,
+        announce_interrupt: bool = True,
     ) -> RunResult:
         self._check_loop()
         send = strategy.sender(self.backend, self._thread_pool)
         concurrency = strategy.concurrency(self.max_concurrency)
         setting = self.progress if show_progress is None else show_progress
+        resumed = [] if record is None else record.resumed(queries, stage_of)
+        if record is not None and len(resumed) < len(queries):  # a resume with nothing to send writes nothing
+            record.open(len(queries), concurrency)
         with progress.bar(len(queries), f"hybrid {label}", requested=progress.wanted(setting)) as bar:
             state = RunState(
                 queries,
@@ -402,9 +431,8 @@ class Orchestrator:
                 on_progress=None if record is None else record.progressed,
                 limit_trace=None if self.adaptive is None else self.adaptive.trace,
             )
-            if record is not None:
-                for result in record.resumed(queries, stage_of):
-                    state.finish(result)
+            for result in resumed:
+                state.finish(result)
             if self.cache is not None:
                 self.cache.prefetch(queries)
 
@@ -420,35 +448,48 @@ class Orchestrator:
 
             chain = compose(self.links, last)
 
-            async def run_one(index: int, query: Query) -> None:
-                await self._settle(state, index, query, chain)
+            slots = self._slots
 
+            async def run_one(index: int, query: Query) -> None:
+                await self._settle(state, index, query, chain, slots)
+
+            closing = asyncio.timeout(None)  # closing the orchestrator cancels the run through it
+            ended = asyncio.Event()
+            self._runs[closing] = (asyncio.current_task(), ended)
             try:
-                if body is not None:
-                    await body(state, run_one)
-                else:
-                    todo = [(i, q) for i, q in enumerate(queries) if state.results[i] is None]
-                    context = RunContext(
-                        todo=todo,
-                        run_one=run_one,
-                        limit=self.max_concurrency,
-                        state=state,
-                        orchestrator=self,
-                        record=record,
-                    )
-                    await strategy.execute(context)
+                async with closing:
+                    if body is not None:
+                        await body(state, run_one)
+                    else:
+                        todo = [(i, q) for i, q in enumerate(queries) if state.results[i] is None]
+                        context = RunContext(
+                            todo=todo,
+                            run_one=run_one,
+                            limit=self.max_concurrency,
+                            state=state,
+                            orchestrator=self,
+                            record=record,
+                        )
+                        await strategy.execute(context)
+            except TimeoutError:
+                if not closing.expired():
+                    raise
+                partial = state.build(cancelled=True)
+                note = "The orchestrator was closed while this run was in flight, which cancelled it."
+                closed = replace(partial, warnings=(*partial.warnings, note))
+                self.last_run = closed = self._ended(closed, record, "cancelled")
+                return closed
             except (asyncio.CancelledError, KeyboardInterrupt) as stop:
                 self.last_run = partial = self._ended(state.build(cancelled=True), record, "cancelled")
-                done = partial.metrics.queries - sum(isinstance(r.error, Cancelled) for r in partial.results)
-                where = "orch.last_run" + ("" if record is None else f" and the store (run {record.name!r})")
-                stop.add_note(
-                    f"hybrid: the run was interrupted; {done} of {partial.metrics.queries} queries had finished. "
-                    f"Their results are in {where}."
-                )
-                raise
+                if announce_interrupt:
+                    _announce_interrupt(partial, record)
+                raise type(stop)() from None  # the kit's line above says it all; no internal frames
             except BaseException as exc:
                 self.last_run = self._ended(state.build(stopped_by=exc), record, "failed")
                 raise
+            finally:
+                del self._runs[closing]
+                ended.set()
             built = state.build()  # the run's clock stops here, before waiting for the disk
             if record is not None:
                 # When run() returns, its rows are on disk, and a store that failed is known.
@@ -457,16 +498,16 @@ class Orchestrator:
         return run
 
     def _ended(self, run: RunResult, record: RunRecord | None, status: str) -> RunResult:
-        """The run with what its end must say: the store's state, and a budget that stopped queries."""
-        run = _with_store_warning(run, record, status)
+        """The run with what its end must say (a budget that stopped queries), written to the store
+        as it is returned, plus a note if the store failed."""
         refused = sum(r.error is not None and r.error.kind == "budget" for r in run.results)
-        if self.budget is None or not refused:
-            return run
-        note = (
-            f"The ${self.budget.limit_usd:.6f} budget stopped {refused} of {len(run.results)} queries before they "
-            f"were sent; ${self.budget.spent_usd:.6f} spent so far by this orchestrator."
-        )
-        return replace(run, warnings=(*run.warnings, note))
+        if self.budget is not None and refused:
+            note = (
+                f"The ${self.budget.limit_usd:.6f} budget stopped {refused} of {len(run.results)} queries before "
+                f"they were sent; ${self.budget.spent_usd:.6f} spent so far by this orchestrator."
+            )
+            run = replace(run, warnings=(*run.warnings, note))
+        return _with_store_warning(run, record, status)
 
     def _check_budget(self, queries: Sequence[Query]) -> None:
         """Under a budget every query needs a bounded worst case: ``max_tokens`` and a price."""
@@ -505,12 +546,17 @@ class Orchestrator:
             "cache": None if self.cache is None else self.cache.mode,
         }
         run_name = name or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        run_id = self.store.begin_run(run_name, mode=mode, settings=settings, queries=len(queries), resume=resume)
-        answered = self.store.answered(run_name) if resume else {}
-        return RunRecord(self.store, run_id, run_name, self.backend.model, answered)
+        return RunRecord(
+            self.store, run_name, mode=mode, settings=settings, default_model=self.backend.model, resume=resume
+        )
 
     async def _settle(
-        self, state: RunState, index: int, query: Query, chain: Callable[[Query, Attempt], Awaitable[Completion]]
+        self,
+        state: RunState,
+        index: int,
+        query: Query,
+        chain: Callable[[Query, Attempt], Awaitable[Completion]],
+        slots: asyncio.Semaphore | AdaptiveConcurrency | None,
     ) -> None:
         """Run one query to its result: wait for a slot, then attempts and backoffs in one timeout scope.
 
@@ -522,8 +568,7 @@ class Orchestrator:
         or of its pipeline stage.
         """
         submitted = state.stage_started
-        assert self._slots is not None
-        async with self._slots:
+        async with slots or contextlib.nullcontext():
             attempts = 0
             first_sent: float | None = None
             last_sent: float | None = None
@@ -665,58 +710,11 @@ class Orchestrator:
         return price.cost(completion.usage) * (price.batch_discount if batch else 1.0)
 
 
-class RunRecord:
-    """One run's place in the store: saves each result as it lands, and knows what resume skips."""
-
-    def __init__(
-        self,
-        store: Store,
-        run_id: int,
-        name: str,
-        default_model: str,
-        answered: Mapping[tuple[str, str], QueryResult],
-    ) -> None:
-        self.store, self.run_id, self.name = store, run_id, name
-        self.default_model = default_model
-        self.answered = answered
-
-    def save(self, result: QueryResult) -> None:
-        self.store.record(self.run_id, result, self.default_model)
-
-    def started(self, index: int) -> None:
-        self.store.record_start(self.run_id, index)
-
-    def progressed(self, index: int, tokens: int) -> None:
-        self.store.record_progress(self.run_id, index, tokens)
-
-    def resumed(self, queries: Sequence[Query], stages: Sequence[int | None]) -> list[QueryResult]:
-        """The rows of ``queries`` already answered ok under this name: not sent again."""
-        found = []
-        for index, query in enumerate(queries):
-            earlier = self.answered.get((query.name, fingerprint(query, self.default_model)))
-            if earlier is not None:
-                found.append(
-                    replace(
-                        earlier,
-                        query=query,
-                        index=index,
-                        stage=stages[index],
-                        origin="resumed",
-                        latency_s=0.0,
-                        queue_s=0.0,
-                        ttft_s=None,
-                        started_s=0.0,
-                        finished_s=0.0,
-                    )
-                )
-        return found
-
-
 def _with_store_warning(run: RunResult, record: RunRecord | None, status: str) -> RunResult:
-    """Mark the run's end in the store; if the store failed, say so on the run (its rows are complete)."""
+    """Write the run's end to the store; if the store failed, say so on the run (its rows are complete)."""
     if record is None:
         return run
-    record.store.end_run(record.run_id, status)
+    record.end(run, status)
     failure = record.store.failure
     if failure is None:
         return run
@@ -824,7 +822,23 @@ def _give_up_if_told_to_wait_too_long(error: QueryError, delay: float, scope: as
         )
 
 
+def _announce_interrupt(partial: RunResult, record: RunRecord | None) -> None:
+    """The kit's one line about an interrupted run, on stderr before the cell's short traceback:
+    what finished and where it is kept (the orchestrator's ``last_run``, and the store)."""
+    done = sum(not isinstance(r.error, Cancelled) for r in partial.results)
+    where = "the orchestrator's last_run"
+    if record is not None:
+        where += f" and in {record.store} as run {record.name!r} (resume=True sends only the rest)"
+    print(
+        f"hybrid: the run was interrupted; {done} of {len(partial.results)} queries had finished. Their results are "
+        f"on {where}.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _raise_if_all_failed(run: RunResult) -> RunResult:
-    if run.results and run.metrics.succeeded == 0:
+    """Raise :class:`AllQueriesFailed` when every query failed; a cancelled run is returned as it is."""
+    if run.results and run.metrics.succeeded == 0 and not run.cancelled:
         raise AllQueriesFailed(run)
     return run

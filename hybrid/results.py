@@ -29,6 +29,8 @@ class RunResult:
 
     ``cancelled`` is true for the partial result a cancelled run leaves on ``Orchestrator.last_run``:
     finished queries keep their answers, the others carry a :class:`~hybrid.errors.Cancelled` error.
+    ``segments`` is how many runs of one name this result merges (``Store.load(name)`` of a run that
+    was resumed: the first run and each resume); a live run, or one segment loaded, is 1.
     """
 
     results: tuple[QueryResult, ...]
@@ -36,6 +38,7 @@ class RunResult:
     mode: str
     warnings: tuple[str, ...] = ()
     cancelled: bool = False
+    segments: int = 1
 
     def __len__(self) -> int:
         return len(self.results)
@@ -66,6 +69,7 @@ class RunResult:
         return {
             "mode": self.mode,
             "cancelled": self.cancelled,
+            "segments": self.segments,
             "warnings": list(self.warnings),
             "metrics": metrics,
             "results": [{k: _finite(v) for k, v in r.as_row().items()} for r in self.results],
@@ -75,18 +79,26 @@ class RunResult:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2).decode()
 
     def summary(self) -> str:
-        """One line: how many succeeded, wall, efficiency against the ideal, tokens, retries."""
+        """One line: how many succeeded, wall, efficiency against the ideal, tokens, retries.
+
+        The notebook, ``hybrid runs show`` and the viewer all print this line, for a live run and
+        for the same run loaded from the store alike."""
         m = self.metrics
+        how = self.mode if self.segments == 1 else f"{self.mode}, {self.segments} segments"
         if m.batched:
             cost = "" if m.batch_cost_usd is None else f", ${m.batch_cost_usd:.6f} at the batch price"
             return (
-                f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({self.mode}); {m.batched} through the "
+                f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({how}); {m.batched} through the "
                 f"Batch API{cost}; {m.total_tokens} tokens; {m.attempts} lines submitted"
             )
+        ideal = (
+            "ideal unknown: no single concurrency limit"
+            if math.isnan(m.ideal_efficiency)
+            else f"{m.percent_of_ideal:.0%} of ideal {m.ideal_efficiency:.0%}"
+        )
         return (
-            f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({self.mode}); parallel efficiency "
-            f"{m.parallel_efficiency:.0%} ({m.percent_of_ideal:.0%} of ideal {m.ideal_efficiency:.0%}); "
-            f"{m.total_tokens} tokens; {m.retries} retries"
+            f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({how}); parallel efficiency "
+            f"{m.parallel_efficiency:.0%} ({ideal}); {m.total_tokens} tokens; {m.retries} retries"
         )
 
     def __repr__(self) -> str:

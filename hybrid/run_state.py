@@ -108,18 +108,18 @@ class RunState:
             self._emit(QueryFinished(result))
 
     def build(self, *, cancelled: bool = False, stopped_by: BaseException | None = None) -> RunResult:
-        """The run as it stands: one row per query, the unfinished ones as ``Cancelled`` rows."""
+        """The run as it stands.  A run that stopped (``cancelled``, or ``stopped_by`` an error)
+        first lands a ``Cancelled`` row for each query still open, saved like any other row, so
+        the store holds the same partial run that ``last_run`` does."""
         wall = self.now()
         cpu = time.process_time() - self.cpu0
         why = "was cancelled" if stopped_by is None else f"stopped on {type(stopped_by).__name__}"
-        results = tuple(
-            r
-            if r is not None
-            else QueryResult(
-                query=q, index=i, stage=self.stages[i], error=Cancelled(f"The run {why} before this query finished.")
-            )
-            for i, (q, r) in enumerate(zip(self.queries, self.results, strict=True))
-        )
+        finished = sum(r is not None for r in self.results)
+        for i, (query, result) in enumerate(zip(self.queries, self.results, strict=True)):
+            if result is None:
+                error = Cancelled(f"The run {why} before this query finished.")
+                self.finish(QueryResult(query=query, index=i, stage=self.stages[i], error=error))
+        results = tuple(r for r in self.results if r is not None)
         warnings = self._failure_warnings(results)
         try:
             metrics = RunMetrics.compute(
@@ -132,7 +132,6 @@ class RunState:
                 f"The run's metrics could not be computed ({type(exc).__name__}: {exc}); rows are complete."
             )
         if cancelled or stopped_by is not None:
-            finished = sum(r is not None for r in self.results)
             warnings.append(f"The run {why}; {finished} of {len(results)} queries had finished.")
         return RunResult(
             results=results, metrics=metrics, mode=self.mode, warnings=tuple(warnings), cancelled=cancelled

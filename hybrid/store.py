@@ -48,13 +48,16 @@ from hybrid.metrics import RunMetrics, percentile
 from hybrid.provenance import git_commit, machine_info
 from hybrid.query import Completion, Query, QueryResult, Usage
 from hybrid.results import RunResult
+from hybrid.segments import Segment, merge
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger("hybrid")
 
-SCHEMA_VERSION = 4  # 2: remote_jobs (batch ids); 3: events (what a live viewer follows); 4: latency parts
+#: 2: remote_jobs (batch ids); 3: events (what a live viewer follows); 4: latency parts;
+#: 5: segments (a run and each resume, with what the run measured beyond its rows) and cached prompt tokens.
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 30.0
 #: How long the writer lets rows gather before one commit: bounds what a kill can lose beyond
 #: the requests in flight (answers of the last few milliseconds), and keeps commits few under load.
@@ -74,8 +77,25 @@ CREATE TABLE IF NOT EXISTS runs (
     ended_at REAL,
     status TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS segments (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    segment INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    queries INTEGER NOT NULL,
+    concurrency INTEGER,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL,
+    wall_s REAL,
+    cpu_s REAL,
+    cancelled INTEGER,
+    warnings TEXT,
+    concurrency_trace TEXT,
+    PRIMARY KEY (run_id, segment)
+);
 CREATE TABLE IF NOT EXISTS results (
     run_id INTEGER NOT NULL REFERENCES runs(id),
+    segment INTEGER NOT NULL,
     idx INTEGER NOT NULL,
     name TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
@@ -90,6 +110,7 @@ CREATE TABLE IF NOT EXISTS results (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     tokens_estimated INTEGER NOT NULL,
+    cached_prompt_tokens INTEGER NOT NULL,
     cost_usd REAL,
     latency_s REAL NOT NULL,
     queue_s REAL NOT NULL,
@@ -105,7 +126,7 @@ CREATE TABLE IF NOT EXISTS results (
     server_queue_s REAL,
     server_s REAL,
     network_s REAL,
-    PRIMARY KEY (run_id, idx)
+    PRIMARY KEY (run_id, segment, idx)
 );
 CREATE TABLE IF NOT EXISTS remote_jobs (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -141,9 +162,21 @@ CREATE TABLE IF NOT EXISTS cache (
 #: A row's latency decomposition (schema 4 added these columns).
 _LATENCY_PARTS = ("retry_s", "client_s", "server_queue_s", "server_s", "network_s")
 _RESULT_COLUMNS = (
-    "run_id, idx, name, fingerprint, query, text, error_kind, error_message, error_status, retry_after_s, model, "
-    "finish_reason, prompt_tokens, completion_tokens, tokens_estimated, cost_usd, latency_s, queue_s, ttft_s, "
-    "attempts, started_s, finished_s, stage, origin, recorded_at, " + ", ".join(_LATENCY_PARTS)
+    "run_id, segment, idx, name, fingerprint, query, text, error_kind, error_message, error_status, retry_after_s, "
+    "model, finish_reason, prompt_tokens, completion_tokens, tokens_estimated, cached_prompt_tokens, cost_usd, "
+    "latency_s, queue_s, ttft_s, attempts, started_s, finished_s, stage, origin, recorded_at, "
+    + ", ".join(_LATENCY_PARTS)
+)
+#: Schema 5 keys results by segment: a file written before gets each run as its one segment 0.
+_TO_SEGMENTS = (
+    "ALTER TABLE results RENAME TO results_v4;"
+    + _SCHEMA
+    + "INSERT INTO results ({columns}) SELECT {old} FROM results_v4; DROP TABLE results_v4;"
+    "INSERT INTO segments (run_id, segment, mode, queries, started_at, ended_at, status) "
+    "SELECT id, 0, mode, queries, started_at, ended_at, status FROM runs;"
+).format(
+    columns=_RESULT_COLUMNS,
+    old=_RESULT_COLUMNS.replace("segment,", "0,", 1).replace("cached_prompt_tokens,", "0,", 1),
 )
 _QUERY_FIELDS = ("prompt", "system", "model", "max_tokens", "temperature", "stream", "json_mode", "sample")
 
@@ -198,13 +231,14 @@ class Store:
                 f"Store({str(self.path)!r}) was written by a newer version of the kit (schema {version}, this one "
                 f"reads {SCHEMA_VERSION}); upgrade hybrid-llm-kit, or use another file."
             )
-        if version < SCHEMA_VERSION:  # every table is CREATE ... IF NOT EXISTS: one script creates or upgrades
+        if version < SCHEMA_VERSION:  # one transaction creates a new file or upgrades an old one in place
+            if version == 0:
+                script = _SCHEMA
+            else:  # schema 4 added the latency decomposition's columns, schema 5 the segments
+                added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in _LATENCY_PARTS)
+                script = (added if version < 4 else "") + _TO_SEGMENTS
             try:
-                # Columns added to an existing table since: schema 4, the latency decomposition.
-                added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in _LATENCY_PARTS) if version else ""
-                self._reader.executescript(
-                    "BEGIN;" + _SCHEMA + added + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                )
+                self._reader.executescript(f"BEGIN;{script}PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
             except sqlite3.OperationalError as exc:
                 raise ConfigError(
                     f"Store({str(self.path)!r}) cannot be written ({exc}): choose a folder you can write to."
@@ -256,7 +290,7 @@ class Store:
             for sql, values in statements:
                 if sql is _INSERT_RESULT:
                     results.append(_result_row(*values))
-                    run_id, result, _, recorded_at = values
+                    run_id, _, result, _, recorded_at = values
                     events.append((run_id, "query_completed", result.index, recorded_at, None))
                 elif sql is _INSERT_EVENT:
                     events.append(values)
@@ -300,17 +334,25 @@ class Store:
         with self._read_lock:
             return self._reader.execute(sql, tuple(values)).fetchall()
 
-    def begin_run(self, name: str, *, mode: str, settings: dict[str, Any], queries: int, resume: bool) -> int:
-        """The id of run ``name``: a new run, or with ``resume`` the existing one (marked running again).
-        Run rows are written here, directly, so no queued write has to be waited for."""
-        found = self._read("SELECT id FROM runs WHERE name = ?", (name,))
-        now = time.time()
-        if found and not resume:
+    def refuse_taken(self, name: str) -> None:
+        """Raise :class:`ConfigError` if a run called ``name`` exists: a name is never silently reused."""
+        if self._read("SELECT 1 FROM runs WHERE name = ?", (name,)):
             raise ConfigError(
                 f"A run named {name!r} is already in {self}. Pass resume=True to continue it (only what is not "
                 "answered ok yet is sent), or choose another name."
             )
+
+    def begin_segment(
+        self, name: str, *, mode: str, settings: dict[str, Any], queries: int, concurrency: int, resume: bool
+    ) -> tuple[int, int]:
+        """Start a segment of run ``name`` and return (run id, segment number): segment 0 of a new
+        run, or with ``resume`` the next segment of the existing one (the run is marked running
+        again).  Written here, directly, so no queued write has to be waited for."""
+        if not resume:
+            self.refuse_taken(name)
+        now = time.time()
         with self._read_lock:
+            found = self._reader.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchall()
             if found:
                 run_id = int(found[0][0])
                 self._reader.execute(
@@ -318,27 +360,36 @@ class Store:
                     "WHERE id = ?",
                     (mode, orjson.dumps(settings).decode(), queries, run_id),
                 )
-                return run_id
-            cursor = self._reader.execute(
-                "INSERT INTO runs (name, mode, settings, kit_version, git_commit, machine, queries, started_at, "
-                "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
-                (
-                    name,
-                    mode,
-                    orjson.dumps(settings).decode(),
-                    _kit_version(),
-                    git_commit(),
-                    orjson.dumps(machine_info()).decode(),
-                    queries,
-                    now,
-                ),
+            else:
+                cursor = self._reader.execute(
+                    "INSERT INTO runs (name, mode, settings, kit_version, git_commit, machine, queries, started_at, "
+                    "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                    (
+                        name,
+                        mode,
+                        orjson.dumps(settings).decode(),
+                        _kit_version(),
+                        git_commit(),
+                        orjson.dumps(machine_info()).decode(),
+                        queries,
+                        now,
+                    ),
+                )
+                run_id = int(cursor.lastrowid or 0)
+            segment = self._reader.execute(
+                "SELECT COALESCE(MAX(segment) + 1, 0) FROM segments WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            self._reader.execute(
+                "INSERT INTO segments (run_id, segment, mode, queries, concurrency, started_at, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running')",
+                (run_id, segment, mode, queries, concurrency, now),
             )
-            return int(cursor.lastrowid or 0)
+            return run_id, int(segment)
 
-    def record(self, run_id: int, result: QueryResult, default_model: str) -> None:
+    def record(self, run_id: int, segment: int, result: QueryResult, default_model: str) -> None:
         """Queue ``result`` for writing: it returns at once, and the writer thread computes the
         request's fingerprint, builds the row and commits it, so the loop pays only for the queue."""
-        self._queue.put((_INSERT_RESULT, (run_id, result, default_model, time.time())))
+        self._queue.put((_INSERT_RESULT, (run_id, segment, result, default_model, time.time())))
 
     def record_start(self, run_id: int, index: int) -> None:
         """Queue the event that query ``index`` of run ``run_id`` sent its first request (for a viewer)."""
@@ -348,9 +399,27 @@ class Store:
         """Queue the event that streamed query ``index`` has received ``tokens`` tokens so far."""
         self._enqueue(_INSERT_EVENT, (run_id, "query_progress", index, time.time(), tokens))
 
-    def end_run(self, run_id: int, status: str) -> None:
-        """Queue the run's end: ``finished``, ``cancelled`` or ``failed``."""
+    def end_segment(self, run_id: int, segment: int, status: str, run: RunResult) -> None:
+        """Queue a segment's end: ``finished``, ``cancelled`` or ``failed``, and what the run measured
+        beyond its rows (wall, CPU, warnings, the adaptive limit's trace), so that loading it
+        computes the same metrics with the same code (``RunMetrics.compute``)."""
         now = time.time()
+        m = run.metrics
+        self._enqueue(
+            "UPDATE segments SET status = ?, ended_at = ?, wall_s = ?, cpu_s = ?, cancelled = ?, warnings = ?, "
+            "concurrency_trace = ? WHERE run_id = ? AND segment = ?",
+            (
+                status,
+                now,
+                m.wall_s,
+                m.cpu_s,
+                int(run.cancelled),
+                orjson.dumps(run.warnings).decode(),
+                orjson.dumps(m.concurrency_trace).decode(),
+                run_id,
+                segment,
+            ),
+        )
         self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, now, run_id))
         self._enqueue(_INSERT_EVENT, (run_id, "final_result", None, now, None))
 
@@ -411,7 +480,8 @@ class Store:
             rows = self._read(
                 "SELECT r.idx, r.name, r.error_kind, substr(r.text, 1, 300), r.latency_s, "
                 "r.prompt_tokens + r.completion_tokens, r.cost_usd, r.origin FROM results r "
-                f"JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND r.idx IN ({', '.join('?' * len(chunk))})",
+                f"JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND {_IN_LATEST_SEGMENT} "
+                f"AND r.idx IN ({', '.join('?' * len(chunk))})",
                 (name, *chunk),
             )
             keys = ("index", "name", "error_kind", "text", "latency_s", "total_tokens", "cost_usd", "origin")
@@ -422,10 +492,12 @@ class Store:
         return found
 
     def answered(self, name: str) -> dict[tuple[str, str], QueryResult]:
-        """The results answered ok in run ``name``, by (query name, fingerprint): what resume skips."""
+        """The results answered ok in run ``name``, by (query name, fingerprint): what resume skips.
+        Of a query answered in several segments, the latest row that was not itself resumed wins."""
         self.flush()
         rows = self._result_rows(
-            "SELECT r.* FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND r.error_kind IS NULL",
+            "SELECT r.* FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND r.error_kind IS NULL "
+            "ORDER BY r.origin != 'resumed', r.segment",
             (name,),
         )
         return {(row["name"], row["fingerprint"]): _result_from(row) for row in rows}
@@ -505,17 +577,22 @@ class Store:
 
     # -- history ------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:
-        """One row per saved run: name, mode, status, when, queries, ok/failed, wall, tokens, cost."""
+        """One row per saved run: name, mode, status, when, segments (the first run and each
+        resume), queries, ok/failed and tokens (each query in its latest state), wall (the
+        segments' walls summed), cost (every paid attempt of every segment)."""
         import pandas as pd
 
         self.flush()
         rows = self._read(
-            "SELECT runs.name, runs.mode, runs.status, runs.started_at, runs.ended_at, runs.queries, "
-            "SUM(r.error_kind IS NULL), SUM(r.error_kind IS NOT NULL), MAX(r.finished_s), "
+            "SELECT runs.name, runs.mode, runs.status, runs.started_at, runs.ended_at, "
+            "(SELECT COUNT(*) FROM segments s WHERE s.run_id = runs.id), runs.queries, "
+            "SUM(r.error_kind IS NULL), SUM(r.error_kind IS NOT NULL), "
+            "(SELECT SUM(COALESCE(s.wall_s, (SELECT MAX(x.finished_s) FROM results x "
+            "  WHERE x.run_id = s.run_id AND x.segment = s.segment), 0)) FROM segments s WHERE s.run_id = runs.id), "
             "SUM(r.prompt_tokens + r.completion_tokens), "
-            "SUM(CASE WHEN r.origin IN ('sent', 'batch') THEN r.cost_usd END), "
+            "(SELECT SUM(x.cost_usd) FROM results x WHERE x.run_id = runs.id AND x.origin IN ('sent', 'batch')), "
             "runs.kit_version, runs.git_commit "
-            "FROM runs LEFT JOIN results r ON r.run_id = runs.id AND r.idx < runs.queries "
+            f"FROM runs LEFT JOIN results r ON r.run_id = runs.id AND r.idx < runs.queries AND {_IN_LATEST_SEGMENT} "
             "GROUP BY runs.id ORDER BY runs.started_at"
         )
         columns = [
@@ -524,6 +601,7 @@ class Store:
             "status",
             "started_at",
             "ended_at",
+            "segments",
             "queries",
             "ok",
             "failed",
@@ -538,36 +616,78 @@ class Store:
             frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
         return frame
 
-    def load(self, name: str) -> RunResult:
-        """Run ``name`` as it was saved: a :class:`RunResult` with ``to_frame()``, plots and all.
-        Queries that never finished (a killed run) come back as ``cancelled`` rows."""
+    def load(self, name: str, *, segment: int | None = None) -> RunResult:
+        """Run ``name`` as it was saved: a :class:`RunResult` with ``to_frame()``, plots and all,
+        whose metrics are computed from the stored rows and run fields by the same code as the live
+        run's, so they are equal.  ``segment=k`` gives one segment as it ran (0 is the first run,
+        1 its first resume, -1 the latest); without it a resumed run's segments are merged
+        (:func:`hybrid.segments.merge`).  Queries that never finished (a killed run) come back as
+        ``cancelled`` rows."""
         self.flush()
-        found = self._read("SELECT id, mode, queries, status FROM runs WHERE name = ?", (name,))
+        found = self._read("SELECT id FROM runs WHERE name = ?", (name,))
         if not found:
             known = [row[0] for row in self._read("SELECT name FROM runs ORDER BY started_at")]
             raise ConfigError(f"No run named {name!r} in {self}; saved runs: {known}.")
-        run_id, mode, count, status = found[0]
-        rows = self._result_rows("SELECT * FROM results WHERE run_id = ? AND idx < ? ORDER BY idx", (run_id, count))
-        results = [_result_from(row) for row in rows]
-        missing = count - len(results)
-        if missing:
-            done = {r.index for r in results}
-            results += [
-                QueryResult(
+        infos = self._result_rows("SELECT * FROM segments WHERE run_id = ? ORDER BY segment", (found[0][0],))
+        if segment is None:
+            return merge([self._segment(name, info) for info in infos])
+        if not isinstance(segment, int) or isinstance(segment, bool) or not -len(infos) <= segment < len(infos):
+            raise ConfigError(
+                f"Run {name!r} has {len(infos)} segment(s): pass segment=0 (the first run) to "
+                f"{len(infos) - 1} (the latest resume), or -1 for the latest; got {segment!r}."
+            )
+        return self._segment(name, infos[segment])[0]
+
+    def _segment(self, name: str, info: dict[str, Any]) -> Segment:
+        """One stored segment as it ran, and each row's fingerprint (for :func:`merge`)."""
+        count = info["queries"]
+        rows = self._result_rows(
+            "SELECT * FROM results WHERE run_id = ? AND segment = ? AND idx < ? ORDER BY idx",
+            (info["run_id"], info["segment"], count),
+        )
+        by_index = {row["idx"]: row for row in rows}
+        results: list[QueryResult] = []
+        for i in range(count):
+            row = by_index.get(i)
+            results.append(
+                _result_from(row)
+                if row is not None
+                else QueryResult(
                     query=Query(f"#{i}", "(never finished)"),
                     index=i,
                     error=error_of_kind("cancelled", f"Run {name!r} ended before this query finished."),
                 )
-                for i in range(count)
-                if i not in done
-            ]
-            results.sort(key=lambda r: r.index)
-        wall = max((r.finished_s for r in results), default=0.0)
-        metrics = RunMetrics.compute(results, wall_s=wall, cpu_s=float("nan"), concurrency=len(results) or 1)
-        warnings = (f"{missing} of {count} queries never finished (the run was {status}).",) if missing else ()
-        return RunResult(
-            results=tuple(results), metrics=metrics, mode=mode, warnings=warnings, cancelled=status != "finished"
+            )
+        ended = info["wall_s"] is not None
+        if ended:
+            wall, warnings = info["wall_s"], tuple(orjson.loads(info["warnings"]))
+            cancelled = bool(info["cancelled"])
+        else:  # a killed run, or a file from a kit that kept only the rows
+            wall = max((r.finished_s for r in results), default=0.0)
+            cancelled = info["status"] != "finished"
+            warnings = (
+                f"Run {name!r} never recorded its end (its process was killed, or it is still running): its wall is "
+                "up to its last result and its CPU time is unknown."
+                if info["ended_at"] is None
+                else f"Run {name!r} was saved by an older version of the kit, which did not keep its concurrency, CPU "
+                "time or warnings: its ideal efficiency and CPU per call are unknown.",
+            )
+            if len(by_index) < count:
+                warnings += (
+                    f"{count - len(by_index)} of {count} queries never finished (the run was {info['status']}).",
+                )
+        trace = [(at, limit) for at, limit in orjson.loads(info["concurrency_trace"] or "[]")]
+        metrics = RunMetrics.compute(
+            results,
+            wall_s=wall,
+            cpu_s=math.nan if info["cpu_s"] is None else info["cpu_s"],  # SQLite keeps NaN as NULL
+            concurrency=info["concurrency"],
+            concurrency_trace=trace,
         )
+        run = RunResult(
+            results=tuple(results), metrics=metrics, mode=info["mode"], warnings=warnings, cancelled=cancelled
+        )
+        return run, [None if (row := by_index.get(i)) is None else row["fingerprint"] for i in range(count)]
 
     def compare(self, a: str, b: str) -> pd.DataFrame:
         """Per query name, runs ``a`` and ``b`` side by side: text changed, tokens, latency, cost, error."""
@@ -603,15 +723,20 @@ class Store:
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+#: A condition on ``results r``: the row belongs to its run's latest segment (every query once).
+_IN_LATEST_SEGMENT = "r.segment = (SELECT MAX(s.segment) FROM segments s WHERE s.run_id = r.run_id)"
 _PLACEHOLDERS = ", ".join("?" * len(_RESULT_COLUMNS.split(",")))
 _INSERT_RESULT = f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({_PLACEHOLDERS})"
 _INSERT_EVENT = "INSERT INTO events (run_id, kind, idx, at, tokens) VALUES (?, ?, ?, ?, ?)"
 
 
-def _result_row(run_id: int, result: QueryResult, default_model: str, recorded_at: float) -> tuple[Any, ...]:
+def _result_row(
+    run_id: int, segment: int, result: QueryResult, default_model: str, recorded_at: float
+) -> tuple[Any, ...]:
     error = result.error
     return (
         run_id,
+        segment,
         result.index,
         result.query.name,
         fingerprint(result.query, default_model),
@@ -626,6 +751,7 @@ def _result_row(run_id: int, result: QueryResult, default_model: str, recorded_a
         result.usage.prompt_tokens,
         result.usage.completion_tokens,
         int(result.usage.estimated),
+        result.usage.cached_prompt_tokens,
         result.cost_usd,
         result.latency_s,
         result.queue_s,
@@ -667,6 +793,7 @@ def _result_from(row: dict[str, Any]) -> QueryResult:
         prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"],
         estimated=bool(row["tokens_estimated"]),
+        cached_prompt_tokens=row["cached_prompt_tokens"],
     )
     return QueryResult(
         query=query,

@@ -34,7 +34,8 @@ Send = Callable[[Query], Awaitable[Completion]]
 RunOne = Callable[[int, Query], Awaitable[None]]
 
 if TYPE_CHECKING:
-    from hybrid.orchestrator import Orchestrator, RunRecord
+    from hybrid.orchestrator import Orchestrator
+    from hybrid.run_record import RunRecord
     from hybrid.run_state import RunState
 
 

@@ -53,12 +53,14 @@ class _Timed:
 @dataclass(frozen=True, slots=True)
 class Answer(_Timed):
     """Answer ``text`` after ``delay`` seconds.  Usage defaults to the kit's token rule (not estimated);
+    ``cached_prompt_tokens`` of the prompt are reported as served from the provider's prompt cache;
     ``ttft`` (seconds after the request) is reported for streamed queries; ``server`` is what the
     fake server says about itself (queue, service, rate limits left)."""
 
     text: str = "ok"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_prompt_tokens: int = 0
     finish_reason: str = "stop"
     ttft: float | None = None
     model: str | None = None
@@ -166,6 +168,7 @@ class FakeBackend:
         usage = Usage(
             prompt_tokens=count_message_tokens(query.messages()) if prompt is None else prompt,
             completion_tokens=count_tokens(answer.text) if completion is None else completion,
+            cached_prompt_tokens=answer.cached_prompt_tokens,
         )
         ttft = (answer.ttft if answer.ttft is not None else answer.delay) if query.stream else None
         return Completion(

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from hybrid import Query
+from hybrid import Orchestrator, Query, sim
 from hybrid.sim import ModelProfile, SimConfig
+from hybrid.testing import Answer, FakeBackend
 
-from .conftest import client_tasks, orchestrated, settled
+from .conftest import BACKENDS, client_tasks, orchestrated, settled
 
 # Answers take 20-200 ms (seeded jitter), so a cancel lands before, during or after them.
 PROFILES = {"sim-small": ModelProfile(ttft_s=0.02, prompt_tps=1e9, completion_tps=400, jitter=0.6)}
@@ -93,3 +94,56 @@ async def test_threads_mode_cannot_stop_its_in_flight_calls() -> None:
     assert still_running == 4  # cancelled, yet all four calls are still at the server
     assert stats["by_status"] == {"200": 4} and stats["disconnects"] == 0  # ...and ran to completion
     assert gather_left == 0  # the async modes close theirs at once
+
+
+# -- closing the orchestrator under running runs ---------------------------------------------------
+@pytest.mark.looptime
+@pytest.mark.parametrize("way", ["gather", "sequential", "pipeline", "stream"])
+async def test_closing_under_a_running_run_cancels_it_and_returns_the_partial_run(way: str) -> None:
+    """On the virtual clock: answers take 1 s each; the orchestrator is closed from another task at
+    2.5 s.  The run returns (no ExceptionGroup, no AssertionError) with the rows finished by then,
+    the rest Cancelled, ``cancelled=True`` and a warning that says why; no task is left."""
+    backend = FakeBackend(default=Answer("fine", delay=1.0))
+    queries = [Query(f"q{i}", f"question {i}") for i in range(6)]
+    orch = Orchestrator(backend, max_concurrency=1 if way != "gather" else 2)
+    await orch.__aenter__()
+    before = client_tasks()
+    if way == "stream":
+
+        async def consume() -> Any:
+            return [event async for event in orch.stream(queries)][-1].run
+
+        task: asyncio.Task[Any] = asyncio.create_task(consume())
+    elif way == "pipeline":
+        task = asyncio.create_task(orch.pipeline([queries[:3], queries[3:]]))
+    else:
+        task = asyncio.create_task(orch.run(queries, mode=way))
+    await asyncio.sleep(2.5)
+    await orch.__aexit__(None, None, None)
+    assert task.done() and not backend.is_open  # closing waited for the run, then closed the backend
+    run = task.result()
+    finished = 4 if way == "gather" else 2
+    assert [r.ok for r in run.results] == [True] * finished + [False] * (6 - finished)
+    assert {r.error.kind for r in run.results if r.error} == {"cancelled"}
+    assert run.cancelled and any("orchestrator was closed" in w for w in run.warnings)
+    assert orch.last_run is run and client_tasks() <= before | {asyncio.current_task()}
+
+
+@pytest.mark.parametrize("mode", ["gather", "sequential"])
+async def test_leaving_the_block_under_running_runs_closes_their_requests(backend_kind: str, mode: str) -> None:
+    """Over the wire, with both HTTP backends: two runs in flight when the ``async with`` block is
+    left (from a callback of another task) end cancelled, the server sees no request left in
+    flight, every connection is closed, and no task of the kit is left."""
+    profiles = {"sim-small": ModelProfile(ttft_s=0.3, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+    config = SimConfig(seed=3, time_scale=1.0, profiles=profiles)
+    async with sim.serve(config) as server:
+        before = client_tasks()
+        backend = BACKENDS[backend_kind](base_url=server.url, api_key=server.api_key, model="sim-small")
+        async with Orchestrator(backend, max_concurrency=4) as orch:
+            runs = [asyncio.create_task(orch.run(QUERIES, mode=mode)) for _ in range(2)]
+            await asyncio.sleep(0.45)
+        results = await asyncio.gather(*runs)
+        stats = await settled(server)
+    assert all(run.cancelled and 0 < run.metrics.succeeded < len(QUERIES) for run in results)
+    assert stats["in_flight"] == 0 and stats["open_connections"] == 0
+    assert client_tasks() <= before | {asyncio.current_task()}

@@ -3,7 +3,8 @@
 A child process runs 2,000 queries (``HTTPBackend``, a store, ``resume=True``) against a simulator
 in its own process, which counts every request it sees.  The parent kills the child with SIGKILL
 once a seeded number of new rows has landed in the store, again and again, then lets a last child
-finish.  Afterwards the store holds all 2,000 answers exactly once and passes ``PRAGMA
+finish.  Afterwards the store holds all 2,000 answers sent exactly once (each child is a segment
+of the run; a segment also lists the rows it resumed) and passes ``PRAGMA
 integrity_check``, and the requests add up exactly: 2,000 plus, for each kill, the requests that
 child sent whose answers were not on disk when it died (in flight, or answered in the writer's
 last milliseconds before its commit).  So nothing the store held was ever paid for twice, and
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from hybrid import sim
+from hybrid import Store, sim
 
 QUERIES = 2000
 CONCURRENCY = 16
@@ -48,7 +49,8 @@ def stored_ok(path: Path) -> int:
         return 0
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
         try:
-            return int(db.execute("SELECT COUNT(*) FROM results WHERE error_kind IS NULL").fetchone()[0])
+            sent_ok = "SELECT COUNT(*) FROM results WHERE error_kind IS NULL AND origin = 'sent'"
+            return int(db.execute(sent_ok).fetchone()[0])
         except sqlite3.OperationalError:  # the schema is not there yet
             return 0
 
@@ -84,8 +86,12 @@ async def kill_and_resume(tmp_path: Path, kills: int, seed: int) -> list[int]:
         requests = await settled_requests(server)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = db.execute("SELECT COUNT(*), COUNT(DISTINCT name), SUM(error_kind IS NULL) FROM results").fetchone()
-    assert rows == (QUERIES, QUERIES, QUERIES)
+        sent = "SELECT COUNT(*), COUNT(DISTINCT name), SUM(error_kind IS NULL) FROM results WHERE origin = 'sent'"
+        rows = db.execute(sent).fetchone()
+    assert rows == (QUERIES, QUERIES, QUERIES)  # each answer sent and stored exactly once
+    with Store(path) as store:  # each child is one segment; the merged run has every answer
+        merged = store.load("durable")
+        assert merged.segments == kills + 1 and merged.metrics.succeeded == QUERIES
     # Exact accounting: every request beyond one per query is one whose answer a kill cut off before
     # it reached the disk; nothing the store held was ever sent again.
     assert requests == QUERIES + sum(lost), (requests, lost)

@@ -5,6 +5,7 @@ SQLite file in a temporary folder."""
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import subprocess
 import sys
@@ -243,22 +244,77 @@ async def test_benchmarks_refuse_a_cache_unless_told(store: Store) -> None:
         await bench.sweep(FakeBackend(), grid(2), levels=(1,), store=store, cache=True)
 
 
-async def test_a_store_written_before_the_latency_parts_is_upgraded_in_place(tmp_path: Path) -> None:
-    """A schema-3 file (no decomposition columns) opens, keeps its runs, and records the new parts."""
+#: The results table as schema 4 wrote it (one row per run and index, no segments, no cached prompt
+#: tokens): frozen here so that the upgrade is tested against a real old file, not a made-up one.
+_SCHEMA_4 = """
+CREATE TABLE runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, mode TEXT NOT NULL, settings TEXT NOT NULL,
+    kit_version TEXT, git_commit TEXT, machine TEXT, queries INTEGER NOT NULL, started_at REAL NOT NULL,
+    ended_at REAL, status TEXT NOT NULL);
+CREATE TABLE results (run_id INTEGER NOT NULL REFERENCES runs(id), idx INTEGER NOT NULL, name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, query TEXT NOT NULL, text TEXT, error_kind TEXT, error_message TEXT,
+    error_status INTEGER, retry_after_s REAL, model TEXT, finish_reason TEXT, prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL, tokens_estimated INTEGER NOT NULL, cost_usd REAL, latency_s REAL NOT NULL,
+    queue_s REAL NOT NULL, ttft_s REAL, attempts INTEGER NOT NULL, started_s REAL NOT NULL,
+    finished_s REAL NOT NULL, stage INTEGER, origin TEXT NOT NULL, recorded_at REAL NOT NULL, retry_s REAL,
+    client_s REAL, server_queue_s REAL, server_s REAL, network_s REAL, PRIMARY KEY (run_id, idx));
+CREATE TABLE remote_jobs (run_id INTEGER NOT NULL REFERENCES runs(id), job_id TEXT NOT NULL, kind TEXT NOT NULL,
+    input_file_id TEXT, requests INTEGER NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, job_id));
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER NOT NULL REFERENCES runs(id),
+    kind TEXT NOT NULL, idx INTEGER, at REAL NOT NULL, tokens INTEGER);
+CREATE TABLE cache (fingerprint TEXT PRIMARY KEY, text TEXT NOT NULL, model TEXT NOT NULL, finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, tokens_estimated INTEGER NOT NULL,
+    created_at REAL NOT NULL);
+"""
+
+
+def _old_store(path: Path, *, version: int) -> None:
+    """A store as kit schema ``version`` (3 or 4) left it: run 'before', two rows answered in 1 s each."""
+    from hybrid.fingerprint import fingerprint
+
+    with sqlite3.connect(path) as db:
+        db.executescript(_SCHEMA_4)
+        if version < 4:
+            for column in ("retry_s", "client_s", "server_queue_s", "server_s", "network_s"):
+                db.execute(f"ALTER TABLE results DROP COLUMN {column}")
+        db.execute(
+            "INSERT INTO runs VALUES (1, 'before', 'gather', '{}', NULL, NULL, NULL, 2, 100.0, 103.0, 'finished')"
+        )
+        for i in range(2):
+            query = Query(f"q{i}", f"question {i}")
+            db.execute(
+                "INSERT INTO results (run_id, idx, name, fingerprint, query, text, model, prompt_tokens, "
+                "completion_tokens, tokens_estimated, latency_s, queue_s, attempts, started_s, finished_s, origin, "
+                "recorded_at) VALUES (1, ?, ?, ?, ?, 'fine', 'fake', 3, 4, 0, 1.0, 0.0, 1, 0.0, 1.0, 'sent', 101.0)",
+                (i, query.name, fingerprint(query, "fake"), f'{{"prompt": "{query.prompt}"}}'),
+            )
+        db.execute(f"PRAGMA user_version = {version}")
+
+
+@pytest.mark.parametrize("version", [3, 4])
+async def test_an_older_store_is_upgraded_in_place_and_says_what_it_never_recorded(
+    tmp_path: Path, version: int
+) -> None:
+    """A schema-3 or -4 file opens, keeps its runs (each as one segment), says that its concurrency
+    and CPU were not recorded (unknown, not guessed), resumes without sending what it answered, and
+    records everything new."""
     from hybrid import store as store_module
 
     old = tmp_path / "old.sqlite"
-    with Store(old) as first:
-        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=first) as orch:
-            await orch.run(grid(2), name="before")
-    with sqlite3.connect(old) as db:
-        for column in store_module._LATENCY_PARTS:
-            db.execute(f"ALTER TABLE results DROP COLUMN {column}")
-        db.execute("PRAGMA user_version = 3")
+    _old_store(old, version=version)
     with Store(old) as upgraded:
-        assert upgraded.load("before").metrics.succeeded == 2
-        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=upgraded) as orch:
+        before = upgraded.load("before")
+        assert before.metrics.succeeded == 2 and before.metrics.total_tokens == 14
+        assert before.metrics.concurrency is None and math.isnan(before.metrics.ideal_efficiency)
+        assert math.isnan(before.metrics.cpu_s) and before.metrics.wall_s == 1.0
+        assert "older version of the kit" in before.warnings[0]
+        assert "ideal unknown" in before.summary()
+        backend = FakeBackend(default=Answer(delay=1.0))
+        async with Orchestrator(backend, store=upgraded) as orch:
+            again = await orch.run(grid(3), name="before", resume=True)
             run = await orch.run(grid(2), name="after")
+        assert [r.origin for r in again.results] == ["resumed", "resumed", "sent"] and len(backend.calls) == 3
+        assert upgraded.runs().set_index("name").loc["before", "segments"] == 2
         assert [r.as_row() for r in upgraded.load("after").results] == [r.as_row() for r in run.results]
         assert run.results[0].network_s == pytest.approx(1.0)
     with sqlite3.connect(old) as db:

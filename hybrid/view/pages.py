@@ -98,11 +98,8 @@ def _figures(run: RunResult) -> str:
     from hybrid import plots
 
     m = run.metrics
-    numbers = (
-        f"<p class='metrics'>wall {m.wall_s:.3g} s · parallel efficiency {m.parallel_efficiency:.2f} · ideal "
-        f"{m.ideal_efficiency:.2f} · <b>{m.percent_of_ideal:.0%} of ideal</b> · p95 latency {m.p95_latency_s:.3g} s"
-        f" · {m.total_tokens} tokens</p>"
-    )
+    # The line the notebook printed for this run, from the same code (RunResult.summary).
+    numbers = f"<p class='metrics'><b>{html.escape(run.summary())}</b> · p95 latency {_duration(m.p95_latency_s)}</p>"
     numbers += _where_the_time_went(run)
     if len(run.results) > MAX_PLOTTED_ROWS:
         return numbers + f"<p>Plots are left out above {MAX_PLOTTED_ROWS} queries.</p>"
