@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check hybrid tests benchmarks
 	$(VENV)/bin/mypy
 	HYBRID_PROGRESS=0 $(PY) -m pytest -n 2 --dist loadfile
-	HYBRID_PROGRESS=0 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/
+	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/
 
 test-fast: $(STAMP)
 	HYBRID_PROGRESS=0 $(PY) -m pytest -x -q

@@ -1,9 +1,18 @@
-"""Progress bars for long runs: a widget in Jupyter, text in a terminal, nothing under CI.
+"""Progress bars for long runs: a widget in a notebook someone is looking at, nothing elsewhere.
 
-``tqdm.auto`` picks the ipywidgets bar in a notebook and falls back to text elsewhere.  Bars are
-never shown when ``CI`` is set or ``HYBRID_PROGRESS=0`` (``make test`` sets it), so nbval and CI
-logs hold no animation frames.  ``progress="auto"`` (the orchestrator's default) shows one only in
-a Jupyter kernel that can draw widgets: a notebook shows a bar without asking, a script stays quiet.
+``progress="auto"`` (the orchestrator's default) decides by where the run happens:
+
+* a Jupyter kernel driven by a front end a person uses (JupyterLab, Notebook 7, VS Code) shows the
+  ipywidgets bar (``tqdm.auto``);
+* a kernel driven headless (nbval, nbclient, papermill) shows none, so a checked cell's saved
+  output never holds a bar's text and ``pytest --nbval-lax`` needs no setting;
+* a script shows none unless asked (``progress=True``: a text bar on stderr);
+* under CI (``CI`` set), or with ``HYBRID_PROGRESS=0``, none at all, even when asked.
+
+How a kernel tells the two kinds of front end apart: every cell arrives as an ``execute_request``
+whose ``allow_stdin`` says whether the front end can answer ``input()``.  JupyterLab, Notebook and
+VS Code send true; nbval, nbclient (and papermill, built on it) send false, because no one is
+there to type.  No one there to type is no one there to watch a bar either.
 """
 
 from __future__ import annotations
@@ -21,18 +30,25 @@ def silenced() -> bool:
     return bool(os.environ.get("CI")) or os.environ.get("HYBRID_PROGRESS") == "0"
 
 
-def in_widget_kernel() -> bool:
-    """True inside a Jupyter kernel (ipykernel) where ipywidgets can be imported."""
+def watched_kernel() -> bool:
+    """True inside a Jupyter kernel whose current cell came from a front end a person uses (its
+    request allows stdin; see the module docstring) and where ipywidgets can be imported."""
     shell = sys.modules.get("IPython")
     get_ipython = getattr(shell, "get_ipython", None)
-    kernel = get_ipython() if get_ipython is not None else None
-    return getattr(kernel, "kernel", None) is not None and importlib.util.find_spec("ipywidgets") is not None
+    kernel = getattr(get_ipython() if get_ipython is not None else None, "kernel", None)
+    if kernel is None or importlib.util.find_spec("ipywidgets") is None:
+        return False
+    try:
+        request = kernel.get_parent("shell")
+    except Exception:  # an ipykernel without get_parent: no way to tell, so no bar
+        return False
+    return bool(request.get("content", {}).get("allow_stdin", False))
 
 
 def wanted(setting: bool | str) -> bool:
     """Whether a run with ``progress=setting`` (True, False or "auto") should show a bar."""
     if setting == "auto":
-        return in_widget_kernel()
+        return watched_kernel()
     return bool(setting)
 
 

@@ -92,12 +92,24 @@ async def test_a_sweep_flags_efficiency_that_rises_while_throughput_is_flat() ->
     assert list(by_level["throughput_qps"].round(3)) == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert list(by_level["speedup"].round(3)) == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert list(by_level["efficiency_misleading"]) == [False, False, False, False, True, True]
-    assert frame.attrs["saturated_at"] == 16
+    assert frame.attrs["saturated_at"] == 8
     assert by_level.loc[32, "mean_server_queue_s"] > 2.0  # where the "efficiency" went
     stopped = await hybrid.simulate(
         bench.sweep, sim.backend(EIGHT_SLOTS), bench.make_queries(64), levels=levels, stop_when_saturated=True
     )
     assert list(stopped["concurrency"]) == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("slots", [4, 8, 16])
+async def test_a_sweep_says_a_server_saturates_at_its_slots(slots: int) -> None:
+    """The plateau is the sweep's highest throughput; the saturation point the smallest level
+    within PLATEAU_TOLERANCE of it, which for a simulator with N slots is N, not the level after."""
+    config = SimConfig(seed=2, slots=slots, profiles=ONE_SECOND)
+    levels = (1, 2, 4, 8, 16, 32, 64)
+    frame = await hybrid.simulate(bench.sweep, sim.backend(config), bench.make_queries(64), levels=levels)
+    assert frame.attrs["saturated_at"] == slots
+    rising = await hybrid.simulate(bench.sweep, sim.backend(config), bench.make_queries(64), levels=(1, 2, slots))
+    assert rising.attrs["saturated_at"] is None  # still rising at the last level: no plateau seen
 
 
 async def test_benchmarks_warn_when_the_server_shares_the_clients_process() -> None:

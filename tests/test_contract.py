@@ -72,7 +72,7 @@ def test_the_bridging_check_would_catch_a_violation() -> None:
 
 # -- layers ------------------------------------------------------------------------------------
 # entry points -> tools -> core; the simulator stands apart (ARCHITECTURE.md draws them).
-ENTRY_POINTS = {"cli", "__main__", "notebook", "virtual_time"}
+ENTRY_POINTS = {"cli", "__main__", "notebook", "virtual_time", "pytest_plugin"}
 #: Entry points that tools may call: the two loop bridges.
 BRIDGES = {"hybrid.notebook", "hybrid.virtual_time"}
 TOOLS = {"bench", "lab", "plots", "demo", "calibrate", "real", "testing", "scenarios", "view"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 import time
@@ -171,12 +172,36 @@ def test_interrupt_keeps_the_kernel_and_the_finished_results(kernel: Kernel) -> 
     assert again["text"].strip() == "2"
 
 
-def test_progress_bars_are_on_by_default_in_a_kernel_and_off_in_scripts(kernel: Kernel) -> None:
+def test_progress_bars_are_on_in_a_watched_kernel_and_off_headless_and_in_scripts(kernel: Kernel) -> None:
+    """``progress="auto"``: a front end that can answer input() (JupyterLab, Notebook, VS Code, and
+    jupyter_client's default) gets the bar; a headless runner's requests (nbval, nbclient,
+    papermill send allow_stdin=false) get none; a script gets none."""
     from hybrid.progress import wanted
 
     assert wanted("auto") is False  # this test process is not a kernel
     inside = kernel.run("from hybrid.progress import wanted\nprint(wanted('auto'), wanted(False))")
     assert inside["text"].strip() == "True False"
+    headless = kernel.collect(kernel.client.execute("print(wanted('auto'))", allow_stdin=False), timeout=60)
+    assert headless["text"].strip() == "False"
+
+
+async def test_a_notebook_run_by_nbclient_shows_no_bar_without_any_setting(tmp_path: Path) -> None:
+    """What nbval and papermill do: execute a notebook with nbclient; a run's cell output is the
+    answer only, no widget and no bar text, with no environment variable set."""
+    import nbclient
+    import nbformat
+
+    cells = [
+        "from hybrid import Orchestrator, Query\nfrom hybrid.testing import FakeBackend\n"
+        "async with Orchestrator(FakeBackend()) as orch:\n    run = await orch.run([Query('q', 'hello')])\n"
+        "print(run.results[0].text)"
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    env = {k: v for k, v in os.environ.items() if k not in ("HYBRID_PROGRESS", "CI")}
+    client = nbclient.NotebookClient(notebook, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    await client.async_execute(env=env)
+    outputs = notebook.cells[0].outputs
+    assert [o.get("text") for o in outputs] == ["ok\n"], outputs
 
 
 def test_enable_nested_lets_legacy_asyncio_run_work_in_a_kernel(kernel: Kernel) -> None:

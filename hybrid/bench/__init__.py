@@ -70,6 +70,10 @@ __all__ = [
 SATURATION_GAIN = 0.05
 #: ... while the median latency rises by more than this fraction.
 SATURATION_LATENCY_RISE = 0.2
+#: A level whose throughput is within this fraction of the sweep's highest (the plateau) has reached
+#: it: the saturation point is the smallest such level.  A tenth absorbs the client's own overhead
+#: and jitter on a real clock; on the virtual clock the plateau is reached exactly.
+PLATEAU_TOLERANCE = 0.1
 
 
 class SharedProcessWarning(UserWarning):
@@ -196,16 +200,17 @@ async def sweep(
     1 first, the speedup over sequential), ``throughput_gain`` (median throughput over the previous
     level's) and ``efficiency_misleading``: efficiency rose by more than a tenth while throughput
     rose by less than ``SATURATION_GAIN`` — the extra "efficiency" is time spent in the server's
-    queue, not work done.  ``stop_when_saturated`` stops after the first level where throughput
-    stopped rising (gain below ``SATURATION_GAIN``) and the median latency climbed by more than
-    ``SATURATION_LATENCY_RISE``; ``attrs["saturated_at"]`` is that level (None if never).
+    queue, not work done.  ``attrs["saturated_at"]`` is where the server saturated
+    (:func:`saturation_point`: the smallest level within ``PLATEAU_TOLERANCE`` of the highest
+    throughput; None while throughput still rose at the last level).  ``stop_when_saturated`` stops
+    after the first level where throughput stopped rising (gain below ``SATURATION_GAIN``) and the
+    median latency climbed by more than ``SATURATION_LATENCY_RISE``.
 
     A response cache in ``orchestrator`` is refused unless ``allow_cache=True`` (see :func:`compare`).
     """
     _refuse_cache(bool(orchestrator.get("cache")), allow_cache)
     warn_if_server_shares_process(backend)
     rows: list[dict[str, Any]] = []
-    saturated_at = None
     previous: dict[str, float] | None = None
     for level in levels:
         for repeat in range(repeats):
@@ -221,10 +226,8 @@ async def sweep(
                     _gain(here["parallel_efficiency"], previous["parallel_efficiency"]) > 0.1 and gain < SATURATION_GAIN
                 )
             rising_latency = _gain(here["p50_latency_s"], previous["p50_latency_s"]) > SATURATION_LATENCY_RISE
-            if saturated_at is None and gain < SATURATION_GAIN and rising_latency:
-                saturated_at = level
-                if stop_when_saturated:
-                    break
+            if stop_when_saturated and gain < SATURATION_GAIN and rising_latency:
+                break
         previous = dict(here)
     frame = pd.DataFrame(rows)
     for column, first in (("throughput_gain", float("nan")), ("efficiency_misleading", False)):
@@ -232,8 +235,21 @@ async def sweep(
     frame["efficiency_misleading"] = frame["efficiency_misleading"].astype(bool)
     lowest = frame["concurrency"].min()
     frame["speedup"] = frame.loc[frame["concurrency"] == lowest, "wall_s"].median() / frame["wall_s"]
-    frame.attrs["saturated_at"] = saturated_at
+    frame.attrs["saturated_at"] = saturation_point(frame)
     return frame
+
+
+def saturation_point(frame: pd.DataFrame) -> int | None:
+    """Where a sweep's throughput reached its plateau: the plateau is the highest median throughput
+    of any level, the saturation point the smallest level whose median throughput is within
+    ``PLATEAU_TOLERANCE`` of it.  None when only the last level gets there (throughput was still
+    rising: the sweep never saw the plateau)."""
+    throughput = summarize(frame, "concurrency")["throughput_qps"].dropna().sort_index()
+    if len(throughput) < 2:
+        return None
+    reached = throughput[throughput >= (1 - PLATEAU_TOLERANCE) * throughput.max()]
+    first = reached.index[0]
+    return None if first == throughput.index[-1] else int(first)
 
 
 def _gain(now: float, before: float) -> float:

@@ -70,9 +70,15 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
             out_dir / "sweep_decomposition.png", dpi=60
         )
         written.extend([out_dir / "sweep_efficiency.png", out_dir / "sweep_decomposition.png"])
-        columns = ["wall_s", "speedup", "throughput_qps", "parallel_efficiency", "efficiency_misleading"]
-        print(summarize(frame.astype({"efficiency_misleading": int}), "concurrency")[columns].round(3).to_string())
-        print(f"saturated at {frame.attrs['saturated_at']} in flight")
+        columns = ["wall_s", "speedup", "throughput_qps", "parallel_efficiency"]
+        table = summarize(frame, "concurrency")[columns].round(3)
+        flagged = frame.groupby("concurrency", sort=False)["efficiency_misleading"].any()
+        table["efficiency_misleading"] = flagged.map({True: "yes", False: "no"})
+        print(table.to_string())
+        saturated = frame.attrs["saturated_at"]
+        print(
+            "throughput still rising at the last level" if saturated is None else f"saturated at {saturated} in flight"
+        )
 
     if "peers" in names:
         async with serve_process(SimConfig(seed=1, time_scale=0.0), uvloop=uvloop) as server:
