@@ -782,6 +782,8 @@ def latency_parts(latency: float, retry: float, last_sent: float, completion: Co
     server_queue = None if server is None else server.queue_s
     server_work = None if server is None else server.service_s
     rest = latency - retry - client - (server_queue or 0.0) - (server_work or 0.0)
+    if -1e-9 < rest < 0.0:  # float rounding of a sum that is exactly the latency: not a negative time
+        rest = 0.0
     return {
         "retry_s": retry,
         "client_s": client,

@@ -132,6 +132,11 @@ class ShardWorker:
         )
         return await orch.__aenter__()
 
+    async def ready(self) -> None:
+        """Return once the actor is up and its orchestrator open (the driver starts the run's clock
+        when every shard is ready, so the wall is the run's, not Ray's start-up)."""
+        await self._open()
+
     async def run_chunk(self, queries: list[Query]) -> tuple[float, list[QueryResult]]:
         """Run ``queries`` through this shard's orchestrator; the wall-clock time the run started
         (so the driver can place its rows on its own clock) and the rows."""
@@ -230,13 +235,14 @@ class _RayRun:
             )
             for i, c in enumerate(concurrency)
         ]
-        size = settings.chunk or max(16, 4 * (orch.max_concurrency // n))
-        todo = orch.land_cache_hits(self.state, ctx.todo)  # cache hits land here, on the driver
-        self.chunks: deque[list[tuple[int, Query]]] = deque(todo[i : i + size] for i in range(0, len(todo), size))
+        self.size = settings.chunk or max(16, 4 * (orch.max_concurrency // n))
+        self.chunks: deque[list[tuple[int, Query]]] = deque()
         self.restarts = 0
 
     async def run(self) -> None:
-        if not self.chunks:
+        cache = self.orch.cache
+        if cache is not None and all(cache.lookup(query) is not None for _, query in self.ctx.todo):
+            self.orch.land_cache_hits(self.state, self.ctx.todo)  # nothing to send: no cluster needed
             return
         import ray
 
@@ -245,6 +251,14 @@ class _RayRun:
             await asyncio.to_thread(self._connect, ray)
         actors = [self._actor(ray, i) for i in range(self.settings.shards)]
         try:
+            await asyncio.gather(*(asyncio.wrap_future(actor.ready.remote().future()) for actor in actors))
+            self.state.restart_clock(
+                f"Ray took {{seconds:.2f}} s to start {'a local cluster and ' if started_here else ''}its "
+                f"{len(actors)} shard actors before the first query was submitted; the wall, CPU and queue times "
+                "count from then."
+            )
+            todo = self.orch.land_cache_hits(self.state, self.ctx.todo)  # cache hits land here, on the driver
+            self.chunks.extend(todo[i : i + self.size] for i in range(0, len(todo), self.size))
             await self._drive(ray, actors)
         finally:
             for actor in actors:

@@ -68,6 +68,18 @@ class RunState:
         self._on_start = on_start
         self._on_progress = on_progress
         self._reported: dict[int, float] = {}
+        #: What the run's warnings must say about how it was measured (:meth:`restart_clock`).
+        self._notes: list[str] = []
+
+    def restart_clock(self, note: str) -> None:
+        """Start the run's clock (wall, CPU, queue times) now: for a strategy that must set up
+        before its first query can be submitted (Ray: a cluster and its actors), so that the wall
+        measures the run, as its definition says, and not the set-up.  ``note`` (with
+        ``{seconds}``, the set-up's length) joins the run's warnings.  Call it before any row lands."""
+        now = self.clock()
+        self._notes.append(note.format(seconds=now - self.t0))
+        self.t0 = self.stage_started = now
+        self.cpu0 = time.process_time()
 
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
@@ -120,7 +132,7 @@ class RunState:
                 error = Cancelled(f"The run {why} before this query finished.")
                 self.finish(QueryResult(query=query, index=i, stage=self.stages[i], error=error))
         results = tuple(r for r in self.results if r is not None)
-        warnings = self._failure_warnings(results)
+        warnings = [*self._notes, *self._failure_warnings(results)]
         try:
             metrics = RunMetrics.compute(
                 results, wall_s=wall, cpu_s=cpu, concurrency=self.concurrency, concurrency_trace=self._run_trace()

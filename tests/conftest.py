@@ -1,17 +1,20 @@
 """Shared fixtures and helpers: a simulator over loopback, backends of both kinds pointed at it, and
-waiting for the server to settle."""
+waiting for the server to settle, and the field-by-field check that a loaded run is the live one."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Retry, sim
+from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Retry, RunResult, sim
+from hybrid.query import QueryResult
 
 BACKENDS = {"openai": OpenAIBackend, "http": HTTPBackend}
 
@@ -90,3 +93,41 @@ def close_loops_made_for_sync_tests(request: pytest.FixtureRequest) -> Any:
     if not loop.is_running() and not loop.is_closed():
         loop.close()
         asyncio.set_event_loop(None)
+
+
+# -- kept equals measured: a loaded run against the live one ---------------------------------
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with NaN equal to NaN (inside tuples too)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _row(result: QueryResult) -> dict[str, Any]:
+    """Everything a row carries, errors as what a user reads of them."""
+    error = result.error
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "error"}
+    fields["error"] = (
+        None if error is None else (error.kind, error.message, error.status, getattr(error, "retry_after_s", None))
+    )
+    return fields
+
+
+def assert_same_run(loaded: RunResult, live: RunResult) -> None:
+    """``loaded`` equals ``live`` field by field: rows, metrics, mode, warnings, cancelled, segments."""
+    assert len(loaded.results) == len(live.results)
+    for kept, measured in zip(loaded.results, live.results, strict=True):
+        differ = {k: (v, _row(measured)[k]) for k, v in _row(kept).items() if not _same(v, _row(measured)[k])}
+        assert not differ, f"row {measured.index} ({measured.name}) differs: {differ}"
+    for field in dataclasses.fields(live.metrics):
+        kept, measured = getattr(loaded.metrics, field.name), getattr(live.metrics, field.name)
+        assert _same(kept, measured), f"metrics.{field.name}: stored {kept!r}, live {measured!r}"
+    assert (loaded.mode, loaded.warnings, loaded.cancelled, loaded.segments) == (
+        live.mode,
+        live.warnings,
+        live.cancelled,
+        live.segments,
+    )
+    assert loaded.summary() == live.summary()

@@ -100,3 +100,16 @@ def test_server_report_reads_each_servers_dialect() -> None:
 )
 def test_rate_limit_reset_durations(text: str, seconds: float | None) -> None:
     assert duration_seconds(text) == (None if seconds is None else pytest.approx(seconds))
+
+
+def test_a_rest_that_is_only_float_rounding_is_zero_not_a_tiny_negative_time() -> None:
+    """0.3 s of latency reported as 0.1 s queued and 0.2 s served leaves 0.3 - 0.1 - 0.2, which in
+    floats is -2.8e-17: the network part is 0, never a negative duration printed as -2.78e-17 s."""
+    from hybrid.orchestrator import latency_parts
+    from hybrid.query import Completion, Usage
+
+    completion = Completion(text="x", usage=Usage(), model="m", server=ServerReport(queue_s=0.1, service_s=0.2))
+    parts = latency_parts(0.3, 0.0, 5.0, completion)
+    assert 0.3 - 0.1 - 0.2 < 0 and parts["network_s"] == 0.0
+    late = Completion(text="x", usage=Usage(), model="m", server=ServerReport(queue_s=0.1, service_s=0.1))
+    assert latency_parts(0.3, 0.0, 5.0, late)["network_s"] == pytest.approx(0.1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import io
 import math
 import sqlite3
@@ -43,48 +42,13 @@ from hybrid import (
     sim,
 )
 from hybrid.cli import main as cli_main
-from hybrid.query import QueryResult, ServerReport
+from hybrid.query import ServerReport
 from hybrid.testing import Answer, Fail, FakeBackend, Hang
 from hybrid.view import make_app
 
+from .conftest import assert_same_run
+
 PRICES = {"fake": Price(prompt_per_mtok=3.0, completion_per_mtok=15.0, cached_prompt_per_mtok=0.3)}
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, with NaN equal to NaN (inside tuples too)."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def _row(result: QueryResult) -> dict[str, Any]:
-    """Everything a row carries, errors as what a user reads of them."""
-    error = result.error
-    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "error"}
-    fields["error"] = (
-        None if error is None else (error.kind, error.message, error.status, getattr(error, "retry_after_s", None))
-    )
-    return fields
-
-
-def assert_same_run(loaded: RunResult, live: RunResult) -> None:
-    """``loaded`` equals ``live`` field by field: rows, metrics, mode, warnings, cancelled, segments."""
-    assert len(loaded.results) == len(live.results)
-    for kept, measured in zip(loaded.results, live.results, strict=True):
-        differ = {k: (v, _row(measured)[k]) for k, v in _row(kept).items() if not _same(v, _row(measured)[k])}
-        assert not differ, f"row {measured.index} ({measured.name}) differs: {differ}"
-    for field in dataclasses.fields(live.metrics):
-        kept, measured = getattr(loaded.metrics, field.name), getattr(live.metrics, field.name)
-        assert _same(kept, measured), f"metrics.{field.name}: stored {kept!r}, live {measured!r}"
-    assert (loaded.mode, loaded.warnings, loaded.cancelled, loaded.segments) == (
-        live.mode,
-        live.warnings,
-        live.cancelled,
-        live.segments,
-    )
-    assert loaded.summary() == live.summary()
 
 
 # -- the property ------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ import pytest
 import ray
 from ray import cloudpickle
 
-from hybrid import ConfigError, HTTPBackend, Orchestrator, Price, Query, RayShards, Retry, sim
+from hybrid import ConfigError, HTTPBackend, Orchestrator, Price, Query, RayShards, Retry, Store, sim
 from hybrid.ray_shards import MaskedKey, shares
+
+from .conftest import assert_same_run
 
 #: A local cluster on a loaded two-core machine starts workers slowly: minutes, not seconds.
 pytestmark = pytest.mark.timeout(600)
@@ -83,6 +85,19 @@ def cluster() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+async def test_a_ray_run_measures_from_its_first_query_and_round_trips_the_store(cluster: None, tmp_path: Path) -> None:
+    """Ray's start-up (actors, their orchestrators) is not the run: the wall counts from when the
+    shards are ready, a warning says how long the start-up took, and the stored run loads equal."""
+    async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0)) as server:
+        with Store(tmp_path / "runs.sqlite") as store:
+            async with Orchestrator(backend_for(server), max_concurrency=4, store=store) as orch:
+                run = await orch.run(grid(40), mode="ray", shards=2, name="sharded")
+            assert_same_run(store.load("sharded"), run)
+    assert run.ok and run.warnings[0].startswith("Ray took ") and "its 2 shard actors" in run.warnings[0]
+    assert min(r.started_s for r in run.results) >= 0.0
+    assert run.metrics.wall_s >= max(r.finished_s for r in run.results) > 0.0
 
 
 async def test_ten_thousand_queries_over_two_shards_match_one_process(cluster: None) -> None:

@@ -73,7 +73,9 @@ async def test_the_runs_page_lists_runs_with_their_counts(viewer: tuple[TestClie
     page = await (await client.get("/")).text()
     assert "<a href='/runs/clean'>clean</a>" in page and "<a href='/runs/faulty'>faulty</a>" in page
     row = page[page.index("/runs/faulty") :].split("</tr>")[0]
-    assert "<td>finished</td>" in row and "<td>6</td><td>0</td><td>6</td>" in row  # queries, ok, failed
+    assert (
+        "<td>finished</td>" in row and "<td>1</td><td>6</td><td>0</td><td>6</td>" in row
+    )  # segments, queries, ok, failed
 
 
 async def test_a_run_page_shows_every_row_and_the_plots(viewer: tuple[TestClient, Path]) -> None:

@@ -46,12 +46,24 @@ def runs_page(runs: pd.DataFrame) -> str:
         name = str(run["name"])
         link = f"<a href='/runs/{quote(name, safe='')}'>{html.escape(name)}</a>"
         when = run["started_at"].strftime("%Y-%m-%d %H:%M:%S UTC")
-        keys = ("mode", "status", "queries", "ok", "failed", "wall_s", "total_tokens", "cost_usd")
+        keys = ("mode", "status", "segments", "queries", "ok", "failed", "wall_s", "total_tokens", "cost_usd")
         values = [run["mode"], run["status"], when, *(run[k] for k in keys[2:])]
         rows.append(f"<tr><td>{link}</td>" + "".join(f"<td>{_cell(v)}</td>" for v in values) + "</tr>")
     head = "".join(
         f"<th>{h}</th>"
-        for h in ("name", "mode", "status", "started", "queries", "ok", "failed", "wall (s)", "tokens", "cost ($)")
+        for h in (
+            "name",
+            "mode",
+            "status",
+            "started",
+            "segments",
+            "queries",
+            "ok",
+            "failed",
+            "wall (s)",
+            "tokens",
+            "cost ($)",
+        )
     )
     form = (
         "<form action='/compare' class='compare'>Compare <input name='a' placeholder='run A' required> with "
