@@ -26,8 +26,12 @@ test: $(STAMP)
 	HYBRID_PROGRESS=0 $(PY) -m pytest -n 2 --dist loadfile
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -o addopts="" notebooks/
 
+# The fast tier, while you work: no subprocess, kernel, Ray, browser, nbval or real-clock simulator
+# (FakeBackend, virtual time, the in-process simulator, loopback at time scale 0), on two workers.
 test-fast: $(STAMP)
-	HYBRID_PROGRESS=0 $(PY) -m pytest -x -q
+	@start=$$(date +%s); \
+	HYBRID_PROGRESS=0 $(PY) -m pytest -q -n 2 -m 'not slow and not real and not browser and not heavy' \
+		&& echo "make test-fast: $$(( $$(date +%s) - start )) s"
 
 # JupyterLab on the notebooks: `make lab`, or e.g. `make lab LAB_PORT=8899 LAB_IP=0.0.0.0 LAB_BROWSER=no`.
 # As root (containers) it adds --allow-root, which Jupyter otherwise demands; it prints the URL to open.

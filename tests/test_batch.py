@@ -400,6 +400,7 @@ KERNEL = textwrap.dedent(
 )
 
 
+@pytest.mark.heavy
 async def test_a_kernel_killed_during_a_batch_reattaches_instead_of_paying_again(tmp_path: Path) -> None:
     """The child starts a batch and is SIGKILLed while it runs; resuming in this process finds the
     batch id in the store, waits for that batch and pays for no line twice."""

@@ -112,6 +112,7 @@ async def test_a_sweep_says_a_server_saturates_at_its_slots(slots: int) -> None:
     assert rising.attrs["saturated_at"] is None  # still rising at the last level: no plateau seen
 
 
+@pytest.mark.heavy
 async def test_benchmarks_warn_when_the_server_shares_the_clients_process() -> None:
     async with sim.serve(SimConfig(seed=1, time_scale=0.0)) as server:
         backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model="sim-small")

@@ -32,8 +32,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from hybrid import Store, sim, view
-from tests.test_notebook import SETUP
-from tests.test_view import LIVE_KERNEL
+from tests.helpers import LIVE_KERNEL, SETUP
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 

@@ -59,17 +59,20 @@ async def storm(way: str, trials: int, backend_kind: str) -> None:
     assert server.stats()["open_connections"] == 0  # closing the orchestrator closed every connection
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("way", ["gather", "sequential", "pipeline", "stream"])
 async def test_cancellation_storm(backend_kind: str, way: str) -> None:
     await storm(way, trials=8, backend_kind=backend_kind)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("way", ["gather", "sequential", "pipeline", "stream"])
 async def test_cancellation_storm_100_trials(backend_kind: str, way: str) -> None:
     await storm(way, trials=100, backend_kind=backend_kind)
 
 
+@pytest.mark.heavy
 async def test_threads_mode_cannot_stop_its_in_flight_calls() -> None:
     """The seeds' reason for going fully async: a cancelled thread-pool run keeps calling the server."""
     profiles = {"sim-small": ModelProfile(ttft_s=0.5, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
@@ -129,6 +132,7 @@ async def test_closing_under_a_running_run_cancels_it_and_returns_the_partial_ru
     assert orch.last_run is run and client_tasks() <= before | {asyncio.current_task()}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("mode", ["gather", "sequential"])
 async def test_leaving_the_block_under_running_runs_closes_their_requests(backend_kind: str, mode: str) -> None:
     """Over the wire, with both HTTP backends: two runs in flight when the ``async with`` block is

@@ -38,6 +38,7 @@ async def seeded_triples() -> list[tuple[RunResult, RunResult, RunResult]]:
     return [(await run_at(i, 1.0), await run_at(1000 + i, 1.0), await run_at(2000 + i, 1.2)) for i in range(100)]
 
 
+@pytest.mark.heavy
 @pytest.mark.timeout(300)
 async def test_same_configuration_is_no_difference_and_20_percent_slower_is_slower() -> None:
     triples = await hybrid.simulate(seeded_triples)

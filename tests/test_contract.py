@@ -30,6 +30,7 @@ def test_public_api_is_exactly_what_init_exports() -> None:
     assert set(dir(hybrid)) >= set(hybrid.__all__)
 
 
+@pytest.mark.heavy
 def test_tool_submodules_load_lazily() -> None:
     code = (
         "import sys, hybrid; assert 'hybrid.sim' not in sys.modules and 'hybrid.plots' not in sys.modules; "

@@ -43,6 +43,9 @@ CHILD = textwrap.dedent(
     """
 )
 
+#: Kernels, subprocesses or nbval: left out of `make test-fast`.
+pytestmark = pytest.mark.heavy
+
 
 def stored_ok(path: Path) -> int:
     if not path.exists():

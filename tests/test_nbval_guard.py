@@ -15,6 +15,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+#: Kernels, subprocesses or nbval: left out of `make test-fast`.
+pytestmark = pytest.mark.heavy
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "notebooks" / "01_quickstart.ipynb"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,11 @@ import pytest
 from hybrid import run_sync
 from hybrid.progress import silenced
 
-jupyter_client = pytest.importorskip("jupyter_client", reason="the notebook extra is not installed")
+pytest.importorskip("jupyter_client", reason="the notebook extra is not installed")
+from .helpers import SETUP, Kernel
+
+#: Kernels, subprocesses or nbval: left out of `make test-fast`.
+pytestmark = pytest.mark.heavy
 
 
 async def _answer() -> int:
@@ -81,62 +84,11 @@ def test_progress_is_off_under_ci(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert "3/3" in capsys.readouterr().err  # the text fallback outside a notebook
 
 
-class Kernel:
-    """A real ipykernel, driven like a notebook front end."""
-
-    def __init__(self) -> None:
-        self.manager, self.client = jupyter_client.manager.start_new_kernel(kernel_name="python3")
-
-    def run(self, code: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Execute ``code``; return its status, text output and error name."""
-        msg_id = self.client.execute(code)
-        return self.collect(msg_id, timeout)
-
-    def collect(self, msg_id: str, timeout: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"text": "", "error": None, "traceback": ""}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = self.client.get_iopub_msg(timeout=deadline - time.monotonic())
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream":
-                out["text"] += content["text"]
-            elif kind in ("execute_result", "display_data"):
-                out["text"] += content["data"].get("text/plain", "")
-            elif kind == "error":
-                out["error"] = content["ename"]
-                out["traceback"] = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(content["traceback"]))
-            elif kind == "status" and content["execution_state"] == "idle":
-                return out
-        raise TimeoutError(f"the kernel did not finish {msg_id}")
-
-    def close(self) -> None:
-        self.client.stop_channels()
-        self.manager.shutdown_kernel(now=True)
-
-
 @pytest.fixture
 def kernel() -> Iterator[Kernel]:
     k = Kernel()
     yield k
     k.close()
-
-
-SETUP = """
-import asyncio, contextlib, os
-os.environ["HYBRID_PROGRESS"] = "0"
-from hybrid import Orchestrator, OpenAIBackend, Query, sim
-profiles = {"sim-small": sim.ModelProfile(ttft_s=0.05, prompt_tps=1e9, completion_tps=1e9, jitter=0.0),
-            "sim-large": sim.ModelProfile(ttft_s=60.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
-stack = contextlib.AsyncExitStack()
-server = await stack.enter_async_context(sim.serve(sim.SimConfig(time_scale=1.0, profiles=profiles)))
-backend = OpenAIBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
-orch = await stack.enter_async_context(Orchestrator(backend, max_concurrency=8, timeout=None))
-queries = [Query(f"fast{i}", f"f{i}") for i in range(3)]
-queries += [Query(f"slow{i}", f"s{i}", model="sim-large") for i in range(3)]
-print("ready")
-"""
 
 
 def test_top_level_await_in_a_real_kernel(kernel: Kernel) -> None:

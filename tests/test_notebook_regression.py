@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+#: Kernels, subprocesses or nbval: left out of `make test-fast`.
+pytestmark = pytest.mark.heavy
+
 ROOT = Path(__file__).resolve().parent.parent
 
 WORKERS_WAIT_FOR_EACH_OTHER = """

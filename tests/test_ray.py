@@ -25,7 +25,7 @@ from hybrid.ray_shards import MaskedKey, shares
 from .conftest import assert_same_run
 
 #: A local cluster on a loaded two-core machine starts workers slowly: minutes, not seconds.
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.heavy]
 
 
 def grid(n: int) -> list[Query]:

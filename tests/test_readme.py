@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+#: Kernels, subprocesses or nbval: left out of `make test-fast`.
+pytestmark = pytest.mark.heavy
+
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_MARK = "<!-- not run by tests/test_readme.py"
 

@@ -66,6 +66,7 @@ async def test_legacy_pipeline_quotes_earlier_answers_and_costs_more_tokens() ->
     assert (legacy.metrics.cost_usd or 0) > (hybrid.metrics.cost_usd or 0) > 0
 
 
+@pytest.mark.heavy
 def test_demo_writes_the_summary_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run(
@@ -184,6 +185,7 @@ async def test_open_loop_arrivals_do_not_wait_for_earlier_answers() -> None:
     assert frame.attrs["wall_s"] == pytest.approx(first + 5.0, abs=1e-5)
 
 
+@pytest.mark.heavy
 async def test_peers_run_the_same_workload_and_report_ratios() -> None:
     async with sim.serve_process(sim.SimConfig(time_scale=0)) as server:
         # Two repeats: a peer whose first repeat spoils the next (a shared client closed) must show.
@@ -193,6 +195,7 @@ async def test_peers_run_the_same_workload_and_report_ratios() -> None:
     assert frame.loc[frame["peer"] == "kit OpenAIBackend", "ratio_to_kit"].iloc[0] == pytest.approx(1.0)
 
 
+@pytest.mark.heavy
 def test_hybrid_bench_writes_results_with_machine_info_to_out_bench(tmp_path: Path) -> None:
     """By default results go to ./out/bench (never over the committed benchmarks/results)."""
     done = subprocess.run(
@@ -210,6 +213,7 @@ def test_hybrid_bench_writes_results_with_machine_info_to_out_bench(tmp_path: Pa
     assert (out / "sweep_decomposition.png").exists()
 
 
+@pytest.mark.heavy
 def test_hybrid_bench_help_lists_every_suite() -> None:
     from hybrid.bench.suites import SUITES
     from hybrid.cli import BENCH_SUITES

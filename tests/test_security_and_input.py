@@ -62,8 +62,9 @@ async def test_the_api_key_never_appears_anywhere(
     assert leaks == []
 
 
+@pytest.mark.heavy
 def test_the_key_never_appears_in_notebook_output() -> None:
-    from .test_notebook import Kernel
+    from .helpers import Kernel
 
     kernel = Kernel()
     try:

@@ -4,13 +4,13 @@ raw aiohttp for what an SDK would refuse to send, and langchain-openai."""
 from __future__ import annotations
 
 import asyncio
-import time
+import dataclasses
 
 import aiohttp
 import openai
 import pytest
 
-from hybrid import sim
+from hybrid import Orchestrator, Query, Retry, RunResult, sim
 from hybrid.sim import Faults, ModelProfile, Script, SimConfig
 
 from .conftest import settled
@@ -156,15 +156,24 @@ async def test_rate_limits_answer_429_with_retry_after_and_ratelimit_headers() -
                 async with session.post(server.url + "/chat/completions", json=body) as r:
                     statuses.append(r.status)
                     headers.append(r.headers)
-            await asyncio.sleep(0.55)
-            async with session.post(server.url + "/chat/completions", json=body) as r:
-                after_window = r.status
     assert statuses == [200, 200, 429]
     assert headers[0]["x-ratelimit-limit-requests"] == "2"
     assert headers[0]["x-ratelimit-remaining-requests"] == "1"
     assert headers[2]["x-ratelimit-remaining-requests"] == "0"
     assert 0 < int(headers[2]["retry-after-ms"]) <= 500 and headers[2]["retry-after"] == "1"
-    assert after_window == 200
+
+
+@pytest.mark.looptime
+async def test_a_rate_limit_window_admits_again_once_it_has_passed() -> None:
+    """On the virtual clock: two requests per 0.5 s; the third is refused at once, and one sent
+    0.55 s later is admitted."""
+    backend = sim.backend(SimConfig(time_scale=0, rpm=2, limit_window_s=0.5))
+    async with Orchestrator(backend, retry=Retry.never()) as orch:
+        first = await orch.run([Query(f"q{i}", "hello") for i in range(3)], mode="sequential")
+        await asyncio.sleep(0.55)
+        after = await orch.run([Query("later", "hello")])
+    assert [r.error.kind if r.error else "ok" for r in first.results] == ["ok", "ok", "rate_limited"]
+    assert after.ok
 
 
 async def test_token_limit_answers_429() -> None:
@@ -271,46 +280,43 @@ async def test_fail_first_n_attempts_of_each_request() -> None:
     assert server.stats()["by_status"] == {"200": 1, "503": 3}
 
 
+@pytest.mark.looptime
 async def test_capacity_queues_requests_beyond_the_slots() -> None:
+    """On the virtual clock: 4 answers of exactly 0.2 s on 4 slots take 0.2 s; 8 take two waves,
+    0.4 s, the second four waiting 0.2 s in the server's queue."""
     profile = {"sim-small": ModelProfile(ttft_s=0.2, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
 
-    async def wall(n: int, slots: int) -> float:
-        async with sim.serve(SimConfig(time_scale=1.0, profiles=profile, slots=slots)) as server:
-            async with client(server) as c:
-                start = time.perf_counter()
-                await asyncio.gather(
-                    *(
-                        c.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": f"q{i}"}])
-                        for i in range(n)
-                    )
-                )
-                elapsed = time.perf_counter() - start
-            assert server.stats()["peak_in_flight"] == n
-        return elapsed
+    async def run(n: int) -> RunResult:
+        backend = sim.backend(SimConfig(time_scale=1.0, profiles=profile, slots=4))
+        async with Orchestrator(backend, max_concurrency=n) as orch:
+            return await orch.run([Query(f"q{i}", f"q{i}") for i in range(n)])
 
-    within = await wall(4, slots=4)
-    queued = await wall(8, slots=4)
-    assert 0.2 <= within < 0.35
-    assert 0.4 <= queued < 0.6  # two waves of 0.2 s: the model says 8 / 4 slots x 0.2 s
+    within, queued = await run(4), await run(8)
+    assert within.metrics.wall_s == pytest.approx(0.2, abs=1e-5)
+    assert queued.metrics.wall_s == pytest.approx(0.4, abs=1e-5)
+    assert sorted(round(r.server_queue_s or 0.0, 4) for r in queued.results) == [0.0] * 4 + [0.2] * 4
 
 
+@pytest.mark.looptime
 async def test_time_scale_zero_does_not_wait_and_scaled_profile_does() -> None:
-    async with sim.serve(SimConfig(time_scale=0)) as server:
-        async with client(server) as c:
-            start = time.perf_counter()
-            await asyncio.gather(*(c.chat.completions.create(model="sim-large", messages=MESSAGES) for _ in range(20)))
-            instant = time.perf_counter() - start
-    async with sim.serve(SimConfig(time_scale=0.1, seed=2)) as server:
-        async with client(server) as c:
-            start = time.perf_counter()
-            r = await c.chat.completions.create(model="sim-large", messages=MESSAGES)
-            scaled = time.perf_counter() - start
-    large = sim.PROFILES["sim-large"]
-    expected = 0.1 * (large.ttft_s + r.usage.completion_tokens / large.completion_tps)  # type: ignore[union-attr]
-    assert instant < 1.0
-    assert expected * 0.7 < scaled < expected * 1.5 + 0.05
+    """The latency model, exactly: time scale 0 answers at once; 0.1 takes a tenth of the profile's
+    time to first token plus its completion tokens at its rate."""
+
+    large = dataclasses.replace(sim.PROFILES["sim-large"], jitter=0.0, prompt_tps=1e12)
+
+    async def latency(time_scale: float) -> tuple[float, int]:
+        config = SimConfig(time_scale=time_scale, seed=2, profiles={"sim-large": large})
+        async with Orchestrator(sim.backend(config, model="sim-large")) as orch:
+            run = await orch.run([Query("q", "Say hello.")])
+        return run.results[0].latency_s, run.results[0].usage.completion_tokens
+
+    instant, _ = await latency(0)
+    scaled, tokens = await latency(0.1)
+    assert instant == 0.0
+    assert scaled == pytest.approx(0.1 * (large.ttft_s + tokens / large.completion_tps), rel=1e-6)
 
 
+@pytest.mark.heavy
 async def test_server_in_its_own_process_reports_stats_over_http() -> None:
     async with sim.serve_process(SimConfig(seed=4, time_scale=0, api_key="sk-proc")) as server:
         async with openai.AsyncOpenAI(base_url=server.url, api_key="sk-proc", max_retries=0) as c:
@@ -385,6 +391,7 @@ async def test_contention_slows_requests_that_share_the_server_together() -> Non
     assert await latencies(4) == pytest.approx([0.025 * k + 7 * 0.1 for k in (1, 2, 3, 4)])
 
 
+@pytest.mark.heavy
 def test_curl_gets_json_and_sse() -> None:
     import json
     import shutil

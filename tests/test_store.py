@@ -194,6 +194,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.heavy
 @pytest.mark.looptime(False)
 def test_two_processes_write_one_store_at_once(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite"

@@ -10,7 +10,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hybrid import Orchestrator, Query, Store, sim
 from hybrid.view import make_app
+
+from .helpers import LIVE_KERNEL
 
 
 def grid(n: int) -> list[Query]:
@@ -141,22 +142,7 @@ async def test_a_finished_run_replays_its_events_and_a_reconnect_loses_none(view
     assert [e["id"] for e in rest] == [e["id"] for e in events[4:]]
 
 
-LIVE_KERNEL = textwrap.dedent(
-    """
-    import asyncio, sys
-    from hybrid import Orchestrator, OpenAIBackend, Query
-    url, key, path, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-
-    async def main():
-        backend = OpenAIBackend(base_url=url, api_key=key, model="sim-small")
-        async with Orchestrator(backend, store=path, max_concurrency=4) as orch:
-            await orch.run([Query(f"q{i}", f"Question number {i}?", max_tokens=16) for i in range(n)], name="live")
-
-    asyncio.run(main())
-    """
-)
-
-
+@pytest.mark.heavy
 async def test_a_run_in_another_process_streams_live(viewer: tuple[TestClient, Path]) -> None:
     """The child writes to the store while the viewer streams: completions arrive while the run is
     still going (before final_result), and the final counts are the store's."""
@@ -182,6 +168,7 @@ async def test_a_run_in_another_process_streams_live(viewer: tuple[TestClient, P
     reader.close()
 
 
+@pytest.mark.heavy
 def test_the_cli_refuses_a_store_that_does_not_exist(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "hybrid", "view", "--store", str(tmp_path / "missing.sqlite")],

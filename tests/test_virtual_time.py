@@ -53,8 +53,7 @@ async def test_in_process_and_served_simulators_give_the_same_study() -> None:
     kinds = {row[3] for row in outcome(virtual)}
     assert {"ok", "invalid_response"} <= kinds  # the faults did strike, and were classified alike
     pairs = [(v.latency_s, s.latency_s) for v, s in zip(virtual.results, served.results, strict=True) if v.ok]
-    assert all(over_http >= in_model - 1e-3 for in_model, over_http in pairs)
-    assert sum(s for _, s in pairs) / sum(v for v, _ in pairs) < 2.0
+    assert all(over_http >= in_model - 1e-3 for in_model, over_http in pairs)  # the wire only adds time
 
 
 async def gathered_pair() -> RunResult:
@@ -71,6 +70,7 @@ async def test_a_study_on_a_virtual_clock_has_the_models_timings_exactly() -> No
     assert round(m.parallel_efficiency, 3) == 1.847 and m.percent_of_ideal == pytest.approx(1.0)
 
 
+@pytest.mark.heavy
 def test_a_study_gives_the_same_frame_bit_for_bit_beside_a_busy_process() -> None:
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
