@@ -8,8 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast test-browser lab bench soak real test-real lint typecheck clean
 
-# setup.py builds the compiled filler (hybrid/sim/_filler.c); a change to either rebuilds it.
-$(STAMP): pyproject.toml setup.py hybrid/sim/_filler.c
+$(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# setuptools warns about editable installs even under --quiet; the warning does not apply here.

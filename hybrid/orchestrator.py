@@ -60,7 +60,6 @@ from hybrid.errors import (
 from hybrid.estimate import Estimate, estimate
 from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
-from hybrid.ray_shards import RayShards
 from hybrid.results import RunResult
 from hybrid.retry import Retry
 from hybrid.run_record import RunRecord
@@ -255,7 +254,7 @@ class Orchestrator:
         """Send every query and return the run.  ``mode`` is the :mod:`strategy <hybrid.strategies>`:
         ``gather`` (concurrently), ``sequential`` (one by one), ``threads`` (the synchronous SDK
         client on a thread pool, the legacy baseline), ``batch`` (the provider's Batch API: half
-        price, answers within 24 h) or ``ray`` (``shards`` orchestrators on a Ray cluster, each with
+        price, answers within 24 h) or ``RayShards(shards=n)`` (``n`` orchestrators on a Ray cluster, each with
         its share of the concurrency and rate limits).
 
         With a store, ``name`` names the run (default: ``run-<time>``); ``resume=True`` continues
@@ -269,7 +268,9 @@ class Orchestrator:
         ``raise_if_all_failed=False`` to get that run back instead, as a measurement wants);
         otherwise failures are rows.
         """
-        strategy = strategy_for(mode) if shards is None else RayShards.for_mode(mode, shards)
+        strategy = strategy_for(mode)
+        if shards is not None:  # the old spelling of mode=RayShards(shards=n), kept for one release
+            strategy = strategy.sharded(shards)
         items = self._checked(queries)
         strategy.check(self)
         record = self._begin_record(name, resume, strategy.name, items)

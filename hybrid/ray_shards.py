@@ -1,6 +1,6 @@
-"""``mode="ray"``: a run split into shards, each the kit's own orchestrator in a Ray actor.
+"""``mode=RayShards(shards=N)``: a run split into shards, each the kit's own orchestrator in a Ray actor.
 
-When one client's CPU or one machine is the limit, ``orch.run(queries, mode="ray", shards=N)``
+When one client's CPU or one machine is the limit, ``orch.run(queries, mode=RayShards(shards=N))``
 runs ``N`` orchestrators on a Ray cluster and gathers their rows into one ``RunResult`` in input
 order.  Nothing about a query changes: each shard sends, retries (honouring Retry-After), times out
 and classifies errors exactly as the orchestrator does in a notebook, because it *is* that
@@ -34,6 +34,7 @@ import logging
 import os
 import secrets
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -165,14 +166,15 @@ class RayShards(Strategy):
         if self.chunk is not None:
             check_int("RayShards(chunk=...)", self.chunk, minimum=1)
 
-    @classmethod
-    def for_mode(cls, mode: object, shards: int) -> RayShards:
-        """The strategy for ``run(..., mode=mode, shards=shards)``: shards only mean something to Ray."""
-        if isinstance(mode, RayShards):
-            return replace(mode, shards=shards)
-        if mode != "ray":
-            raise ConfigError(f"shards= splits a run over a Ray cluster: use mode='ray' with it (got mode={mode!r}).")
-        return cls(shards=shards)
+    def sharded(self, shards: int) -> RayShards:
+        """``run(..., mode="ray", shards=n)``: the old spelling, kept for one release with a warning."""
+        warnings.warn(
+            f"run(..., mode='ray', shards={shards}) is deprecated: write "
+            f"run(..., mode=hybrid.RayShards(shards={shards})).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return replace(self, shards=shards)
 
     def check(self, orchestrator: Orchestrator) -> None:
         backend = orchestrator.backend

@@ -12,7 +12,7 @@ orchestrator.
   of ``max_concurrency`` workers.  A thread cannot be cancelled, so a timeout or an interrupt
   abandons the call instead of stopping it.
 * :class:`~hybrid.batch.Batch` (``mode="batch"``) and :class:`~hybrid.ray_shards.RayShards`
-  (``mode="ray"``) take the whole run (:meth:`Strategy.execute`): the provider's Batch API, and
+  (``mode=RayShards(shards=n)``) take the whole run (:meth:`Strategy.execute`): the provider's Batch API, and
   shards of the run on a Ray cluster.  They live in their own modules.
 """
 
@@ -63,6 +63,13 @@ class Strategy:
 
     def check(self, orchestrator: Any) -> None:
         """Refuse, before anything is sent, settings this strategy cannot honour."""
+
+    def sharded(self, shards: int) -> Strategy:
+        """``run(..., shards=n)``: only a strategy that shards a run (Ray's) takes it."""
+        raise ConfigError(
+            f"shards= splits a run over a Ray cluster: use mode=hybrid.RayShards(shards={shards}) "
+            f"(got mode={self.name!r})."
+        )
 
     async def execute(self, run: RunContext) -> None:
         """Answer every query of ``run.todo``; by default, ``run_one`` each on :meth:`fan_out`'s schedule."""

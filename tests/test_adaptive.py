@@ -120,4 +120,4 @@ def test_auto_is_checked_before_anything_is_sent() -> None:
     backend = hybrid.HTTPBackend(base_url="http://127.0.0.1:9/v1", api_key="k", model="m", check_reachable=False)
     auto = Orchestrator(backend, max_concurrency="auto")
     with pytest.raises(ConfigError, match="fixed max_concurrency"):
-        asyncio.run(auto.run([Query("q", "hi")], mode="ray", shards=2))
+        asyncio.run(auto.run([Query("q", "hi")], mode=hybrid.RayShards(shards=2)))

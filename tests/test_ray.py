@@ -1,4 +1,4 @@
-"""``mode="ray"``: shards of a run on a local Ray cluster (``ray.init(num_cpus=2)`` on this machine).
+"""``mode=RayShards(shards=n)``: shards of a run on a local Ray cluster (``ray.init(num_cpus=2)`` on this machine).
 
 The simulator is served in the test's loop over loopback; each shard is an orchestrator in a Ray
 actor (another process) talking to it.  Ray's start-up is slow (seconds), so the tests that need a
@@ -75,7 +75,8 @@ async def test_a_run_starts_a_local_cluster_when_there_is_none_and_stops_it() ->
     assert not ray.is_initialized()
     async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0)) as server:
         async with Orchestrator(backend_for(server), max_concurrency=4) as orch:
-            run = await orch.run(grid(20), mode="ray", shards=2)
+            with pytest.warns(DeprecationWarning, match=r"mode=hybrid.RayShards\(shards=2\)"):
+                run = await orch.run(grid(20), mode="ray", shards=2)  # the old spelling, for one release
     assert run.ok and run.mode == "ray" and [r.name for r in run.results] == [q.name for q in grid(20)]
     assert not ray.is_initialized()
 
@@ -93,7 +94,7 @@ async def test_a_ray_run_measures_from_its_first_query_and_round_trips_the_store
     async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0)) as server:
         with Store(tmp_path / "runs.sqlite") as store:
             async with Orchestrator(backend_for(server), max_concurrency=4, store=store) as orch:
-                run = await orch.run(grid(40), mode="ray", shards=2, name="sharded")
+                run = await orch.run(grid(40), mode=RayShards(shards=2), name="sharded")
             assert_same_run(store.load("sharded"), run)
     assert run.ok and run.warnings[0].startswith("Ray took ") and "its 2 shard actors" in run.warnings[0]
     assert min(r.started_s for r in run.results) >= 0.0
@@ -105,7 +106,7 @@ async def test_ten_thousand_queries_over_two_shards_match_one_process(cluster: N
     async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0)) as server:
         async with Orchestrator(backend_for(server), max_concurrency=32) as orch:
             alone = await orch.run(queries)
-            sharded = await orch.run(queries, mode="ray", shards=2)
+            sharded = await orch.run(queries, mode=RayShards(shards=2))
     assert sharded.ok and sharded.metrics.queries == 10_000
     assert [r.name for r in sharded.results] == [q.name for q in queries]
     assert [r.text for r in sharded.results] == [r.text for r in alone.results]
@@ -132,7 +133,7 @@ async def test_shards_keep_to_the_rate_limit_the_user_set(cluster: None) -> None
     limits = {"rpm": 6000, "rate_window_s": 1.0, "max_concurrency": 32}
     async with sim.serve(config) as server:
         async with Orchestrator(backend_for(server), **limits) as orch:
-            run = await orch.run(grid(600), mode="ray", shards=2)
+            run = await orch.run(grid(600), mode=RayShards(shards=2))
         assert run.ok and server.stats()["by_status"].get("429", 0) == 0
         assert run.metrics.wall_s > 4.0  # 500 requests after the first burst, at 100/s
     async with sim.serve(config) as server:
@@ -153,7 +154,7 @@ async def test_each_shard_waits_out_retry_after(cluster: None) -> None:
     async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0, faults=faults)) as server:
         fast_retry = Retry(attempts=3, base=0.01, cap=0.01, jitter=0.0)
         async with Orchestrator(backend_for(server), max_concurrency=8, retry=fast_retry) as orch:
-            run = await orch.run(grid(40), mode="ray", shards=2)
+            run = await orch.run(grid(40), mode=RayShards(shards=2))
     assert run.ok and {r.attempts for r in run.results} == {2}
     assert min(r.latency_s for r in run.results) >= 1.0
 
@@ -162,7 +163,7 @@ async def test_the_key_reaches_the_workers_but_no_ray_log_or_argument(cluster: N
     canary = "sk-canary-" + os.urandom(12).hex()
     async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0, api_key=canary)) as server:
         async with Orchestrator(backend_for(server), max_concurrency=4) as orch:
-            run = await orch.run(grid(50), mode="ray", shards=2)
+            run = await orch.run(grid(50), mode=RayShards(shards=2))
     assert run.ok  # so the workers did authenticate with it
     masked = MaskedKey(canary)
     assert canary.encode() not in cloudpickle.dumps(masked) and canary not in repr(masked)
@@ -200,29 +201,29 @@ async def test_ray_mode_refuses_what_it_cannot_do_before_sending() -> None:
     prices = {"sim-small": Price(prompt_per_mtok=1, completion_per_mtok=1)}
     async with sim.serve(sim.SimConfig(time_scale=0.0)) as server:
         async with Orchestrator(backend_for(server), max_concurrency=2) as orch:
-            with pytest.raises(ConfigError, match="mode='ray'"):
+            with pytest.raises(ConfigError, match=r"mode=hybrid.RayShards\(shards=2\)"):
                 await orch.run(grid(2), shards=2)
             with pytest.raises(ConfigError, match="cannot be shared by 3 shards"):
-                await orch.run(grid(2), mode="ray", shards=3)
+                await orch.run(grid(2), mode=RayShards(shards=3))
             with pytest.raises(ConfigError, match="pipeline"):
                 await orch.pipeline([grid(2)], mode="ray")
         async with Orchestrator(backend_for(server), prices=prices, budget_usd=1.0) as orch:
             with pytest.raises(ConfigError, match="budget_usd"):
-                await orch.run(grid(2), mode="ray", shards=2)
+                await orch.run(grid(2), mode=RayShards(shards=2))
         assert server.stats()["requests"] == 0
     async with Orchestrator(sim.backend(sim.SimConfig())) as orch:
         with pytest.raises(ConfigError, match="rebuilds the backend"):
-            await orch.run(grid(2), mode="ray", shards=2)
+            await orch.run(grid(2), mode=RayShards(shards=2))
 
 
 async def test_the_cache_is_read_before_sharding_and_filled_after(cluster: None, tmp_path: Path) -> None:
     async with sim.serve(sim.SimConfig(seed=2, time_scale=0.0)) as server:
         store = tmp_path / "runs.sqlite"
         async with Orchestrator(backend_for(server), max_concurrency=4, store=store, cache=True) as orch:
-            sharded = await orch.run(grid(12), mode="ray", shards=2)
+            sharded = await orch.run(grid(12), mode=RayShards(shards=2))
             sent = server.stats()["requests"]
             again = await orch.run(grid(12))  # answered from what the shards brought back
-            both = await orch.run(grid(14), mode="ray", shards=2)  # only the two new ones are sharded
+            both = await orch.run(grid(14), mode=RayShards(shards=2))  # only the two new ones are sharded
     assert sharded.ok and sent == 12
     assert {r.origin for r in again.results} == {"cache"}
     assert [r.text for r in again.results] == [r.text for r in sharded.results]

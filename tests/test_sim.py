@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 
 import aiohttp
 import openai
 import pytest
 
-from hybrid import Orchestrator, Query, Retry, RunResult, sim
+from hybrid import ConfigError, Orchestrator, Query, Retry, RunResult, sim
 from hybrid.sim import Faults, ModelProfile, Script, SimConfig
 
 from .conftest import settled
@@ -434,54 +435,39 @@ def test_curl_gets_json_and_sse() -> None:
     assert refused.stdout == "401"
 
 
-def test_generated_answers_draw_words_exactly_as_random_choice_does() -> None:
-    """The simulator's filler draws words without ``rng.choice``'s overhead; seeded answers must be
-    the very ones ``rng.choice`` would give (notebooks and saved runs hold them)."""
+def test_generated_answers_say_they_are_simulated_and_keep_their_seeded_length() -> None:
+    """Filler starts with "Simulated answer:" (nobody should read it as a broken model), is a
+    seeded slice of the word pool (the same request, the same text; another request, another
+    text), and is exactly ``random.Random(seed).randint(low, high)`` tokens long, the length every
+    earlier version of the simulator drew, so timings, token counts and costs stay as they were."""
     import random
 
     from hybrid.sim import model
+    from hybrid.tokens import count_tokens
 
-    def reference(rng: random.Random, n_tokens: int) -> str:
-        pieces: list[str] = []
-        words_in_sentence, sentence_length = 0, rng.randint(8, 16)
-        for i in range(n_tokens):
-            if i > 0 and words_in_sentence > 0 and (words_in_sentence >= sentence_length or i == n_tokens - 1):
-                pieces.append(".")
-                words_in_sentence, sentence_length = 0, rng.randint(8, 16)
-                continue
-            word = rng.choice(model._WORDS)
-            word = word.capitalize() if words_in_sentence == 0 else word
-            pieces.append(" " + word if pieces else word)
-            words_in_sentence += 1
-        return "".join(pieces)
-
-    for seed in range(200):
-        for n in (1, 2, 9, 40, 333):
-            assert "".join(model.generated_tokens(random.Random(seed), n)) == reference(random.Random(seed), n)
+    texts = set()
+    for seed in range(300):
+        for low, high in ((1, 1), (2, 3), (20, 60), (1, 9000)):
+            tokens = model.seeded_tokens(seed, low, high)
+            assert len(tokens) == random.Random(seed).randint(low, high) == count_tokens("".join(tokens))
+            assert "".join(tokens) == "".join(model.seeded_tokens(seed, low, high))
+            assert tokens[:3] == ["Simulated", " answer", ":"][: len(tokens)]
+        texts.add("".join(model.seeded_tokens(seed, 40, 40)))
+    assert len(texts) > 250  # seeds land on different slices of the pool
 
 
-def test_the_compiled_filler_gives_the_pure_python_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``_filler.c`` (built by ``make``) must draw the very words the Python path draws, for any seed
-    (one or two 32-bit key words, 0, the extremes), any range (one value, two, wide) and answers long
-    enough to need the Mersenne Twister's state regenerated twice."""
-    import random
+async def test_echo_answers_repeat_the_last_message() -> None:
+    """``SimConfig(answers="echo")``: what a template or a scorer under test can check."""
+    from hybrid.tokens import count_tokens
 
-    from hybrid.sim import model
-
-    compiled = model._compiled
-    assert compiled is not None, "the compiled filler is missing: rebuild it with `make .venv/.installed`"
-    draw = random.Random(5)
-    seeds = [0, 1, 2**32 - 1, 2**32, 2**64 - 1] + [draw.getrandbits(bits) for bits in (8, 32, 64) for _ in range(300)]
-    ranges = [(0, 0), (1, 1), (20, 60), (0, 1), (5, 12), (1, 2000)]
-    with monkeypatch.context() as patch:
-        patch.setattr(model, "_compiled", None)
-        expected = {(seed, r): model.seeded_tokens(seed, *r) for seed in seeds for r in ranges}
-    assert max(len(tokens) for tokens in expected.values()) > 1300  # past two regenerations of 624 words
-    assert {key: model.seeded_tokens(key[0], *key[1]) for key in expected} == expected
-    with pytest.raises(ValueError):
-        compiled.seeded_tokens(1, 5, 4, model._FIRST, model._OPENING, model._SPACED, ".")
-    with pytest.raises(TypeError, match="exactly 144"):  # another word count must not draw other words silently
-        compiled.seeded_tokens(1, 5, 9, [*model._FIRST, "x"], model._OPENING, model._SPACED, ".")
+    config = SimConfig(seed=1, time_scale=0, answers="echo")
+    async with Orchestrator(sim.backend(config)) as orch:
+        run = await orch.run([Query("q", "What is 2 + 2?", system="Be brief."), Query("j", "Name", json_mode=True)])
+    assert run.results[0].text == "Simulated echo: What is 2 + 2?"
+    assert run.results[0].usage.completion_tokens == count_tokens("Simulated echo: What is 2 + 2?")
+    assert json.loads(run.results[1].text or "") == {"answer": "Simulated echo: Name"}
+    with pytest.raises(ConfigError, match="answers"):
+        SimConfig(answers="random")
 
 
 def test_a_reply_keeps_the_token_boundaries_a_fresh_tokenisation_finds() -> None:

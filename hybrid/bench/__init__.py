@@ -31,7 +31,6 @@ query failed (``raise_if_all_failed=False``), since its rows are the data.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import warnings
 from collections.abc import Sequence
@@ -39,9 +38,8 @@ from typing import Any
 
 import pandas as pd
 
-from hybrid import progress
 from hybrid.backends import Backend
-from hybrid.bench.arrivals import arrival_times
+from hybrid.bench.arrivals import arrival_times, open_loop
 from hybrid.bench.comparison import Comparison, compare_runs
 from hybrid.bench.slo import SLO, goodput, sla_search
 from hybrid.errors import ConfigError
@@ -256,55 +254,3 @@ def _gain(now: float, before: float) -> float:
     """The relative rise from ``before`` to ``now``; no rise when either is unknown or ``before`` is 0."""
     rise = ratio(now, before) - 1.0
     return 0.0 if math.isnan(rise) else rise
-
-
-async def open_loop(
-    orch: Orchestrator,
-    queries: Sequence[Query],
-    *,
-    rate_qps: float,
-    arrival: str = "poisson",
-    burstiness: float = 1.0,
-    ramp_to_qps: float | None = None,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Submit queries at arrival times drawn in advance (:func:`hybrid.bench.arrivals.arrival_times`:
-    ``arrival`` ``"poisson"``, ``"gamma"`` with ``burstiness``, or ``"constant"``, at ``rate_qps``,
-    ramping linearly to ``ramp_to_qps`` if given); one row per query.
-
-    Unlike ``run`` (a closed batch), arrivals do not wait for earlier answers, so queue time shows
-    what real traffic at that rate would see.  Rows carry ``ttft_s`` and ``completion_tokens`` for
-    :func:`goodput`; ``attrs`` hold the rate and the wall.
-    """
-    times = arrival_times(
-        len(queries), rate_qps, arrival=arrival, burstiness=burstiness, ramp_to_qps=ramp_to_qps, seed=seed
-    )
-    clock = asyncio.get_running_loop().time
-    start = clock()
-
-    async def arrive(query: Query, at: float) -> dict[str, Any]:
-        await asyncio.sleep(max(0.0, at - (clock() - start)))
-        arrived = clock() - start
-        run = await orch.run([query], raise_if_all_failed=False, progress=False)  # one bar for all, below
-        progress.tick(bar)
-        r = run.results[0]
-        return {
-            "name": r.name,
-            "arrival_s": arrived,
-            "scheduled_s": at,
-            "ok": r.ok,
-            "latency_s": r.latency_s,
-            "queue_s": r.queue_s,
-            "ttft_s": r.ttft_s,
-            "completion_tokens": r.usage.completion_tokens,
-            "server_queue_s": r.server_queue_s,
-            "attempts": r.attempts,
-            "error_kind": None if r.error is None else r.error.kind,
-        }
-
-    description = f"hybrid open loop at {rate_qps:g}/s"
-    with progress.bar(len(queries), description, requested=progress.wanted(orch.progress)) as bar:
-        rows = await asyncio.gather(*(arrive(q, at) for q, at in zip(queries, times, strict=True)))
-    frame = pd.DataFrame(rows)
-    frame.attrs.update(rate_qps=rate_qps, arrival=arrival, ramp_to_qps=ramp_to_qps, wall_s=clock() - start)
-    return frame

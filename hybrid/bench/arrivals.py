@@ -1,4 +1,4 @@
-"""When requests arrive in an open-loop test: the schedules :func:`hybrid.bench.open_loop` uses.
+"""Open-loop load: when requests arrive, and :func:`open_loop`, which sends them at those times.
 
 Real traffic does not wait for answers before the next request comes, so a load test sends at
 times drawn in advance.  The gaps between arrivals follow vLLM's ``bench serve``:
@@ -16,9 +16,17 @@ run.
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Sequence
+from typing import Any
 
+import pandas as pd
+
+from hybrid import progress
 from hybrid.errors import check_choice, check_int, check_number
+from hybrid.orchestrator import Orchestrator
+from hybrid.query import Query
 
 ARRIVALS = ("poisson", "gamma", "constant")
 
@@ -52,3 +60,55 @@ def arrival_times(
         at += gap
         times.append(at)
     return times
+
+
+async def open_loop(
+    orch: Orchestrator,
+    queries: Sequence[Query],
+    *,
+    rate_qps: float,
+    arrival: str = "poisson",
+    burstiness: float = 1.0,
+    ramp_to_qps: float | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Submit queries at arrival times drawn in advance (:func:`hybrid.bench.arrivals.arrival_times`:
+    ``arrival`` ``"poisson"``, ``"gamma"`` with ``burstiness``, or ``"constant"``, at ``rate_qps``,
+    ramping linearly to ``ramp_to_qps`` if given); one row per query.
+
+    Unlike ``run`` (a closed batch), arrivals do not wait for earlier answers, so queue time shows
+    what real traffic at that rate would see.  Rows carry ``ttft_s`` and ``completion_tokens`` for
+    :func:`goodput`; ``attrs`` hold the rate and the wall.
+    """
+    times = arrival_times(
+        len(queries), rate_qps, arrival=arrival, burstiness=burstiness, ramp_to_qps=ramp_to_qps, seed=seed
+    )
+    clock = asyncio.get_running_loop().time
+    start = clock()
+
+    async def arrive(query: Query, at: float) -> dict[str, Any]:
+        await asyncio.sleep(max(0.0, at - (clock() - start)))
+        arrived = clock() - start
+        run = await orch.run([query], raise_if_all_failed=False, progress=False)  # one bar for all, below
+        progress.tick(bar)
+        r = run.results[0]
+        return {
+            "name": r.name,
+            "arrival_s": arrived,
+            "scheduled_s": at,
+            "ok": r.ok,
+            "latency_s": r.latency_s,
+            "queue_s": r.queue_s,
+            "ttft_s": r.ttft_s,
+            "completion_tokens": r.usage.completion_tokens,
+            "server_queue_s": r.server_queue_s,
+            "attempts": r.attempts,
+            "error_kind": None if r.error is None else r.error.kind,
+        }
+
+    description = f"hybrid open loop at {rate_qps:g}/s"
+    with progress.bar(len(queries), description, requested=progress.wanted(orch.progress)) as bar:
+        rows = await asyncio.gather(*(arrive(q, at) for q, at in zip(queries, times, strict=True)))
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(rate_qps=rate_qps, arrival=arrival, ramp_to_qps=ramp_to_qps, wall_s=clock() - start)
+    return frame

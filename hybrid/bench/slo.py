@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from hybrid.backends import Backend
+from hybrid.bench.arrivals import open_loop
 from hybrid.errors import ConfigError, check_choice, check_number
 from hybrid.metrics import percentile
 from hybrid.query import Query
@@ -118,7 +119,6 @@ async def sla_search(
     highest level that met the limit (None if even ``low`` did not).  ``orchestrator`` holds the
     probes' other settings (``timeout=``, ``retry=``...; no progress bars unless ``progress=``).
     """
-    from hybrid.bench import open_loop
     from hybrid.orchestrator import Orchestrator
 
     check_choice("over", over, ("concurrency", "rate"))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from hybrid.errors import ConfigError, check_int, check_number
+from hybrid.errors import ConfigError, check_choice, check_int, check_number
 
 T = TypeVar("T")
 
@@ -143,6 +143,10 @@ class Script:
     reply: str | Mapping[str, Any]
 
 
+#: What a request no script matches is answered with (see :class:`SimConfig`).
+ANSWER_MODES = ("filler", "echo")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimConfig:
     """Everything that shapes a simulator.
@@ -157,6 +161,11 @@ class SimConfig:
     ``batch_slowdown`` times their live latency (a batch is low priority), after
     ``batch_validate_s`` of validation and before ``batch_finalize_s`` of finalizing, all
     multiplied by ``time_scale``; a file may hold at most ``batch_max_requests`` lines.
+
+    ``answers`` is what a request no script matches gets: ``"filler"`` (the default), seeded filler
+    text that starts with "Simulated answer:", its length drawn per request from the model's
+    profile; or ``"echo"``, "Simulated echo:" and the request's last message, which is what a
+    scorer, a template or a pipeline under test can check.
     """
 
     seed: int = 0
@@ -169,6 +178,7 @@ class SimConfig:
     limit_window_s: float = 60.0
     faults: Faults = field(default_factory=Faults)
     scripts: tuple[Script, ...] = ()
+    answers: str = "filler"
     batch_slowdown: float = 20.0
     batch_validate_s: float = 30.0
     batch_finalize_s: float = 10.0
@@ -191,6 +201,7 @@ class SimConfig:
         for name in ("batch_validate_s", "batch_finalize_s"):
             check_number(f"SimConfig({name}=...)", getattr(self, name), minimum=0.0, unit="seconds")
         check_int("SimConfig(batch_max_requests=...)", self.batch_max_requests, minimum=1)
+        check_choice("SimConfig(answers=...)", self.answers, ANSWER_MODES)
         check_int("SimConfig(port=...) (0 = any free port)", self.port, minimum=0, maximum=65535)
         if not self.profiles:
             raise ConfigError("SimConfig needs at least one model profile.")

@@ -79,7 +79,7 @@ class Engine:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.replies = ReplyModel(config.seed, config.scripts, config.profiles)
+        self.replies = ReplyModel(config.seed, config.scripts, config.profiles, answers=config.answers)
         self.faults = FaultPlan(config.faults, config.seed)
         self._slots = asyncio.Semaphore(config.slots)
         self._window = SlidingWindow(config.limit_window_s)

@@ -15,18 +15,11 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from types import ModuleType
 
 import orjson
 
 from hybrid.sim.config import Faults, ModelProfile, Script
 from hybrid.tokens import TOKEN_PATTERN, prompt_tokens
-
-_compiled: ModuleType | None
-try:  # the compiled filler (setup.py builds it when it can); else the Python below, same texts
-    from hybrid.sim import _filler as _compiled
-except ImportError:  # pragma: no cover - depends on the install
-    _compiled = None
 
 #: Content chunks per streamed answer; decoding is also paced in this many steps.
 STREAM_PIECES = 8
@@ -38,22 +31,10 @@ _WORDS = (
     "plan check review summary detail estimate value measure report table stage batch parallel "
     "sequential concurrent request response server client seed signal noise trend sample"
 ).split()
-
-
-_WORD_COUNT = len(_WORDS)
-# Every draw below is ``random``'s ``_randbelow(n)``: ``getrandbits(n.bit_length())`` until the value
-# is below ``n``.  For up to 8 bits that value is the top byte of one 32-bit Mersenne Twister word
-# shifted right, so a draw is accepted or rejected on that byte alone: a word is byte >> 1 (72 words,
-# 7 bits) and a sentence's length ``randint(8, 16)`` is 8 + (byte >> 4) (4 bits); both accept exactly
-# the bytes below 144.  The generator therefore takes a block of words at once and deletes the
-# rejected bytes in C, which leaves one byte per accepted draw, in order.  (Another word count would
-# change every seeded answer, and break this and ``_filler.c``'s ``ACCEPTED_BELOW``; ``tests/test_sim.py``
-# compares against ``rng.choice`` and the compiled filler against this code.)
-_ACCEPTED_BELOW = _WORD_COUNT << (8 - _WORD_COUNT.bit_length())
-_REJECTED = bytes(range(_ACCEPTED_BELOW, 256))
-_FIRST = [_WORDS[b >> 1].capitalize() for b in range(_ACCEPTED_BELOW)]  # indexed by accepted byte
-_OPENING = [" " + word for word in _FIRST]
-_SPACED = [" " + _WORDS[b >> 1] for b in range(_ACCEPTED_BELOW)]
+#: What every generated answer starts with, so nobody reads filler as a broken model's answer.
+SIMULATED = "Simulated answer:"
+#: Tokens in the pool that answers are sliced from (longer answers wrap around it).
+POOL_TOKENS = 4096
 
 
 def digest(*parts: object) -> int:
@@ -62,50 +43,36 @@ def digest(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 
 
-def generated_tokens(rng: random.Random, n_tokens: int) -> list[str]:
-    """Exactly ``n_tokens`` tokens of plausible filler: words, with a full stop every 8-16 words.
-    Each item is one token under the kit's rule with the space before it, so the text is their
-    join and its token boundaries are known without tokenising it again.
-
-    This was a fifth of the simulator's work per request, so it draws the very numbers ``rng.choice``
-    and ``rng.randint(8, 16)`` would, in the same order (seeded answers do not change), a block at
-    a time (see ``_ACCEPTED_BELOW``); ``_filler.c`` does the same compiled (:func:`seeded_tokens`).
-    ``tests/test_sim.py`` checks the texts against ``rng.choice``.
-    """
-    draws = _accepted_draws(rng, n_tokens + 1)  # a sentence of k tokens takes k draws; the last one more
+def _sentences(rng: random.Random, n_tokens: int) -> list[str]:
+    """``n_tokens`` tokens of filler sentences (8 to 16 words, then a full stop), each token with
+    the space before it, so the text is their join and its token boundaries are known."""
     tokens: list[str] = []
-    at, left = 0, n_tokens
-    while left:
-        words = 8 + (draws[at] >> 4)  # the sentence's length; at the end of the answer, what is left:
-        if words >= left:  # its last token is a full stop, unless it is the only one
-            words = left - 1 or 1
-        tokens.append(_OPENING[draws[at + 1]] if tokens else _FIRST[draws[at + 1]])
-        tokens.extend(map(_SPACED.__getitem__, draws[at + 2 : at + 1 + words]))
-        at, left = at + 1 + words, left - words
-        if left:
-            tokens.append(".")
-            left -= 1
-    return tokens
+    while len(tokens) < n_tokens:
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(8, 16))]
+        tokens += [" " + words[0].capitalize(), *(" " + word for word in words[1:]), "."]
+    return tokens[:n_tokens]
+
+
+#: The word pool, drawn once with a fixed seed: an answer is a seeded slice of it.
+_POOL = tuple(_sentences(random.Random(20260101), POOL_TOKENS))
 
 
 def seeded_tokens(seed: int, low: int, high: int) -> list[str]:
-    """The filler a request seeded with ``seed`` gets: ``generated_tokens`` of ``random.Random(seed)``,
-    ``randint(low, high)`` tokens long.  Compiled (``_filler.c``, the same numbers and tokens) when
-    the extension was built, else this module's Python; ``tests/test_sim.py`` compares the two."""
-    if _compiled is not None:
-        tokens: list[str] = _compiled.seeded_tokens(seed, low, high, _FIRST, _OPENING, _SPACED, ".")
-        return tokens
-    rng = random.Random(seed)  # one per reply: simulators in different threads share this module
-    return generated_tokens(rng, rng.randint(low, high))
-
-
-def _accepted_draws(rng: random.Random, count: int) -> bytes:
-    """The top bytes of ``rng``'s next accepted draws, at least ``count`` of them, in order."""
-    draws = b""
-    while len(draws) < count:
-        block = (count - len(draws)) * 16 // 9 + 16  # 9 in 16 draws are accepted
-        draws += rng.getrandbits(32 * block).to_bytes(4 * block, "little")[3::4].translate(None, _REJECTED)
-    return draws
+    """The generated answer of a request seeded with ``seed``: ``randint(low, high)`` tokens of
+    ``random.Random(seed)`` (so token counts, timings and costs depend on the request as they
+    always did), which are :data:`SIMULATED`'s tokens and then a seeded slice of the word pool."""
+    rng = random.Random(seed)
+    n = rng.randint(low, high)
+    mark = _MARK[:n]
+    left = n - len(mark)
+    start = rng.randrange(POOL_TOKENS)
+    tokens = list(mark)
+    while left:
+        piece = _POOL[start : start + left]
+        tokens += piece
+        left -= len(piece)
+        start = 0
+    return tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +98,19 @@ class Reply:
 
 
 class ReplyModel:
-    """Answers for one simulator: scripted replies first, then seeded filler (JSON in json mode)."""
+    """Answers for one simulator: scripted replies first, then seeded filler or the echo of the
+    request's last message (``answers``), as JSON in json mode."""
 
-    def __init__(self, seed: int, scripts: tuple[Script, ...], profiles: Mapping[str, ModelProfile]) -> None:
+    def __init__(
+        self,
+        seed: int,
+        scripts: tuple[Script, ...],
+        profiles: Mapping[str, ModelProfile],
+        *,
+        answers: str = "filler",
+    ) -> None:
         self._seed = seed
+        self._echo = answers == "echo"
         self._profiles = profiles
         self._scripts = [
             (re.compile(s.pattern), s.reply if isinstance(s.reply, str) else orjson.dumps(s.reply).decode())
@@ -150,6 +126,7 @@ class ReplyModel:
         max_tokens: int | None,
         temperature: float,
         json_mode: bool,
+        last: str = "",
     ) -> Reply:
         key = digest(model, text, temperature, max_tokens, json_mode)
         n_prompt = prompt_tokens(text, n_messages)
@@ -160,9 +137,12 @@ class ReplyModel:
                     return Reply(scripted, n_prompt, 0, "stop", key, ())
                 break
         else:
-            profile = self._profiles[model]
-            seed = digest(self._seed, model, text, temperature)
-            tokens = seeded_tokens(seed, profile.min_completion_tokens, profile.max_completion_tokens)
+            if self._echo:
+                tokens = cut_into_tokens(f"Simulated echo: {last}")
+            else:
+                profile = self._profiles[model]
+                seed = digest(self._seed, model, text, temperature)
+                tokens = seeded_tokens(seed, profile.min_completion_tokens, profile.max_completion_tokens)
             if json_mode:
                 tokens = cut_into_tokens(orjson.dumps({"answer": "".join(tokens)}).decode())
         finish = "stop"
@@ -179,6 +159,10 @@ def cut_into_tokens(text: str) -> list[str]:
         return []
     ends[-1] = len(text)
     return list(map(text.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+
+#: :data:`SIMULATED` cut into tokens: the first tokens of every generated answer.
+_MARK = tuple(cut_into_tokens(SIMULATED))
 
 
 def split(tokens: tuple[str, ...], parts: int) -> tuple[tuple[str, int], ...]:

@@ -281,6 +281,7 @@ class Simulator:
             chat.max_tokens,
             chat.temperature,
             chat.json_mode,
+            message_text(messages[-1:]),
         )
 
     def validate(self, body: dict[str, Any]) -> ChatRequest:
