@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ _WORDS = (
 ).split()
 #: What every generated answer starts with, so nobody reads filler as a broken model's answer.
 SIMULATED = "Simulated answer:"
-#: Tokens in the pool that answers are sliced from (longer answers wrap around it).
-POOL_TOKENS = 4096
+#: Tokens in the pool that answers are sliced from (longer answers wrap around it): 2**POOL_BITS.
+POOL_BITS = 12
+POOL_TOKENS = 1 << POOL_BITS
 
 
 def digest(*parts: object) -> int:
@@ -57,15 +59,28 @@ def _sentences(rng: random.Random, n_tokens: int) -> list[str]:
 _POOL = tuple(_sentences(random.Random(20260101), POOL_TOKENS))
 
 
+_local = threading.local()
+
+
+def _generator() -> random.Random:
+    """This thread's generator, reseeded per reply (making one per reply costs more than seeding
+    it; one per thread, because simulators in different threads must not interleave draws)."""
+    rng: random.Random | None = getattr(_local, "rng", None)
+    if rng is None:
+        rng = _local.rng = random.Random()
+    return rng
+
+
 def seeded_tokens(seed: int, low: int, high: int) -> list[str]:
     """The generated answer of a request seeded with ``seed``: ``randint(low, high)`` tokens of
     ``random.Random(seed)`` (so token counts, timings and costs depend on the request as they
     always did), which are :data:`SIMULATED`'s tokens and then a seeded slice of the word pool."""
-    rng = random.Random(seed)
+    rng = _generator()
+    rng.seed(seed)
     n = rng.randint(low, high)
     mark = _MARK[:n]
     left = n - len(mark)
-    start = rng.randrange(POOL_TOKENS)
+    start = rng.getrandbits(POOL_BITS)
     tokens = list(mark)
     while left:
         piece = _POOL[start : start + left]
@@ -110,7 +125,8 @@ class ReplyModel:
         answers: str = "filler",
     ) -> None:
         self._seed = seed
-        self._echo = answers == "echo"
+        #: Echo mode: the reply repeats the request's last message (the caller passes it only then).
+        self.echo = answers == "echo"
         self._profiles = profiles
         self._scripts = [
             (re.compile(s.pattern), s.reply if isinstance(s.reply, str) else orjson.dumps(s.reply).decode())
@@ -137,7 +153,7 @@ class ReplyModel:
                     return Reply(scripted, n_prompt, 0, "stop", key, ())
                 break
         else:
-            if self._echo:
+            if self.echo:
                 tokens = cut_into_tokens(f"Simulated echo: {last}")
             else:
                 profile = self._profiles[model]

@@ -274,14 +274,15 @@ class Simulator:
     def reply(self, chat: ChatRequest) -> Reply:
         """The seeded answer to a validated request (the same for the live API and the Batch API)."""
         messages = list(chat.messages)
-        return self.engine.replies.reply(
+        replies = self.engine.replies
+        return replies.reply(
             chat.model,
             message_text(messages),
             len(messages),
             chat.max_tokens,
             chat.temperature,
             chat.json_mode,
-            message_text(messages[-1:]),
+            message_text(messages[-1:]) if replies.echo else "",
         )
 
     def validate(self, body: dict[str, Any]) -> ChatRequest:
