@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import graphlib
 import re
 import subprocess
 import sys
@@ -140,3 +141,50 @@ def test_the_layer_check_would_catch_a_violation(tmp_path: Path, monkeypatch: py
         "hybrid.orchestrator (core) imports hybrid.plots (tool)",
         "hybrid.sim.engine (simulator) imports hybrid.orchestrator",
     ]
+
+
+# -- no import cycle ---------------------------------------------------------------------------
+def _runtime_imports(path: Path, module: str, known: set[str]) -> set[str]:
+    """The kit's modules ``path`` imports when it runs (lazy imports included; imports under
+    ``if TYPE_CHECKING:`` are for type checkers only and left out), each as the module it names."""
+
+    def named(name: str) -> str:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name
+
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hybrid"):
+            base = node.module or ""
+            found.update(
+                named(f"{base}.{alias.name}") if f"{base}.{alias.name}" in known else named(base)
+                for alias in node.names
+            )
+        elif isinstance(node, ast.Import):
+            found.update(named(alias.name) for alias in node.names if alias.name.startswith("hybrid"))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found - {module, "hybrid"}
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    """An import circle (A imports B imports A) means two modules that are really one, or a core
+    that knows its rings; ``graphlib`` finds one if there is any."""
+    files = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    known = set(files)
+    graph = {module: _runtime_imports(path, module, known) for module, path in files.items()}
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as cycle:
+        pytest.fail(f"import cycle: {' -> '.join(cycle.args[1])}")
