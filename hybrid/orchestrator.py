@@ -62,9 +62,9 @@ from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
 from hybrid.retry import Retry
-from hybrid.run_record import RunRecord
 from hybrid.run_state import RunState
 from hybrid.store import Store
+from hybrid.store.record import RunRecord
 from hybrid.strategies import RunContext, Strategy, strategy_for
 from hybrid.templating import check_references, placeholders, render
 

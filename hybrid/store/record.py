@@ -5,19 +5,21 @@ segment answered) but writes nothing until :meth:`RunRecord.open`: a resume that
 answered sends nothing and leaves the store exactly as it was (rows, metrics, status, end time,
 segment count).  Once open, every result, event and remote job goes to its segment, and
 :meth:`RunRecord.end` writes what the run measured beyond its rows, so that ``Store.load`` gives
-the run back as it was (``hybrid.segments`` says how segments add up).
+the run back as it was (:mod:`hybrid.store.segments` says how segments add up).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybrid.fingerprint import fingerprint
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
-from hybrid.store import Store
+
+if TYPE_CHECKING:
+    from hybrid.store import Store
 
 
 class RunRecord:

@@ -1,0 +1,43 @@
+"""The run store: every result written to SQLite as it lands, the response cache, and run history.
+
+One class, :class:`Store`, made of parts that each do one job: the file and its writer thread
+(``base``), the format and its upgrades (``schema``), runs as they happen (``runs``), remote jobs
+(``remote_jobs``), the cache's table (``cache``), history (``history``, with ``segments`` merging
+a resumed run), and one run's record of itself (``record``: what the orchestrator holds).
+
+Why ``sqlite3`` from the standard library, in WAL mode, with one writer thread: results must reach
+the disk while the run goes on (a crashed or killed kernel loses at most what was in flight), but
+the event loop must never wait on the disk.  ``record`` only puts the row on a queue; a single
+writer thread takes everything queued, writes it in one transaction and commits, so under load
+commits are batched and at low rates each row is committed within a millisecond.  WAL lets readers
+(``runs()``, ``load()``, ``hybrid view``, another notebook) read beside the writer, and with
+``synchronous=NORMAL`` a commit is in the OS's hands at once: a ``kill -9`` of the process loses
+nothing committed (a power cut may lose the last commits, never corrupt the file).  ``aiosqlite``
+was not needed: it also runs one thread per connection, but would put each write's round trip on
+the loop.
+
+Several processes may write to one store (two notebooks): SQLite serialises the writers and each
+waits up to ``BUSY_TIMEOUT_S`` for the lock.  The schema is versioned with ``PRAGMA user_version``;
+a file written by a newer kit, a corrupt file or a folder that cannot be written is a
+:class:`~hybrid.errors.ConfigError` when the store is opened, before anything is sent.  If writing
+fails mid-run (a full disk), the failure is logged, the run gets a warning, and the run completes
+in memory: no answer is lost.
+
+What is stored: runs (name, mode, settings without secrets, kit version, git commit, machine,
+start/end, status) and every result field, the request's fingerprint, and the cache.  Never the
+API key or request headers: nothing here ever sees them.
+"""
+
+from __future__ import annotations
+
+from hybrid.store.cache import AnswerCache
+from hybrid.store.history import History
+from hybrid.store.remote_jobs import RemoteJobs
+from hybrid.store.runs import RunLog
+from hybrid.store.schema import SCHEMA_VERSION
+
+__all__ = ["SCHEMA_VERSION", "Store"]
+
+
+class Store(History, RunLog, AnswerCache, RemoteJobs):
+    """A SQLite run store at ``path`` (created if missing).  See the module docstring."""

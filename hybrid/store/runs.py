@@ -1,0 +1,179 @@
+"""A store's runs as they happen: segments begun and ended, rows and events queued, what resume
+skips, and what a viewer reads of a run in progress."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from hybrid.errors import ConfigError
+from hybrid.metrics import percentile
+from hybrid.provenance import git_commit, machine_info
+from hybrid.query import QueryResult
+from hybrid.store.base import StoreFile
+from hybrid.store.schema import IN_LATEST_SEGMENT, INSERT_EVENT, INSERT_RESULT, kit_version, result_from
+
+if TYPE_CHECKING:
+    from hybrid.results import RunResult
+
+
+class RunLog(StoreFile):
+    """Writing runs and reading them back while they go (part of :class:`~hybrid.store.Store`)."""
+
+    def refuse_taken(self, name: str) -> None:
+        """Raise :class:`ConfigError` if a run called ``name`` exists: a name is never silently reused."""
+        if self._read("SELECT 1 FROM runs WHERE name = ?", (name,)):
+            raise ConfigError(
+                f"A run named {name!r} is already in {self}. Pass resume=True to continue it (only what is not "
+                "answered ok yet is sent), or choose another name."
+            )
+
+    def begin_segment(
+        self, name: str, *, mode: str, settings: dict[str, Any], queries: int, concurrency: int, resume: bool
+    ) -> tuple[int, int]:
+        """Start a segment of run ``name`` and return (run id, segment number): segment 0 of a new
+        run, or with ``resume`` the next segment of the existing one (the run is marked running
+        again).  Written here, directly, so no queued write has to be waited for."""
+        if not resume:
+            self.refuse_taken(name)
+        now = time.time()
+        with self._read_lock:
+            found = self._reader.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchall()
+            if found:
+                run_id = int(found[0][0])
+                self._reader.execute(
+                    "UPDATE runs SET mode = ?, settings = ?, queries = ?, status = 'running', ended_at = NULL "
+                    "WHERE id = ?",
+                    (mode, orjson.dumps(settings).decode(), queries, run_id),
+                )
+            else:
+                cursor = self._reader.execute(
+                    "INSERT INTO runs (name, mode, settings, kit_version, git_commit, machine, queries, started_at, "
+                    "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                    (
+                        name,
+                        mode,
+                        orjson.dumps(settings).decode(),
+                        kit_version(),
+                        git_commit(),
+                        orjson.dumps(machine_info()).decode(),
+                        queries,
+                        now,
+                    ),
+                )
+                run_id = int(cursor.lastrowid or 0)
+            segment = self._reader.execute(
+                "SELECT COALESCE(MAX(segment) + 1, 0) FROM segments WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            self._reader.execute(
+                "INSERT INTO segments (run_id, segment, mode, queries, concurrency, started_at, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running')",
+                (run_id, segment, mode, queries, concurrency, now),
+            )
+            return run_id, int(segment)
+
+    def record(self, run_id: int, segment: int, result: QueryResult, default_model: str) -> None:
+        """Queue ``result`` for writing: it returns at once, and the writer thread computes the
+        request's fingerprint, builds the row and commits it, so the loop pays only for the queue."""
+        self._queue.put((INSERT_RESULT, (run_id, segment, result, default_model, time.time())))
+
+    def record_start(self, run_id: int, index: int) -> None:
+        """Queue the event that query ``index`` of run ``run_id`` sent its first request (for a viewer)."""
+        self._enqueue(INSERT_EVENT, (run_id, "query_started", index, time.time(), None))
+
+    def record_progress(self, run_id: int, index: int, tokens: int) -> None:
+        """Queue the event that streamed query ``index`` has received ``tokens`` tokens so far."""
+        self._enqueue(INSERT_EVENT, (run_id, "query_progress", index, time.time(), tokens))
+
+    def end_segment(self, run_id: int, segment: int, status: str, run: RunResult) -> None:
+        """Queue a segment's end: ``finished``, ``cancelled`` or ``failed``, and what the run measured
+        beyond its rows (wall, CPU, warnings, the adaptive limit's trace), so that loading it
+        computes the same metrics with the same code (``RunMetrics.compute``)."""
+        now = time.time()
+        m = run.metrics
+        self._enqueue(
+            "UPDATE segments SET status = ?, ended_at = ?, wall_s = ?, cpu_s = ?, cancelled = ?, warnings = ?, "
+            "concurrency_trace = ? WHERE run_id = ? AND segment = ?",
+            (
+                status,
+                now,
+                m.wall_s,
+                m.cpu_s,
+                int(run.cancelled),
+                orjson.dumps(run.warnings).decode(),
+                orjson.dumps(m.concurrency_trace).decode(),
+                run_id,
+                segment,
+            ),
+        )
+        self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, now, run_id))
+        self._enqueue(INSERT_EVENT, (run_id, "final_result", None, now, None))
+
+    def events(self, name: str, *, after: int = 0) -> list[tuple[int, str, int | None, float, int | None]]:
+        """Run ``name``'s events after sequence number ``after``: (seq, kind, query index, wall time,
+        tokens so far), oldest first.  Kinds: ``query_started``, ``query_progress`` (streamed queries),
+        ``query_completed``, ``final_result`` (the run ended; a resumed run starts again after it)."""
+        rows = self._read(
+            "SELECT e.seq, e.kind, e.idx, e.at, e.tokens FROM events e JOIN runs ON runs.id = e.run_id "
+            "WHERE runs.name = ? AND e.seq > ? ORDER BY e.seq",
+            (name, after),
+        )
+        return [(int(seq), str(kind), idx, float(at), tokens) for seq, kind, idx, at, tokens in rows]
+
+    def brief_rows(self, name: str, indexes: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """What a viewer shows of some rows of run ``name`` (committed ones only, without waiting for
+        the writer): name, ok, error kind, the first 300 characters of text, latency, tokens, cost."""
+        found: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(indexes), 500):
+            chunk = list(indexes[start : start + 500])
+            rows = self._read(
+                "SELECT r.idx, r.name, r.error_kind, substr(r.text, 1, 300), r.latency_s, "
+                "r.prompt_tokens + r.completion_tokens, r.cost_usd, r.origin FROM results r "
+                f"JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND {IN_LATEST_SEGMENT} "
+                f"AND r.idx IN ({', '.join('?' * len(chunk))})",
+                (name, *chunk),
+            )
+            keys = ("index", "name", "error_kind", "text", "latency_s", "total_tokens", "cost_usd", "origin")
+            for row in rows:
+                brief = dict(zip(keys, row, strict=True))
+                brief["ok"] = brief["error_kind"] is None
+                found[int(row[0])] = brief
+        return found
+
+    def answered(self, name: str) -> dict[tuple[str, str], QueryResult]:
+        """The results answered ok in run ``name``, by (query name, fingerprint): what resume skips.
+        Of a query answered in several segments, the latest row that was not itself resumed wins."""
+        self.flush()
+        rows = self._result_rows(
+            "SELECT r.* FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND r.error_kind IS NULL "
+            "ORDER BY r.origin != 'resumed', r.segment",
+            (name,),
+        )
+        return {(row["name"], row["fingerprint"]): result_from(row) for row in rows}
+
+    def typical_answers(self) -> dict[str, tuple[float, float, float, float]]:
+        """Per model, from its answers sent ok in past runs: the median completion tokens, the
+        median latency and the 5th and 95th percentile latencies.  What
+        :func:`hybrid.estimate.estimate` assumes when the backend has no model of its own."""
+        self.flush()
+        rows = self._read(
+            "SELECT model, completion_tokens, latency_s FROM results "
+            "WHERE origin = 'sent' AND error_kind IS NULL AND model IS NOT NULL"
+        )
+        by_model: dict[str, list[tuple[int, float]]] = {}
+        for model, tokens, latency in rows:
+            by_model.setdefault(model, []).append((tokens, latency))
+        typical = {}
+        for model, seen in by_model.items():
+            latencies = sorted(x for _, x in seen)
+            typical[model] = (
+                statistics.median(t for t, _ in seen),
+                statistics.median(latencies),
+                percentile(latencies, 5, is_sorted=True),
+                percentile(latencies, 95, is_sorted=True),
+            )
+        return typical
