@@ -210,6 +210,8 @@ async def test_resume_keeps_each_segment_as_it_ran_and_merges_them(tmp_path: Pat
         assert merged.metrics.cost_usd == pytest.approx(first.metrics.cost_usd + second.metrics.cost_usd)
         assert merged.metrics.concurrency == 2
         assert store.runs()[["name", "segments", "ok", "failed"]].values.tolist() == [["grid", 2, 4, 0]]
+        shown = store.brief_rows("grid", range(4))  # the viewer's table: latencies as merged, not 0
+        assert [shown[i]["latency_s"] for i in range(4)] == [r.latency_s for r in merged.results]
         with pytest.raises(hybrid.ConfigError, match="segment=0"):
             store.load("grid", segment=2)
 

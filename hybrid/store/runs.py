@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from hybrid.results import RunResult
 
 
+#: A row's latency, or for a row its segment resumed, the latency of the latest row that answered it.
+_ANSWERED_LATENCY = (
+    "CASE WHEN r.origin = 'resumed' THEN COALESCE((SELECT o.latency_s FROM results o WHERE o.run_id = r.run_id "
+    "AND o.name = r.name AND o.fingerprint = r.fingerprint AND o.origin != 'resumed' AND o.error_kind IS NULL "
+    "ORDER BY o.segment DESC LIMIT 1), r.latency_s) ELSE r.latency_s END"
+)
+
+
 class RunLog(StoreFile):
     """Writing runs and reading them back while they go (part of :class:`~hybrid.store.Store`)."""
 
@@ -126,12 +134,14 @@ class RunLog(StoreFile):
 
     def brief_rows(self, name: str, indexes: Sequence[int]) -> dict[int, dict[str, Any]]:
         """What a viewer shows of some rows of run ``name`` (committed ones only, without waiting for
-        the writer): name, ok, error kind, the first 300 characters of text, latency, tokens, cost."""
+        the writer): name, ok, error kind, the first 300 characters of text, latency, tokens, cost.
+        Each query in its latest segment; a row that segment resumed shows the latency of the row
+        that answered it, as ``load(name)`` does."""
         found: dict[int, dict[str, Any]] = {}
         for start in range(0, len(indexes), 500):
             chunk = list(indexes[start : start + 500])
             rows = self._read(
-                "SELECT r.idx, r.name, r.error_kind, substr(r.text, 1, 300), r.latency_s, "
+                f"SELECT r.idx, r.name, r.error_kind, substr(r.text, 1, 300), {_ANSWERED_LATENCY}, "
                 "r.prompt_tokens + r.completion_tokens, r.cost_usd, r.origin FROM results r "
                 f"JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND {IN_LATEST_SEGMENT} "
                 f"AND r.idx IN ({', '.join('?' * len(chunk))})",
