@@ -104,11 +104,11 @@ class _BatchRun:
     def __init__(self, settings: Batch, run: RunContext) -> None:
         self.settings = settings
         self.ctx = run
-        self.orch = run.orchestrator
+        self.port = run.port
         self.state = run.state
-        self.api: BatchAPI = batch_api_of(self.orch.backend)
-        model = self.orch.backend.model
-        todo = self.orch.land_cache_hits(self.state, run.todo)  # no line is paid for twice
+        self.api: BatchAPI = batch_api_of(self.port.backend)
+        model = self.port.backend.model
+        todo = self.port.land_cache_hits(run.todo)  # no line is paid for twice
         #: custom_id -> (index, query) of every query not answered yet.
         self.pending: dict[str, tuple[int, Query]] = {
             f"{index}-{fingerprint(query, model)[:16]}": (index, query) for index, query in todo
@@ -125,7 +125,7 @@ class _BatchRun:
     async def run(self) -> None:
         active: list[str] = []
         with progress.bar(
-            len(self.pending), "batch (provider's counts)", requested=progress.wanted(self.orch.progress)
+            len(self.pending), "batch (provider's counts)", requested=progress.wanted(self.port.progress)
         ) as bar:
             try:
                 record = self.ctx.record
@@ -156,18 +156,19 @@ class _BatchRun:
     def _files(self) -> Iterator[list[tuple[str, bytes]]]:
         """The pending lines, cut into files within the provider's limits (a budget may refuse some)."""
         limit_n, limit_bytes = self.settings.max_requests_per_file, self.settings.max_bytes_per_file
-        budget = self.orch.budget
         lines: list[tuple[str, bytes]] = []
         size = 0
+        model = self.port.backend.model
         for custom_id, (_, query) in list(self.pending.items()):
-            if budget is not None:
-                price = self.orch.prices[query.model or self.orch.backend.model]
-                try:
-                    self.reserved[custom_id] = budget.reserve(query, discount=price.batch_discount)
-                except BudgetExceeded as exc:
-                    self._fail(custom_id, exc)
-                    continue
-            body = request_body(query, self.orch.backend.model)
+            price = self.port.prices.get(query.model or model)
+            try:
+                reserved = self.port.reserve(query, discount=1.0 if price is None else price.batch_discount)
+            except BudgetExceeded as exc:
+                self._fail(custom_id, exc)
+                continue
+            if reserved is not None:
+                self.reserved[custom_id] = reserved
+            body = request_body(query, model)
             body.pop("stream", None)
             body.pop("stream_options", None)
             line = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
@@ -302,7 +303,7 @@ class _BatchRun:
                 self._fail(custom_id, error)
             return custom_id
         try:
-            completion = completion_from_body(query, body, query.model or self.orch.backend.model)
+            completion = completion_from_body(query, body, query.model or self.port.backend.model)
         except QueryError as exc:
             self.last_error[custom_id] = exc
             return custom_id
@@ -322,11 +323,9 @@ class _BatchRun:
     # -- landing rows -------------------------------------------------------------------------
     def _answer(self, custom_id: str, completion: Completion) -> None:
         index, query = self.pending.pop(custom_id)
-        cost = self.orch.cost(completion, batch=True)
-        if self.orch.budget is not None:
-            self.orch.budget.settle(0.0, cost or 0.0)
-        if self.orch.cache is not None:
-            self.orch.cache.remember(query, completion)
+        cost = self.port.cost(completion, batch=True)
+        self.port.settle(0.0, cost or 0.0)
+        self.port.remember(query, completion)
         self._land(index, query, completion, None, cost)
 
     def _fail(self, custom_id: str, error: QueryError) -> None:
@@ -339,8 +338,7 @@ class _BatchRun:
     ) -> None:
         now = self.state.clock()
         sent = self.submitted_at.get(index, now)
-        self.orch.land(
-            self.state,
+        self.port.land(
             index,
             query,
             completion,
@@ -348,7 +346,6 @@ class _BatchRun:
             attempts=max(1, self.lines_sent[index]),
             origin="batch",
             cost=cost,
-            submitted=self.state.t0,
             started=sent,
             finished=now,
         )
@@ -356,8 +353,8 @@ class _BatchRun:
     def _release(self, custom_id: str) -> None:
         """Give back a line's budget reservation (it was answered, failed, or goes round again)."""
         reserved = self.reserved.pop(custom_id, None)
-        if reserved is not None and self.orch.budget is not None:
-            self.orch.budget.settle(reserved, 0.0)
+        if reserved is not None:
+            self.port.settle(reserved, 0.0)
 
 
 def _batch_problem(batch: dict[str, Any]) -> str:

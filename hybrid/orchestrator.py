@@ -65,7 +65,7 @@ from hybrid.retry import Retry
 from hybrid.run_state import RunState
 from hybrid.store import Store
 from hybrid.store.record import RunRecord
-from hybrid.strategies import RunContext, Strategy, strategy_for
+from hybrid.strategies import RunContext, RunPort, Strategy, strategy_for
 from hybrid.templating import check_references, placeholders, render
 
 log = logging.getLogger("hybrid")
@@ -468,7 +468,7 @@ class Orchestrator:
                             run_one=run_one,
                             limit=self.max_concurrency,
                             state=state,
-                            orchestrator=self,
+                            port=RunPort(self, state),
                             record=record,
                         )
                         await strategy.execute(context)
@@ -675,33 +675,6 @@ class Orchestrator:
                 **parts,
             )
         )
-
-    def land_cache_hits(self, state: RunState, items: Sequence[tuple[int, Query]]) -> list[tuple[int, Query]]:
-        """For strategies that bypass the call chain (batch, ray): land the queries the response
-        cache answers, as the cache link would, and return the others (all of them without a cache)."""
-        if self.cache is None:
-            return list(items)
-        left = []
-        for index, query in items:
-            hit = self.cache.lookup(query)
-            if hit is None:
-                left.append((index, query))
-                continue
-            now = state.clock()
-            self.land(
-                state,
-                index,
-                query,
-                hit,
-                None,
-                attempts=0,
-                origin="cache",
-                cost=0.0,
-                submitted=now,
-                started=now,
-                finished=now,
-            )
-        return left
 
     def cost(self, completion: Completion | None, *, batch: bool = False) -> float | None:
         """What ``completion`` cost at its model's price (the batch price with ``batch``); None unpriced."""

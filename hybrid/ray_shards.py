@@ -218,9 +218,9 @@ class _RayRun:
     """One run's shards: the actors, the chunks left, and landing rows as chunks return."""
 
     def __init__(self, settings: RayShards, ctx: RunContext) -> None:
-        self.settings, self.ctx, self.orch = settings, ctx, ctx.orchestrator
+        self.settings, self.ctx, self.port = settings, ctx, ctx.port
         self.state = ctx.state
-        orch = self.orch
+        orch = self.port
         n = settings.shards
         concurrency = shares(orch.max_concurrency, n)
         rpm, tpm = shares(orch.limits.rpm, n), shares(orch.limits.tpm, n)
@@ -242,9 +242,8 @@ class _RayRun:
         self.restarts = 0
 
     async def run(self) -> None:
-        cache = self.orch.cache
-        if cache is not None and all(cache.lookup(query) is not None for _, query in self.ctx.todo):
-            self.orch.land_cache_hits(self.state, self.ctx.todo)  # nothing to send: no cluster needed
+        if all(self.port.cached(query) is not None for _, query in self.ctx.todo):
+            self.port.land_cache_hits(self.ctx.todo)  # nothing to send: no cluster needed
             return
         import ray
 
@@ -259,7 +258,7 @@ class _RayRun:
                 f"{len(actors)} shard actors before the first query was submitted; the wall, CPU and queue times "
                 "count from then."
             )
-            todo = self.orch.land_cache_hits(self.state, self.ctx.todo)  # cache hits land here, on the driver
+            todo = self.port.land_cache_hits(self.ctx.todo)  # cache hits land here, on the driver
             self.chunks.extend(todo[i : i + self.size] for i in range(0, len(todo), self.size))
             await self._drive(ray, actors)
         finally:
@@ -282,7 +281,7 @@ class _RayRun:
         )
 
     def _actor(self, ray: Any, shard: int) -> Any:
-        backend = self.orch.backend
+        backend = self.port.backend
         assert isinstance(backend, Endpoint)
         remote = ray.remote(num_cpus=0)(ShardWorker)
         key = MaskedKey(backend._api_key)
@@ -322,19 +321,7 @@ class _RayRun:
         error = QueryError(f"Ray workers kept dying ({self.restarts} lost chunks); last: {type(exc).__name__}.")
         now = self.state.clock()
         for index, query in chunk:
-            self.orch.land(
-                self.state,
-                index,
-                query,
-                None,
-                error,
-                attempts=0,
-                origin="sent",
-                cost=None,
-                submitted=self.state.t0,
-                started=now,
-                finished=now,
-            )
+            self.port.land(index, query, None, error, attempts=0, origin="sent", cost=None, started=now, finished=now)
         return False
 
     def _land(self, started_wall: float, chunk: list[tuple[int, Query]], results: list[QueryResult]) -> None:
@@ -343,8 +330,8 @@ class _RayRun:
         chunk_t0 = state.clock() - (time.time() - started_wall)  # the shard's run start, on this loop's clock
         for (index, query), result in zip(chunk, results, strict=True):
             started, finished = chunk_t0 + result.started_s, chunk_t0 + result.finished_s
-            state.started(index, started)
-            state.finish(
+            self.port.started(index, started)
+            self.port.land_row(
                 replace(
                     result,
                     query=query,
@@ -355,8 +342,8 @@ class _RayRun:
                     finished_s=finished - state.t0,
                 )
             )
-            if self.orch.cache is not None and result.ok and result.text is not None and result.model is not None:
+            if result.ok and result.text is not None and result.model is not None:
                 answer = Completion(
                     text=result.text, usage=result.usage, model=result.model, finish_reason=result.finish_reason
                 )
-                self.orch.cache.remember(query, answer)
+                self.port.remember(query, answer)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hybrid.backends.protocol import Backend
-from hybrid.errors import ConfigError
-from hybrid.query import Completion, Query
+from hybrid.errors import ConfigError, QueryError
+from hybrid.query import Completion, Query, QueryResult
 
 #: What one attempt calls at the end of the chain.
 Send = Callable[[Query], Awaitable[Completion]]
@@ -43,15 +43,111 @@ if TYPE_CHECKING:
 class RunContext:
     """One run as a strategy sees it: the queries left to answer (``todo``, as (index, query)),
     how to answer one through the orchestrator (``run_one``), the concurrency limit, the run's
-    state (where results land), the orchestrator (its backend, prices, settings) and the store's
-    record of the run (None without a store)."""
+    state (where results land), the port a whole-run strategy works through (:class:`RunPort`)
+    and the store's record of the run (None without a store: remote jobs go there)."""
 
     todo: list[tuple[int, Query]]
     run_one: RunOne
     limit: int
     state: RunState
-    orchestrator: Orchestrator
+    port: RunPort
     record: RunRecord | None
+
+
+class RunPort:
+    """What a strategy that takes a whole run (batch, Ray) may do with it, and no more: read the
+    run's settings, look the response cache up and fill it, reserve and settle budget, price an
+    answer, and land a row.  Such a strategy sends its work another way than ``run_one``, so this
+    narrow port is how its rows still meet the same cache, budget, store and events as any other
+    row; it never reaches into the orchestrator."""
+
+    def __init__(self, orchestrator: Orchestrator, state: RunState) -> None:
+        self._orch, self._state = orchestrator, state
+        #: The run's settings, read-only: the backend and the limits and policies shards share.
+        self.backend = orchestrator.backend
+        self.max_concurrency = orchestrator.max_concurrency
+        self.limits = orchestrator.limits
+        self.timeout = orchestrator.timeout
+        self.retry = orchestrator.retry
+        self.prices = dict(orchestrator.prices)
+        self.seed = orchestrator.seed
+        self.progress = orchestrator.progress
+
+    def cached(self, query: Query) -> Completion | None:
+        """The response cache's answer to ``query`` (None without a cache, or on a miss)."""
+        cache = self._orch.cache
+        return None if cache is None else cache.lookup(query)
+
+    def land_cache_hits(self, items: Sequence[tuple[int, Query]]) -> list[tuple[int, Query]]:
+        """Land the queries the response cache answers, as the cache link would (no request, no
+        cost), and return the others."""
+        left = []
+        for index, query in items:
+            hit = self.cached(query)
+            if hit is None:
+                left.append((index, query))
+                continue
+            now = self._state.clock()
+            self.land(index, query, hit, None, attempts=0, origin="cache", cost=0.0, started=now, finished=now)
+        return left
+
+    def remember(self, query: Query, completion: Completion) -> None:
+        """Add a fresh answer to the response cache (if there is one and its mode writes)."""
+        if self._orch.cache is not None:
+            self._orch.cache.remember(query, completion)
+
+    def reserve(self, query: Query, *, discount: float = 1.0) -> float | None:
+        """Reserve ``query``'s worst-case cost under the budget (None without one); raises
+        :class:`~hybrid.errors.BudgetExceeded` when it does not fit."""
+        budget = self._orch.budget
+        return None if budget is None else budget.reserve(query, discount=discount)
+
+    def settle(self, reserved: float, spent: float) -> None:
+        """Give back a reservation and count what was really spent (no-op without a budget)."""
+        if self._orch.budget is not None:
+            self._orch.budget.settle(reserved, spent)
+
+    def cost(self, completion: Completion | None, *, batch: bool = False) -> float | None:
+        """What ``completion`` cost at its model's price (the batch price with ``batch``)."""
+        return self._orch.cost(completion, batch=batch)
+
+    def started(self, index: int, at: float) -> None:
+        """Query ``index``'s first request left at loop time ``at`` (for events and the viewer)."""
+        self._state.started(index, at)
+
+    def land_row(self, result: QueryResult) -> None:
+        """Land a row made elsewhere (a shard's own orchestrator made it), with this run's index."""
+        self._state.finish(result)
+
+    def land(
+        self,
+        index: int,
+        query: Query,
+        completion: Completion | None,
+        error: QueryError | None,
+        *,
+        attempts: int,
+        origin: str,
+        cost: float | None,
+        started: float,
+        finished: float,
+        submitted: float | None = None,
+    ) -> None:
+        """Land query ``index``'s row (times are loop-clock readings; ``submitted`` defaults to the
+        run's start): saved, counted and reported like every other row."""
+        self._orch.land(
+            self._state,
+            index,
+            query,
+            completion,
+            error,
+            attempts=attempts,
+            origin=origin,
+            cost=cost,
+            submitted=self._state.t0 if submitted is None else submitted,
+            started=started,
+            finished=finished,
+        )
 
 
 class Strategy:
