@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hybrid.sim.config import PROFILES, Faults, SimConfig
+from hybrid.sim.config import ANSWER_MODES, PROFILES, Faults, SimConfig
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ T = TypeVar("T")
 def _sim_config(args: argparse.Namespace) -> SimConfig:
     config = SimConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else SimConfig()
     changes: dict[str, object] = {}
-    for name in ("seed", "time_scale", "slots", "max_queue", "rpm", "tpm", "host", "port"):
+    for name in ("seed", "time_scale", "slots", "max_queue", "rpm", "tpm", "host", "port", "answers"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -200,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int)
     sim.add_argument("--time-scale", type=float, help="multiply simulated durations (0 = no waiting)")
     sim.add_argument("--profile", action="append", help=f"serve only these models ({', '.join(PROFILES)})")
+    sim.add_argument(
+        "--answers",
+        choices=ANSWER_MODES,
+        help="what unscripted requests get: seeded filler (default) or an echo of the last message",
+    )
     sim.add_argument("--config", help="a JSON file of SimConfig fields")
     sim.add_argument("--slots", type=int, help="requests served at once")
     sim.add_argument("--max-queue", type=int, help="requests waiting beyond the slots before 503")

@@ -498,3 +498,10 @@ def test_a_reply_keeps_the_token_boundaries_a_fresh_tokenisation_finds() -> None
                 assert [n for _, n in reply.pieces] == [count_tokens(piece) for piece, _ in reply.pieces]
     blank = replies.reply("sim-small", "blank", 1, None, 1.0, False)  # nothing the token rule counts
     assert (blank.text, blank.completion_tokens, blank.pieces) == ("  ", 0, (("  ", 0),))
+
+
+def test_hybrid_sim_takes_the_answer_mode() -> None:
+    from hybrid.cli import _sim_config, build_parser
+
+    assert _sim_config(build_parser().parse_args(["sim", "--answers", "echo"])).answers == "echo"
+    assert _sim_config(build_parser().parse_args(["sim"])).answers == "filler"
