@@ -643,14 +643,15 @@ class Orchestrator:
         attempts: int,
         origin: str,
         cost: float | None,
-        submitted: float,
         started: float,
         finished: float,
+        submitted: float | None = None,
         last_sent: float | None = None,
     ) -> None:
         """Build query ``index``'s row and hand it to the run (times are loop-clock readings): the one
         place a row is made, for every strategy.  A row answered over the wire with ``last_sent``
-        (when its last attempt left) gets its latency's decomposition."""
+        (when its last attempt left) gets its latency's decomposition; ``submitted`` defaults to the
+        run's start."""
         parts = {}
         if completion is not None and origin == "sent" and last_sent is not None:
             parts = latency_parts(finished - started, last_sent - started, last_sent, completion)
@@ -665,7 +666,7 @@ class Orchestrator:
                 model=completion.model if completion else (query.model or self.backend.model),
                 finish_reason=completion.finish_reason if completion else None,
                 latency_s=finished - started,
-                queue_s=started - submitted,
+                queue_s=started - (state.t0 if submitted is None else submitted),
                 ttft_s=completion.ttft_s if completion else None,
                 attempts=attempts,
                 started_s=started - state.t0,

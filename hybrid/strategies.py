@@ -19,13 +19,14 @@ orchestrator.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hybrid.backends.protocol import Backend
-from hybrid.errors import ConfigError, QueryError
+from hybrid.errors import ConfigError
 from hybrid.query import Completion, Query, QueryResult
 
 #: What one attempt calls at the end of the chain.
@@ -72,6 +73,9 @@ class RunPort:
         self.prices = dict(orchestrator.prices)
         self.seed = orchestrator.seed
         self.progress = orchestrator.progress
+        #: Land query ``index``'s row (``Orchestrator.land`` for this run: times are loop-clock
+        #: readings): saved, counted and reported like every other row.
+        self.land = functools.partial(orchestrator.land, state)
 
     def cached(self, query: Query) -> Completion | None:
         """The response cache's answer to ``query`` (None without a cache, or on a miss)."""
@@ -118,36 +122,6 @@ class RunPort:
     def land_row(self, result: QueryResult) -> None:
         """Land a row made elsewhere (a shard's own orchestrator made it), with this run's index."""
         self._state.finish(result)
-
-    def land(
-        self,
-        index: int,
-        query: Query,
-        completion: Completion | None,
-        error: QueryError | None,
-        *,
-        attempts: int,
-        origin: str,
-        cost: float | None,
-        started: float,
-        finished: float,
-        submitted: float | None = None,
-    ) -> None:
-        """Land query ``index``'s row (times are loop-clock readings; ``submitted`` defaults to the
-        run's start): saved, counted and reported like every other row."""
-        self._orch.land(
-            self._state,
-            index,
-            query,
-            completion,
-            error,
-            attempts=attempts,
-            origin=origin,
-            cost=cost,
-            submitted=self._state.t0 if submitted is None else submitted,
-            started=started,
-            finished=finished,
-        )
 
 
 class Strategy:
