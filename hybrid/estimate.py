@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hybrid.backends.protocol import SupportsForecast
 from hybrid.metrics import ideal_wall
 from hybrid.query import Price, Query, Usage
 from hybrid.tokens import count_message_tokens
@@ -85,7 +86,7 @@ def estimate(
     import pandas as pd
 
     history = {} if store is None else store.typical_answers()
-    forecast = getattr(backend, "forecast", None)
+    forecast = backend.forecast if isinstance(backend, SupportsForecast) else None
     rows = []
     for query in queries:
         model = query.model or backend.model
@@ -118,7 +119,7 @@ def estimate(
             }
         )
     frame = pd.DataFrame(rows)
-    concurrency = min(max_concurrency, getattr(backend, "slots", max_concurrency))
+    concurrency = min(max_concurrency, backend.slots) if isinstance(backend, SupportsForecast) else max_concurrency
     latencies = [x for x in frame["latency_s"] if not math.isnan(x)]
     wall = ideal_wall(latencies, concurrency) if len(latencies) == len(frame) else math.nan
     if not math.isnan(wall) and not frame[["low_s", "high_s"]].isna().any().any():

@@ -188,3 +188,17 @@ def test_the_package_has_no_import_cycle() -> None:
         tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as cycle:
         pytest.fail(f"import cycle: {' -> '.join(cycle.args[1])}")
+
+
+def test_optional_backend_capabilities_are_protocols() -> None:
+    """``mode="batch"`` and ``orch.estimate`` ask a backend what it can do with ``isinstance``
+    against a protocol, never by probing for attributes."""
+    from hybrid import HTTPBackend, OpenAIBackend, sim
+    from hybrid.backends import SupportsBatch, SupportsForecast
+
+    endpoint = {"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "model": "m", "check_reachable": False}
+    assert isinstance(OpenAIBackend(**endpoint), SupportsBatch)
+    assert not isinstance(HTTPBackend(**endpoint), SupportsBatch | SupportsForecast)
+    assert isinstance(sim.backend(), SupportsBatch) and isinstance(sim.backend(), SupportsForecast)
+    probes = [p for p in ("estimate.py", "backends/batch_api.py") if "getattr(" in (PACKAGE / p).read_text()]
+    assert probes == []

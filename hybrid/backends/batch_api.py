@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from hybrid.backends.protocol import SupportsBatch
 from hybrid.errors import ConfigError, QueryError
 
 if TYPE_CHECKING:
@@ -49,14 +50,12 @@ class BatchAPI(Protocol):
 
 def batch_api_of(backend: object) -> BatchAPI:
     """``backend``'s Batch API, or a :class:`ConfigError` saying which backend has one."""
-    make = getattr(backend, "batch_api", None)
-    if make is None:
+    if not isinstance(backend, SupportsBatch):
         raise ConfigError(
             f"mode='batch' needs a backend with the provider's Batch API; {type(backend).__name__} has none. "
             "Use OpenAIBackend (the SDK's files and batches) or sim.backend(...)."
         )
-    api: BatchAPI = make()
-    return api
+    return backend.batch_api()
 
 
 class SDKBatchAPI:

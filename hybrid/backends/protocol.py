@@ -39,9 +39,12 @@ The contract, member by member (in the manner of httpx's ``BaseTransport.handle_
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hybrid.query import Completion, Query
+
+if TYPE_CHECKING:
+    from hybrid.backends.batch_api import BatchAPI
 
 
 @runtime_checkable
@@ -58,3 +61,23 @@ class Backend(Protocol):
     def complete_blocking(self, query: Query) -> Completion: ...
 
     async def aclose(self) -> None: ...
+
+
+# -- optional capabilities: a backend has them or not; the kit asks with isinstance ------------------
+@runtime_checkable
+class SupportsBatch(Protocol):
+    """A backend whose provider has a Batch API (``mode="batch"``): ``OpenAIBackend`` (the SDK's
+    files and batches) and ``sim.backend`` (the simulator's)."""
+
+    def batch_api(self) -> BatchAPI: ...
+
+
+@runtime_checkable
+class SupportsForecast(Protocol):
+    """A backend that knows its own latency model (``sim.backend``): ``orch.estimate`` asks it for
+    a query's expected completion tokens and latency (and the latency's low and high) instead of
+    history, and caps the forecast's concurrency at its ``slots``."""
+
+    slots: int
+
+    def forecast(self, query: Query) -> tuple[float, float, float, float]: ...
