@@ -160,9 +160,8 @@ class _BatchRun:
         size = 0
         model = self.port.backend.model
         for custom_id, (_, query) in list(self.pending.items()):
-            price = self.port.prices.get(query.model or model)
             try:
-                reserved = self.port.reserve(query, discount=1.0 if price is None else price.batch_discount)
+                reserved = self.port.reserve(query, batch=True)
             except BudgetExceeded as exc:
                 self._fail(custom_id, exc)
                 continue

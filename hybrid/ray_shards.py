@@ -220,30 +220,31 @@ class _RayRun:
     def __init__(self, settings: RayShards, ctx: RunContext) -> None:
         self.settings, self.ctx, self.port = settings, ctx, ctx.port
         self.state = ctx.state
-        orch = self.port
+        port = self.port
         n = settings.shards
-        concurrency = shares(orch.max_concurrency, n)
-        rpm, tpm = shares(orch.limits.rpm, n), shares(orch.limits.tpm, n)
+        concurrency = shares(port.max_concurrency, n)
+        rpm, tpm = shares(port.limits.rpm, n), shares(port.limits.tpm, n)
         self.shard_settings = [
             ShardSettings(
                 max_concurrency=c or 1,
                 rpm=rpm[i],
                 tpm=tpm[i],
-                rate_window_s=orch.limits.window_s,
-                timeout=orch.timeout,
-                retry=orch.retry,
-                prices=dict(orch.prices),
-                seed=orch.seed,
+                rate_window_s=port.limits.window_s,
+                timeout=port.timeout,
+                retry=port.retry,
+                prices=dict(port.prices),
+                seed=port.seed,
             )
             for i, c in enumerate(concurrency)
         ]
-        self.size = settings.chunk or max(16, 4 * (orch.max_concurrency // n))
+        self.size = settings.chunk or max(16, 4 * (port.max_concurrency // n))
         self.chunks: deque[list[tuple[int, Query]]] = deque()
         self.restarts = 0
 
     async def run(self) -> None:
-        if all(self.port.cached(query) is not None for _, query in self.ctx.todo):
-            self.port.land_cache_hits(self.ctx.todo)  # nothing to send: no cluster needed
+        hits, todo = self.port.split_cached(self.ctx.todo)  # cache hits land on the driver
+        if not todo:
+            self.port.land_cached(hits)  # nothing to send: no cluster needed
             return
         import ray
 
@@ -258,7 +259,7 @@ class _RayRun:
                 f"{len(actors)} shard actors before the first query was submitted; the wall, CPU and queue times "
                 "count from then."
             )
-            todo = self.port.land_cache_hits(self.ctx.todo)  # cache hits land here, on the driver
+            self.port.land_cached(hits)  # after the clock's restart, like every row
             self.chunks.extend(todo[i : i + self.size] for i in range(0, len(todo), self.size))
             await self._drive(ray, actors)
         finally:

@@ -82,17 +82,30 @@ class RunPort:
         cache = self._orch.cache
         return None if cache is None else cache.lookup(query)
 
-    def land_cache_hits(self, items: Sequence[tuple[int, Query]]) -> list[tuple[int, Query]]:
-        """Land the queries the response cache answers, as the cache link would (no request, no
-        cost), and return the others."""
-        left = []
+    def split_cached(
+        self, items: Sequence[tuple[int, Query]]
+    ) -> tuple[list[tuple[int, Query, Completion]], list[tuple[int, Query]]]:
+        """``items`` the response cache answers (with their answers) and the others, each looked up
+        once; :meth:`land_cached` lands the first."""
+        hits, left = [], []
         for index, query in items:
             hit = self.cached(query)
             if hit is None:
                 left.append((index, query))
-                continue
+            else:
+                hits.append((index, query, hit))
+        return hits, left
+
+    def land_cached(self, hits: Sequence[tuple[int, Query, Completion]]) -> None:
+        """Land cache hits as the cache link would: no request, no cost, no time."""
+        for index, query, hit in hits:
             now = self._state.clock()
             self.land(index, query, hit, None, attempts=0, origin="cache", cost=0.0, started=now, finished=now)
+
+    def land_cache_hits(self, items: Sequence[tuple[int, Query]]) -> list[tuple[int, Query]]:
+        """Land the queries the response cache answers and return the others."""
+        hits, left = self.split_cached(items)
+        self.land_cached(hits)
         return left
 
     def remember(self, query: Query, completion: Completion) -> None:
@@ -100,11 +113,14 @@ class RunPort:
         if self._orch.cache is not None:
             self._orch.cache.remember(query, completion)
 
-    def reserve(self, query: Query, *, discount: float = 1.0) -> float | None:
-        """Reserve ``query``'s worst-case cost under the budget (None without one); raises
-        :class:`~hybrid.errors.BudgetExceeded` when it does not fit."""
+    def reserve(self, query: Query, *, batch: bool = False) -> float | None:
+        """Reserve ``query``'s worst-case cost under the budget (None without one), at the batch
+        price with ``batch``; raises :class:`~hybrid.errors.BudgetExceeded` when it does not fit."""
         budget = self._orch.budget
-        return None if budget is None else budget.reserve(query, discount=discount)
+        if budget is None:
+            return None
+        discount = self.prices[query.model or self.backend.model].batch_discount if batch else 1.0
+        return budget.reserve(query, discount=discount)
 
     def settle(self, reserved: float, spent: float) -> None:
         """Give back a reservation and count what was really spent (no-op without a budget)."""

@@ -71,7 +71,7 @@ class History(StoreFile):
         whose metrics are computed from the stored rows and run fields by the same code as the live
         run's, so they are equal.  ``segment=k`` gives one segment as it ran (0 is the first run,
         1 its first resume, -1 the latest); without it a resumed run's segments are merged
-        (:func:`hybrid.segments.merge`).  Queries that never finished (a killed run) come back as
+        (:func:`hybrid.store.segments.merge`).  Queries that never finished (a killed run) come back as
         ``cancelled`` rows."""
         self.flush()
         found = self._read("SELECT id FROM runs WHERE name = ?", (name,))
@@ -97,8 +97,10 @@ class History(StoreFile):
         )
         by_index = {row["idx"]: row for row in rows}
         results: list[QueryResult] = []
+        prints: list[str | None] = []
         for i in range(count):
             row = by_index.get(i)
+            prints.append(None if row is None else row["fingerprint"])
             results.append(
                 result_from(row)
                 if row is not None
@@ -137,7 +139,7 @@ class History(StoreFile):
         run = RunResult(
             results=tuple(results), metrics=metrics, mode=info["mode"], warnings=warnings, cancelled=cancelled
         )
-        return run, [None if (row := by_index.get(i)) is None else row["fingerprint"] for i in range(count)]
+        return run, prints
 
     def compare(self, a: str, b: str) -> pd.DataFrame:
         """Per query name, runs ``a`` and ``b`` side by side: text changed, tokens, latency, cost, error."""

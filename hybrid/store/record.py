@@ -1,7 +1,8 @@
 """One run's place in the store: the segment it writes, what resume skips, and its remote jobs.
 
-A :class:`RunRecord` is made before anything is sent (it checks the name and reads what an earlier
-segment answered) but writes nothing until :meth:`RunRecord.open`: a resume that finds every query
+A :class:`RunRecord` is made before anything is sent (it reads what an earlier segment answered)
+but writes nothing until :meth:`RunRecord.open`, which refuses a name already taken unless the run
+resumes, still before anything is sent: a resume that finds every query
 answered sends nothing and leaves the store exactly as it was (rows, metrics, status, end time,
 segment count).  Once open, every result, event and remote job goes to its segment, and
 :meth:`RunRecord.end` writes what the run measured beyond its rows, so that ``Store.load`` gives
@@ -28,8 +29,6 @@ class RunRecord:
     def __init__(
         self, store: Store, name: str, *, mode: str, settings: dict[str, Any], default_model: str, resume: bool
     ) -> None:
-        if not resume:
-            store.refuse_taken(name)
         self.store, self.name, self.mode, self.settings = store, name, mode, settings
         self.default_model = default_model
         self.resume = resume
