@@ -27,7 +27,7 @@ from hybrid.provenance import machine_info
 from hybrid.results import RunResult
 from hybrid.retry import Retry
 from hybrid.scenarios import construction_audit as audit
-from hybrid.sim.in_process import backend as sim_backend
+from hybrid.sim import backend as sim_backend
 from hybrid.sim.serve import serve_process
 from hybrid.virtual_time import simulate
 

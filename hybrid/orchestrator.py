@@ -63,8 +63,7 @@ from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
 from hybrid.retry import Retry
 from hybrid.run_state import RunState
-from hybrid.store import Store
-from hybrid.store.record import RunRecord
+from hybrid.store import RunRecord, Store
 from hybrid.strategies import RunContext, RunPort, Strategy, strategy_for
 from hybrid.templating import check_references, placeholders, render
 
@@ -547,9 +546,8 @@ class Orchestrator:
             "cache": None if self.cache is None else self.cache.mode,
         }
         run_name = name or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        return RunRecord(
-            self.store, run_name, mode=mode, settings=settings, default_model=self.backend.model, resume=resume
-        )
+        model = self.backend.model
+        return self.store.run_record(run_name, mode=mode, settings=settings, default_model=model, resume=resume)
 
     async def _settle(
         self,

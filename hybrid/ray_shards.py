@@ -183,6 +183,7 @@ class RayShards(Strategy):
                 f"mode='ray' rebuilds the backend in each worker from its settings; {type(backend).__name__} cannot "
                 "be. Use OpenAIBackend or HTTPBackend (for the simulator: sim.serve(...) and its URL)."
             )
+        backend.recipe()  # refuses a backend bound to this process (sim.backend()), with advice
         if orchestrator.adaptive is not None:
             raise ConfigError(
                 "mode='ray' shares a fixed max_concurrency between its shards; 'auto' adapts one orchestrator's "

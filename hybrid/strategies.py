@@ -37,7 +37,7 @@ RunOne = Callable[[int, Query], Awaitable[None]]
 if TYPE_CHECKING:
     from hybrid.orchestrator import Orchestrator
     from hybrid.run_state import RunState
-    from hybrid.store.record import RunRecord
+    from hybrid.store import RunRecord
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

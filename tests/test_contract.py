@@ -73,57 +73,78 @@ def test_the_bridging_check_would_catch_a_violation() -> None:
 
 
 # -- layers ------------------------------------------------------------------------------------
-# entry points -> tools -> core; the simulator stands apart (ARCHITECTURE.md draws them).
-ENTRY_POINTS = {"cli", "__main__", "notebook", "virtual_time", "pytest_plugin"}
-#: Entry points that tools may call: the two loop bridges.
+# The parts ARCHITECTURE.md draws, and what each may import (type-only imports aside: they never run).
+PARTS = {
+    "face": {"cli", "__main__", "notebook", "virtual_time", "pytest_plugin"},
+    "tools": {"bench", "plots", "demo", "calibrate", "real", "scenarios", "lab", "view", "testing"},
+    "scale": {"batch", "ray_shards"},
+    "engine": {
+        "orchestrator",
+        "strategies",
+        "run_state",
+        "chain",
+        "retry",
+        "templating",
+        "progress",
+        "events",
+        "estimate",
+    },
+    "store": {"store"},
+    "model": {"query", "results", "metrics", "fingerprint"},
+    "backends": {"backends"},
+    "sim": {"sim"},
+    "base": {"errors", "tokens", "process", "provenance", "answer_sink"},
+}
+MAY_IMPORT = {
+    "face": set(PARTS),
+    "tools": set(PARTS) - {"face"},
+    "scale": {"scale", "engine", "store", "model", "backends", "base"},
+    "engine": {"engine", "model", "backends", "base"},  # and the store's public face, below
+    "store": {"store", "model", "base"},
+    "model": {"model", "base"},
+    "backends": {"backends", "model", "base"},
+    "sim": {"sim", "base"},
+    "base": {"base"},
+}
+#: Tools may call these entry points: the two loop bridges.
 BRIDGES = {"hybrid.notebook", "hybrid.virtual_time"}
-TOOLS = {"bench", "lab", "plots", "demo", "calibrate", "real", "testing", "scenarios", "view"}
-SIM_MAY_IMPORT = {"sim", "tokens", "errors", "process"}
-#: The in-process backend is where the simulator meets the client side: it also speaks the core's wire.
-SIM_BACKEND_MAY_IMPORT = SIM_MAY_IMPORT | {"query", "backends"}
+#: Imports across the rules, each a documented seam.
+SEAMS = {
+    # The engine persists through the store's public face (Store, and the RunRecord it hands out),
+    # as a user's code does; never through its modules.
+    ("engine", "hybrid.store"),
+    # ``sim.backend()`` builds a Simulator and hands it to the in-process client: the one place the
+    # server and the client side meet (ARCHITECTURE.md, "One wire path").
+    ("hybrid.sim", "hybrid.backends.in_process"),
+}
 
 
-def _layer(module: str) -> str:
-    top = module.split(".")[1] if module.count(".") else module
-    if top == "sim":
-        return "sim"
-    if top in ENTRY_POINTS:
-        return "entry"
-    return "tool" if top in TOOLS else "core"
-
-
-def _imports(path: Path) -> set[str]:
-    """The hybrid modules ``path`` imports (at any depth of the file, lazy imports included)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hybrid"):
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "hybrid")
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.startswith("hybrid"))
-    return {name for name in found if name != "hybrid"}
+def _part(module: str) -> str:
+    top = module.split(".")[1]
+    return next((part for part, tops in PARTS.items() if top in tops), "unplaced")
 
 
 def layer_violations() -> list[str]:
     problems = []
+    files = {}
     for path in PACKAGE.rglob("*.py"):
-        relative = path.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".")
-        if relative == "__init__":
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    known = set(files)
+    for module, path in files.items():
+        if module == "hybrid":
             continue  # the package root re-exports the core and names the lazy tools
-        module = "hybrid." + relative.removesuffix(".__init__")
-        mine = _layer(module)
-        for imported in _imports(path):
-            theirs = _layer(imported)
-            top = imported.split(".")[1]
-            if mine == "core" and theirs != "core":
-                problems.append(f"{module} (core) imports {imported} ({theirs})")
-            if mine == "tool" and theirs == "entry" and imported not in BRIDGES:
-                problems.append(f"{module} (tool) imports {imported} (entry point)")
-            allowed = SIM_BACKEND_MAY_IMPORT if module == "hybrid.sim.in_process" else SIM_MAY_IMPORT
-            if mine == "sim" and top not in allowed:
-                problems.append(f"{module} (simulator) imports {imported}")
-            if mine != "sim" and theirs == "sim" and mine == "core":
-                problems.append(f"{module} (core) imports the simulator")
+        mine = _part(module)
+        for imported in _runtime_imports(path, module, known):
+            theirs = _part(imported)
+            if mine == "unplaced" or theirs == "unplaced":
+                problems.append(f"{module} or {imported} is in no part: add it to PARTS and ARCHITECTURE.md")
+            elif theirs in MAY_IMPORT[mine] or (imported in BRIDGES and mine == "tools"):
+                continue
+            elif (mine, imported) in SEAMS or (module, imported) in SEAMS:
+                continue
+            else:
+                problems.append(f"{module} ({mine}) imports {imported} ({theirs})")
     return sorted(set(problems))
 
 
@@ -134,12 +155,23 @@ def test_layers_are_respected() -> None:
 def test_the_layer_check_would_catch_a_violation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "hybrid"
     (fake / "sim").mkdir(parents=True)
-    (fake / "orchestrator.py").write_text("from hybrid.plots import timeline\n")
+    (fake / "store").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "plots.py").write_text("")
+    (fake / "batch.py").write_text("")
+    (fake / "store" / "__init__.py").write_text("")
+    (fake / "store" / "record.py").write_text("")
+    (fake / "orchestrator.py").write_text(
+        "from hybrid.plots import timeline\nfrom hybrid.store import Store\nfrom hybrid.store.record import R\n"
+    )
+    (fake / "strategies.py").write_text("def f():\n    from hybrid.batch import Batch\n")
     (fake / "sim" / "engine.py").write_text("def f():\n    from hybrid.orchestrator import Orchestrator\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert layer_violations() == [
-        "hybrid.orchestrator (core) imports hybrid.plots (tool)",
-        "hybrid.sim.engine (simulator) imports hybrid.orchestrator",
+        "hybrid.orchestrator (engine) imports hybrid.plots (tools)",
+        "hybrid.orchestrator (engine) imports hybrid.store.record (store)",
+        "hybrid.sim.engine (sim) imports hybrid.orchestrator (engine)",
+        "hybrid.strategies (engine) imports hybrid.batch (scale)",
     ]
 
 

@@ -1,19 +1,22 @@
-"""``HTTPBackend``: ``/v1/chat/completions`` spoken directly over one shared aiohttp session.
+"""``HTTPBackend``: ``/v1/chat/completions`` spoken directly, the wire codec over a transport.
 
 The same results as :class:`~hybrid.backends.openai_backend.OpenAIBackend`, at a fraction of the
 client CPU per call: no SDK request building, no pydantic models, orjson for both directions.  It
 exists for benchmarks at high request rates, where the SDK's own cost (about 1.7 ms of CPU per call
 on a 2-core machine, against 0.12 ms for a raw aiohttp POST) would otherwise be what is measured.
+
+This module is the codec: the request body, reading the answer (whole or as server-sent events,
+never more than ``max_response_bytes``), and the kit's error for each status.  Moving the bytes is
+the :class:`~hybrid.backends.transport.Transport`'s job: aiohttp by default, or the in-process
+simulator (``sim.backend()``), so a study on a virtual clock parses exactly what the wire would.
 """
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp.http_exceptions import ContentEncodingError
 
 from hybrid.backends.endpoint import Endpoint
 from hybrid.backends.openai_wire import (
@@ -26,63 +29,68 @@ from hybrid.backends.openai_wire import (
     request_body,
     server_report,
 )
-from hybrid.backends.response_limits import (
-    ResponseMeter,
-    redirect_loop,
-    undecodable,
-)
+from hybrid.backends.response_limits import DEFAULT_MAX_RESPONSE_BYTES, ResponseMeter
 from hybrid.backends.send_stamp import SendStamp
-from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, exception_chain
+from hybrid.backends.transport import AiohttpTransport, Response, Transport
+from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError
 from hybrid.query import Completion, Query
 
 
-async def _stamp_headers_sent(
-    session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestHeadersSentParams
-) -> None:
-    SendStamp.stamp()
-
-
 class HTTPBackend(Endpoint):
-    """A lean aiohttp client for OpenAI-compatible servers; the constructor is :class:`Endpoint`'s
-    (``base_url``, ``api_key``, ``model``, ``check_reachable``, ``max_response_bytes``)."""
+    """A lean client for OpenAI-compatible servers; the constructor is :class:`Endpoint`'s
+    (``base_url``, ``api_key``, ``model``, ``check_reachable``, ``max_response_bytes``) plus
+    ``transport``, what moves the bytes (default: a new :class:`~hybrid.backends.transport.AiohttpTransport`)."""
 
     name = "http"
 
-    _session: aiohttp.ClientSession | None = None
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        check_reachable: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        transport: Transport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            model=model,
+            check_reachable=check_reachable,
+            max_response_bytes=max_response_bytes,
+        )
+        self.transport: Transport = transport if transport is not None else AiohttpTransport()
+        self._url = self.base_url + "/chat/completions"
+        self._open = False
 
-    @property
-    def _url(self) -> str:
-        return self.base_url + "/chat/completions"
+    def recipe(self) -> dict[str, Any]:
+        if not isinstance(self.transport, AiohttpTransport):
+            raise ConfigError(
+                f"This HTTPBackend sends through {self.transport!r}, which lives in this process and cannot be "
+                "rebuilt elsewhere (mode=RayShards). Serve the simulator (sim.serve) and use its URL."
+            )
+        return super().recipe()
 
     async def _connect(self) -> None:
-        if self._session is not None:
-            return
-        connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
-        # When the request's headers are on the wire: the end of the client's part of the latency.
-        sent = aiohttp.TraceConfig()
-        sent.on_request_headers_sent.append(_stamp_headers_sent)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            trace_configs=[sent],
-            headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0),
-        )
+        headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
+        await self.transport.open(headers=headers, max_connections=self.max_connections, redact=self.redact)
+        self._open = True
 
     def complete_blocking(self, query: Query) -> Completion:
         raise ConfigError("HTTPBackend has no synchronous client; mode='threads' needs OpenAIBackend.")
 
     async def complete(self, query: Query) -> Completion:
-        if self._session is None:
+        if not self._open:
             raise ConfigError("The backend is not open: use it inside `async with Orchestrator(...)`.")
         with SendStamp.begin(asyncio.get_running_loop().time) as stamp:
             return await self._post(query, stamp)
 
     async def _post(self, query: Query, stamp: SendStamp) -> Completion:
-        assert self._session is not None
         body = request_body(query, self.model)
         assembler = StreamAssembler(query, body["model"], stamp.clock) if query.stream else None
         try:
-            async with self._session.post(self._url, data=orjson.dumps(body)) as response:
+            async with self.transport.post(self._url, orjson.dumps(body)) as response:
                 if response.status >= 400:
                     raise await self._status_error(response)
                 if assembler is None:
@@ -94,24 +102,14 @@ class HTTPBackend(Endpoint):
                 return assembler.result(
                     left_at=stamp.left_at, server=server_report(response.headers, assembler.timings)
                 )
-        except QueryError as exc:
-            raise exc.detached() from None
-        except aiohttp.ClientPayloadError as exc:
-            encoding = [e for e in exception_chain(exc) if isinstance(e, ContentEncodingError)]
-            if encoding:
-                raise undecodable(encoding[0].message) from None
-            raise InvalidResponse(f"The answer was cut off midway: {type(exc).__name__}") from None
-        except aiohttp.TooManyRedirects as exc:
-            raise redirect_loop(f"{len(exc.history)} redirects") from None
-        except aiohttp.ClientResponseError as exc:
-            # aiohttp's response errors carry request_info, whose headers hold the API key: keep only the words.
-            raise InvalidResponse(f"The server's answer could not be read: HTTP {exc.status}, {exc.message}") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except ConnectionFailed:
             if assembler is not None and assembler.chunks:
                 raise InvalidResponse(f"The stream was cut off after {assembler.chunks} chunks.") from None
-            raise ConnectionFailed(f"Connection failed: {type(exc).__name__}: {self.redact(str(exc))}") from None
+            raise
+        except QueryError as exc:
+            raise exc.detached() from None
 
-    async def _status_error(self, response: aiohttp.ClientResponse) -> QueryError:
+    async def _status_error(self, response: Response) -> QueryError:
         """The kit's error for an HTTP error answer, with the server's message (key redacted) when it sent one."""
         try:
             parsed: object = orjson.loads(await self._read(response))
@@ -120,7 +118,7 @@ class HTTPBackend(Endpoint):
         message = self.redact(error_message(parsed, response.status))
         return error_for_status(response.status, message, response.headers)
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: Response) -> bytes:
         """The whole body, never more than ``max_response_bytes`` in memory.  A declared length
         within the limit is read in one go (aiohttp reads exactly that much: the fast, common
         case); a body of unknown length is metered as it arrives."""
@@ -139,7 +137,7 @@ class HTTPBackend(Endpoint):
             body += meter.count(part)
         return bytes(body)
 
-    async def _read_events(self, response: aiohttp.ClientResponse, assembler: StreamAssembler) -> None:
+    async def _read_events(self, response: Response, assembler: StreamAssembler) -> None:
         """Feed the SSE ``data:`` events of ``response`` to ``assembler`` until ``[DONE]``, metered
         (lines are split here rather than by aiohttp's ``readline``, whose own limit raises a bare
         ``ValueError``)."""
@@ -152,6 +150,5 @@ class HTTPBackend(Endpoint):
                     return
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        self._open = False
+        await self.transport.aclose()

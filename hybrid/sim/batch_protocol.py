@@ -15,7 +15,8 @@ seed (:meth:`Simulator.reply`).  Faults (``Faults.batch_*``) are drawn from the 
 and the line, so a line resubmitted in another batch draws again.
 
 :class:`BatchService` is plain Python (upload, create, retrieve, content, cancel ...); the aiohttp
-routes and the in-process backend (:mod:`hybrid.sim.in_process`) both call it.
+routes call it, and so does the in-process client (:mod:`hybrid.backends.in_process`) through
+:meth:`BatchService.call`, which answers a refusal with the body the route would send.
 """
 
 from __future__ import annotations
@@ -369,6 +370,21 @@ class BatchService:
             job.error_file_id = self.upload(b"\n".join(job.error_lines) + b"\n", f"{job.id}_error.jsonl", "batch")["id"]
         job.output, job.error_lines = [], []
         job.enter(status)
+
+    # -- no transport -------------------------------------------------------------------------
+    #: What :meth:`call` answers: the operations ``mode="batch"`` uses.
+    OPERATIONS = frozenset({"upload", "create", "retrieve", "content", "cancel"})
+
+    def call(self, operation: str, *args: Any) -> tuple[int, Any, dict[str, str]]:
+        """One of :attr:`OPERATIONS` for a client in this process: ``(200, its result, {})``, or a
+        refusal as its HTTP route sends it, ``(status, OpenAI's error body, headers)``."""
+        if operation not in self.OPERATIONS:
+            raise ValueError(f"BatchService.call: no operation {operation!r}; known: {sorted(self.OPERATIONS)}")
+        try:
+            return 200, getattr(self, operation)(*args), {}
+        except Rejected as rejected:
+            body = error_body(rejected.message, rejected.type, rejected.param, rejected.code)
+            return rejected.status, body, rejected.headers
 
     # -- HTTP ---------------------------------------------------------------------------------
     def add_routes(self, app: web.Application) -> None:

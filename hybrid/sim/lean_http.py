@@ -35,7 +35,7 @@ from typing import cast
 import httptools
 
 from hybrid.sim.engine import Drop, Rejected
-from hybrid.sim.openai_protocol import MAX_BODY_BYTES, Simulator
+from hybrid.sim.openai_protocol import MAX_BODY_BYTES, Simulator, refuse
 
 CHAT_PATH = b"/v1/chat/completions"
 #: A request line longer than this is not a chat completion worth waiting for.
@@ -185,7 +185,7 @@ class LeanConnection(asyncio.Protocol):
                 request = self.pending.popleft()
                 sink = TransportSink(self, request)
                 if request.refusal is not None:
-                    work = functools.partial(_raise, request.refusal)
+                    work = functools.partial(refuse, request.refusal)
                 else:
                     work = functools.partial(simulator.chat, bytes(request.body), request.authorization, sink)
                 try:
@@ -228,12 +228,8 @@ class LeanConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-async def _raise(rejection: Rejected) -> int:
-    raise rejection
-
-
 class TransportSink:
-    """A :class:`~hybrid.sim.openai_protocol.Sink` onto a lean connection's transport."""
+    """A :class:`~hybrid.answer_sink.Sink` onto a lean connection's transport."""
 
     def __init__(self, connection: LeanConnection, request: _Request) -> None:
         assert connection.transport is not None

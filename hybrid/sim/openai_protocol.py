@@ -10,29 +10,33 @@ and :class:`~hybrid.sim.engine.Drop` into an aborted connection.  The engine
 (:mod:`hybrid.sim.engine`) decides everything else.
 
 :meth:`Simulator.respond` and :meth:`Simulator.chat` are the route with no transport in them:
-:mod:`hybrid.sim.lean_http` serves chat completions with them straight off the socket, and the
+:mod:`hybrid.sim.lean_http` serves chat completions with them straight off the socket, the
 aiohttp routes here (:meth:`Simulator.guarded`) serve everything else, chat completions included
-for a connection that has been handed over.  Either way a client that goes away cancels its
-answer (aiohttp's handler cancellation is on): it is counted as a disconnect and leaves nothing
-in flight.  An unexpected bug answers 500 with the same error shape and no traceback.
+for a connection that has been handed over, and :meth:`Simulator.handle` serves a request that
+never was on a socket (the in-process client, :mod:`hybrid.backends.in_process`).  Either way a
+client that goes away cancels its answer (aiohttp's handler cancellation is on): it is counted as
+a disconnect and leaves nothing in flight.  An unexpected bug answers 500 with the same error shape and no traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from hybrid.answer_sink import Sink
 from hybrid.sim.config import SimConfig
 from hybrid.sim.engine import Drop, Engine, Pacer, Rejected
 from hybrid.sim.model import Pace, Reply
-from hybrid.tokens import message_text
+from hybrid.tokens import count_message_tokens, message_text
 
 log = logging.getLogger("hybrid.sim")
 
@@ -58,23 +62,6 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     json_mode: bool
-
-
-class Sink(Protocol):
-    """Where :meth:`Simulator.answer` writes an answer: an HTTP response here, or the in-process
-    backend's parser (:mod:`hybrid.sim.in_process`), so both get the same bytes."""
-
-    async def whole(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
-        """A complete JSON answer (an error body with its status)."""
-
-    async def start(self, headers: dict[str, str], content_type: str, content_length: int | None = None) -> None:
-        """Begin an answer sent in parts."""
-
-    async def write(self, data: bytes) -> None:
-        """One part: a JSON fragment, or one server-sent event."""
-
-    async def finish(self) -> None:
-        """The answer is complete."""
 
 
 class _HTTPSink:
@@ -198,6 +185,36 @@ class Simulator:
                 status = 500
                 await sink.whole(error_body("The simulator failed unexpectedly.", "server_error"), {}, status)
         engine.by_status[status] += 1
+
+    async def handle(self, path: str, headers: Mapping[str, str], body: bytes, sink: Sink) -> None:
+        """One POST that never was on a socket (the in-process client's): answered like the lean
+        route answers it, into ``sink``.  A dropped answer is raised as :class:`ConnectionResetError`,
+        what a client's socket would have seen."""
+        if path == "/v1/chat/completions":
+            work = partial(self.chat, body, headers.get("Authorization"), sink)
+        else:
+            work = partial(refuse, Rejected(404, f"The simulator serves POST {path} only over HTTP (sim.serve)."))
+        try:
+            await self.respond(work, sink)
+        except Drop:
+            raise ConnectionResetError("the simulator dropped the connection") from None
+
+    def forecast(self, model: str, messages: list[dict[str, Any]], max_tokens: int | None) -> tuple[float, ...]:
+        """A request's expected completion tokens and latency under the latency model, and the
+        latency of its shortest and longest possible answer (what ``orch.estimate`` uses instead of
+        history).  Expected values, not this seed's draw: the answer length is uniform between the
+        profile's bounds (capped by ``max_tokens``), the jitter log-normal; contention is left out."""
+        profile = self.config.profiles[model]
+        cap = max_tokens if max_tokens is not None else profile.max_completion_tokens
+        lengths = [min(n, cap) for n in range(profile.min_completion_tokens, profile.max_completion_tokens + 1)]
+        prompt = count_message_tokens(messages)
+        scale = math.exp(profile.jitter**2 / 2) * self.config.time_scale  # the log-normal factor's mean
+
+        def seconds(completion: float) -> float:
+            return (profile.ttft_s + prompt / profile.prompt_tps + completion / profile.completion_tps) * scale
+
+        completion = sum(lengths) / len(lengths)
+        return completion, seconds(completion), seconds(min(lengths)), seconds(max(lengths))
 
     def check_key(self, authorization: str | None) -> None:
         """Refuse (401) a request whose ``Authorization`` header does not carry the configured key."""
@@ -438,6 +455,11 @@ class ServiceTimer:
             "predicted_n": self.reply.completion_tokens,
             "predicted_ms": (now - first) * 1000.0,
         }
+
+
+async def refuse(rejection: Rejected) -> int:
+    """A route's work that only refuses (a wrong path, a request too large)."""
+    raise rejection
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

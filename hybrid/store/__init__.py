@@ -30,14 +30,24 @@ API key or request headers: nothing here ever sees them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hybrid.store.cache import AnswerCache
 from hybrid.store.history import History
+from hybrid.store.record import RunRecord
 from hybrid.store.remote_jobs import RemoteJobs
 from hybrid.store.runs import RunLog
 from hybrid.store.schema import SCHEMA_VERSION
 
-__all__ = ["SCHEMA_VERSION", "Store"]
+__all__ = ["SCHEMA_VERSION", "RunRecord", "Store"]
 
 
 class Store(History, RunLog, AnswerCache, RemoteJobs):
     """A SQLite run store at ``path`` (created if missing).  See the module docstring."""
+
+    def run_record(
+        self, name: str, *, mode: str, settings: dict[str, Any], default_model: str, resume: bool
+    ) -> RunRecord:
+        """The record one run writes through (made before anything is sent; it writes nothing
+        until the run opens its segment): how the engine reaches the store, never by its modules."""
+        return RunRecord(self, name, mode=mode, settings=settings, default_model=default_model, resume=resume)
