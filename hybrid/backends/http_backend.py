@@ -67,8 +67,8 @@ class HTTPBackend(Endpoint):
     def recipe(self) -> dict[str, Any]:
         if not isinstance(self.transport, AiohttpTransport):
             raise ConfigError(
-                f"This HTTPBackend sends through {self.transport!r}, which lives in this process and cannot be "
-                "rebuilt elsewhere (mode=RayShards). Serve the simulator (sim.serve) and use its URL."
+                f"mode=RayShards rebuilds the backend in each worker from its settings; this one sends through "
+                f"{self.transport!r}, which lives in this process. Serve the simulator (sim.serve) and use its URL."
             )
         return super().recipe()
 
@@ -102,12 +102,20 @@ class HTTPBackend(Endpoint):
                 return assembler.result(
                     left_at=stamp.left_at, server=server_report(response.headers, assembler.timings)
                 )
-        except ConnectionFailed:
-            if assembler is not None and assembler.chunks:
-                raise InvalidResponse(f"The stream was cut off after {assembler.chunks} chunks.") from None
-            raise
         except QueryError as exc:
-            raise exc.detached() from None
+            raise self._cut_off(exc, assembler).detached() from None
+        except Exception as exc:
+            error = self.transport.failure(exc)
+            if error is None:
+                raise
+            raise self._cut_off(error, assembler) from None
+
+    @staticmethod
+    def _cut_off(error: QueryError, assembler: StreamAssembler | None) -> QueryError:
+        """A connection that broke after part of a stream arrived is an answer cut off, not no answer."""
+        if isinstance(error, ConnectionFailed) and assembler is not None and assembler.chunks:
+            return InvalidResponse(f"The stream was cut off after {assembler.chunks} chunks.")
+        return error
 
     async def _status_error(self, response: Response) -> QueryError:
         """The kit's error for an HTTP error answer, with the server's message (key redacted) when it sent one."""

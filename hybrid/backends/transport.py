@@ -10,14 +10,13 @@ kit's own).  Two ship:
 - :class:`~hybrid.backends.in_process.InProcessTransport`: the request handed to a server object in
   this process (``sim.backend()``), so virtual-time studies run the same codec as the wire.
 
-A transport's failures are the kit's own errors, raised from :meth:`Transport.post`'s block:
+A transport's failures become the kit's own errors (:meth:`Transport.failure` says which):
 :class:`~hybrid.errors.ConnectionFailed` when no answer could be had or the connection broke, and
 :class:`~hybrid.errors.InvalidResponse` when an answer arrived but could not be read whole.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import SimpleNamespace
@@ -28,7 +27,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 
 from hybrid.backends.response_limits import redirect_loop, undecodable
 from hybrid.backends.send_stamp import SendStamp
-from hybrid.errors import ConnectionFailed, InvalidResponse, exception_chain
+from hybrid.errors import ConnectionFailed, InvalidResponse, QueryError, exception_chain
 
 
 class Body(Protocol):
@@ -68,6 +67,11 @@ class Transport(Protocol):
         """POST ``body`` to ``url``; the answer is readable inside the block, and released after it.
         Stamps :class:`~hybrid.backends.send_stamp.SendStamp` when the request leaves."""
 
+    def failure(self, exc: Exception) -> QueryError | None:
+        """The kit's error for ``exc``, raised from :meth:`post`'s block, when it is this transport's
+        own failure (None otherwise).  Asked only when something failed, so the way an answer
+        travels costs nothing extra per call."""
+
     async def aclose(self) -> None:
         """Release every connection; idempotent."""
 
@@ -103,24 +107,24 @@ class AiohttpTransport:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0),
         )
 
-    @contextlib.asynccontextmanager
-    async def post(self, url: str, body: bytes) -> AsyncIterator[aiohttp.ClientResponse]:
+    def post(self, url: str, body: bytes) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         assert self._session is not None, "post() before open()"
-        try:
-            async with self._session.post(url, data=body) as response:
-                yield response
-        except aiohttp.ClientPayloadError as exc:
+        return self._session.post(url, data=body)  # aiohttp's own context manager: nothing added per call
+
+    def failure(self, exc: Exception) -> QueryError | None:
+        if isinstance(exc, aiohttp.ClientPayloadError):
             encoding = [e for e in exception_chain(exc) if isinstance(e, ContentEncodingError)]
             if encoding:
-                raise undecodable(encoding[0].message) from None
-            raise InvalidResponse(f"The answer was cut off midway: {type(exc).__name__}") from None
-        except aiohttp.TooManyRedirects as exc:
-            raise redirect_loop(f"{len(exc.history)} redirects") from None
-        except aiohttp.ClientResponseError as exc:
+                return undecodable(encoding[0].message)
+            return InvalidResponse(f"The answer was cut off midway: {type(exc).__name__}")
+        if isinstance(exc, aiohttp.TooManyRedirects):
+            return redirect_loop(f"{len(exc.history)} redirects")
+        if isinstance(exc, aiohttp.ClientResponseError):
             # aiohttp's response errors carry request_info, whose headers hold the API key: keep only the words.
-            raise InvalidResponse(f"The server's answer could not be read: HTTP {exc.status}, {exc.message}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ConnectionFailed(f"Connection failed: {type(exc).__name__}: {self._redact(str(exc))}") from None
+            return InvalidResponse(f"The server's answer could not be read: HTTP {exc.status}, {exc.message}")
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            return ConnectionFailed(f"Connection failed: {type(exc).__name__}: {self._redact(str(exc))}")
+        return None
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
