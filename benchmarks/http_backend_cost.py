@@ -92,8 +92,10 @@ def main() -> None:
     samples = run_sync(serve_and_measure(trees, args.requests, args.rounds))
     mine, other = samples["this tree"], samples[str(args.other)]
     ratios = [a / b for a, b in zip(mine, other, strict=True)]
-    print(f"client CPU per call, median: this tree {statistics.median(mine):.1f} µs, other {statistics.median(other):.1f} µs")
-    print(f"ratio this/other per round: {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
+    medians = f"this tree {statistics.median(mine):.1f} µs, other {statistics.median(other):.1f} µs"
+    print(f"client CPU per call, median: {medians}")
+    per_round = ", ".join(f"{r:.3f}" for r in ratios)
+    print(f"ratio this/other per round: {per_round}; median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":
