@@ -13,7 +13,6 @@ number, and the CPU is the client process's own (``time.process_time``).  Make t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,10 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hybrid import run_sync, sim
-from hybrid.provenance import machine_info
+from side_by_side import trees_from_arguments
 
-HERE = Path(__file__).resolve().parent.parent
+from hybrid import run_sync, sim
 
 #: The client, run from a tree: prints its CPU per call in microseconds.
 CLIENT = """
@@ -82,13 +80,7 @@ async def serve_and_measure(trees: dict[str, Path], requests: int, rounds: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("other", type=Path, help="another source tree of the kit (a git worktree)")
-    parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    print(machine_info())
-    trees = {"this tree": HERE, str(args.other): args.other.resolve()}
+    args, trees = trees_from_arguments(__doc__.splitlines()[0], rounds=5)
     samples = run_sync(serve_and_measure(trees, args.requests, args.rounds))
     mine, other = samples["this tree"], samples[str(args.other)]
     ratios = [a / b for a, b in zip(mine, other, strict=True)]

@@ -12,18 +12,15 @@ request (psutil, the child process) and the client's CPU per call.  Make the oth
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 from pathlib import Path
 
 import psutil
+from side_by_side import HERE, trees_from_arguments
 
 from hybrid import HTTPBackend, Orchestrator, Query, run_sync, sim
-from hybrid.provenance import machine_info
-
-HERE = Path(__file__).resolve().parent.parent
 
 
 async def measure(tree: Path, requests: int) -> tuple[float, float]:
@@ -46,13 +43,7 @@ async def measure(tree: Path, requests: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("other", type=Path, help="another source tree of the kit (a git worktree)")
-    parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=4)
-    args = parser.parse_args()
-    print(machine_info())
-    trees = {"this tree": HERE, str(args.other): args.other.resolve()}
+    args, trees = trees_from_arguments(__doc__.splitlines()[0], rounds=4)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
     try:
         for _ in range(args.rounds):

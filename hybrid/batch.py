@@ -7,16 +7,19 @@ query in input order out, whatever fails.
 
 How a run goes (:class:`Batch`, :class:`_BatchRun`):
 
-1. Cache hits answer first (no line is paid for twice).  With a store, batches this run created
-   earlier and never collected (the kernel died while they ran) are reattached, not paid again.
-2. The rest becomes JSONL lines ``{"custom_id", "method", "url", "body"}``, the ``custom_id`` made
-   of the query's index and its request fingerprint, split at the provider's limits (requests and
-   bytes per file), uploaded and started as batches.  Each batch id is written to the store the
-   moment it exists.
+1. With a store, batches this run created earlier and never collected (the kernel died while they
+   ran) are reattached, not paid again.
+2. Every query goes through the run's cache and budget links, as a live attempt does
+   (``RunPort.chain``): a hit is answered there (no line is paid for twice), the budget reserves
+   the line's worst case at the batch price.  The chain's last step files the rest as JSONL lines
+   ``{"custom_id", "method", "url", "body"}``, the ``custom_id`` made of the query's index and its
+   request fingerprint, split at the provider's limits (requests and bytes per file), uploaded and
+   started as batches.  Each batch id is written to the store the moment it exists.
 3. Batches are polled with a growing interval (a bar shows the provider's counts); a finished
-   batch's output and error files are downloaded and every line is mapped back by ``custom_id``.
-4. Lines that failed retryably (5xx, 429), expired, or are missing from both files are resubmitted
-   in new batches, up to ``resubmits`` times; then they are rows with an error
+   batch's output and error files are downloaded and every line's verdict goes back, by
+   ``custom_id``, to the attempt waiting for it.
+4. Lines that failed retryably (5xx, 429), expired, or are missing from both files go through the
+   chain again into new batches, up to ``resubmits`` times; then they are rows with an error
    (``batch_incomplete`` when the provider never answered).  A 4xx answer is final at once.
 5. Cancelling the run (an interrupt) cancels the remote batches, collects what they had finished,
    and leaves the rest as ``cancelled`` rows.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -43,7 +47,8 @@ import orjson
 from hybrid import progress
 from hybrid.backends.batch_api import BatchAPI, batch_api_of
 from hybrid.backends.openai_wire import completion_from_body, error_for_status, error_message, request_body
-from hybrid.errors import BatchIncomplete, BudgetExceeded, QueryError, check_int, check_number
+from hybrid.chain import Attempt
+from hybrid.errors import BatchIncomplete, QueryError, check_int, check_number
 from hybrid.fingerprint import fingerprint
 from hybrid.query import Completion, Query
 from hybrid.strategies import RunContext, Strategy, register
@@ -98,8 +103,22 @@ class Batch(Strategy):
 register(Batch())
 
 
+class _TryAgain(Exception):
+    """A line's verdict that sends its query into the next batch (a 5xx or 429, an expired or missing
+    line, an answer that could not be read): raised through the chain, so the budget gives back its
+    reservation, and caught by the attempt, which leaves the query pending."""
+
+    def __init__(self, error: QueryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _BatchRun:
-    """One run's batches: what is still owed an answer, and the bookkeeping to pay for each line once."""
+    """One run's batches.  Every query goes through the run's cache and budget links
+    (:meth:`RunPort.chain <hybrid.strategies.RunPort.chain>`) as a live attempt would; the chain's
+    last step (:meth:`_send`) is the provider's side: it files the line for the next batch and waits
+    for the line's verdict, so a hit is never put in a batch, a line is reserved before upload and
+    paid at the batch price, and an answer fills the cache, by the same links as a live call."""
 
     def __init__(self, settings: Batch, run: RunContext) -> None:
         self.settings = settings
@@ -107,44 +126,51 @@ class _BatchRun:
         self.port = run.port
         self.state = run.state
         self.api: BatchAPI = batch_api_of(self.port.backend)
-        model = self.port.backend.model
-        todo = self.port.land_cache_hits(run.todo)  # no line is paid for twice
+        self.model = self.port.backend.model
+        self.chain = self.port.chain(self._send)
         #: custom_id -> (index, query) of every query not answered yet.
         self.pending: dict[str, tuple[int, Query]] = {
-            f"{index}-{fingerprint(query, model)[:16]}": (index, query) for index, query in todo
+            self._custom_id(index, query): (index, query) for index, query in run.todo
         }
+        #: Lines handed to the provider's side, each waiting for its verdict (an answer or an error).
+        self.waiting: dict[str, tuple[Attempt, asyncio.Future[Completion]]] = {}
+        #: Lines filed for the next batches.
+        self.queued: list[tuple[str, bytes]] = []
+        #: Verdicts of batches reattached after a restart, collected before their query asked.
+        self.early: dict[str, Completion | QueryError] = {}
         self.submitted_at: dict[int, float] = {}
         self.lines_sent: Counter[int] = Counter()
         self.last_error: dict[str, QueryError] = {}
-        self.reserved: dict[str, float] = {}
         self.job_lines: dict[str, list[str]] = {}
+        self.active: list[str] = []
         self.collected_jobs: set[str] = set()
         self.collected = 0
+        self.attempts: list[asyncio.Task[None]] = []
+        self._handed: set[str] = set()
+        self._expected = 0
+        self._all_handed = asyncio.Event()
+
+    def _custom_id(self, index: int, query: Query) -> str:
+        return f"{index}-{fingerprint(query, self.model)[:16]}"
 
     # -- the run ------------------------------------------------------------------------------
     async def run(self) -> None:
-        active: list[str] = []
         with progress.bar(
             len(self.pending), "batch (provider's counts)", requested=progress.wanted(self.port.progress)
         ) as bar:
             try:
                 record = self.ctx.record
                 if record is not None:
-                    active = record.open_remote_jobs("batch")
-                    if active:
-                        log.info("hybrid: reattaching to %d batch(es) of run %r", len(active), record.name)
-                        await self._wait_for(active, bar)
-                for _ in range(1 + self.settings.resubmits):
+                    self.active = record.open_remote_jobs("batch")
+                    if self.active:
+                        log.info("hybrid: reattaching to %d batch(es) of run %r", len(self.active), record.name)
+                        await self._wait_for(self.active, bar)
+                for number in range(1, 2 + self.settings.resubmits):
                     if not self.pending:
                         break
-                    active = await self._submit()
-                    await self._wait_for(active, bar)
+                    await self._round(number, bar)
             except asyncio.CancelledError:
-                unfinished = [job for job in active if job not in self.collected_jobs]
-                if unfinished:
-                    stop = asyncio.ensure_future(self._cancel(unfinished))
-                    with contextlib.suppress(BaseException):
-                        await asyncio.shield(stop)
+                await self._stop()
                 raise
         for custom_id in list(self.pending):
             error = self.last_error.get(custom_id) or BatchIncomplete(
@@ -152,25 +178,95 @@ class _BatchRun:
             )
             self._fail(custom_id, error)
 
+    async def _round(self, number: int, bar: Any) -> None:
+        """One attempt of every pending query: through the chain, the lines that reach the provider's
+        side go into batches; wait for them, and for every attempt to land or be left pending."""
+        items = list(self.pending.items())
+        self._handed.clear()
+        self._expected = len(items)
+        self._all_handed.clear()
+        loop = asyncio.get_running_loop()
+        self.attempts = [loop.create_task(self._attempt(cid, index, query, number)) for cid, (index, query) in items]
+        await self._all_handed.wait()  # each answered by the cache, refused by the budget, or filed
+        self.active = await self._submit()
+        await self._wait_for(self.active, bar)
+        for custom_id in list(self.waiting):  # a line no batch accounted for
+            self._verdict(custom_id, _TryAgain(BatchIncomplete("No batch returned this line.")))
+        await asyncio.gather(*self.attempts)
+
+    async def _attempt(self, custom_id: str, index: int, query: Query, number: int) -> None:
+        """Query ``index``'s attempt ``number`` through the chain, and its row when it has a verdict."""
+        attempt = Attempt(index=index, number=number, batch=True, on_sent=functools.partial(self._sent, index))
+        try:
+            completion = await self.chain(query, attempt)
+        except _TryAgain as again:
+            self.last_error[custom_id] = again.error
+        except QueryError as error:
+            self._fail(custom_id, error)
+        else:
+            self._answer(custom_id, completion)
+        finally:
+            self._handed_over(custom_id)
+
+    def _handed_over(self, custom_id: str) -> None:
+        """Count ``custom_id``'s attempt as past the links (filed, or done without a line)."""
+        if custom_id not in self._handed:
+            self._handed.add(custom_id)
+            if len(self._handed) >= self._expected:
+                self._all_handed.set()
+
+    async def _send(self, query: Query, attempt: Attempt) -> Completion:
+        """The chain's last step: the line goes to the provider's side; its verdict comes back."""
+        custom_id = self._custom_id(attempt.index, query)
+        early = self.early.pop(custom_id, None)
+        if early is not None:  # answered by a batch reattached after a restart
+            self._handed_over(custom_id)
+            attempt.mark_sent(self.state.clock())
+            if isinstance(early, QueryError):
+                raise early
+            return early
+        body = request_body(query, self.model)
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        line = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+        verdict: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        self.waiting[custom_id] = (attempt, verdict)
+        self.queued.append((custom_id, line))
+        self._handed_over(custom_id)
+        return await verdict
+
+    def _sent(self, index: int, at: float) -> None:
+        if index not in self.submitted_at:
+            self.submitted_at[index] = at
+            self.state.started(index, at)
+        self.lines_sent[index] += 1
+
+    def _verdict(self, custom_id: str, verdict: Completion | QueryError | _TryAgain) -> None:
+        """Answer the attempt waiting for ``custom_id``; a line of a reattached batch is kept until
+        its query asks (a line to try again is simply sent again)."""
+        waiting = self.waiting.pop(custom_id, None)
+        if waiting is None:
+            if custom_id in self.pending and not isinstance(verdict, _TryAgain):
+                self.early[custom_id] = verdict
+            elif isinstance(verdict, _TryAgain) and custom_id in self.pending:
+                self.last_error[custom_id] = verdict.error
+            return
+        future = waiting[1]
+        if future.done():
+            return
+        if isinstance(verdict, Completion):
+            future.set_result(verdict)
+        else:
+            future.set_exception(verdict)
+
     # -- submitting ---------------------------------------------------------------------------
     def _files(self) -> Iterator[list[tuple[str, bytes]]]:
-        """The pending lines, cut into files within the provider's limits (a budget may refuse some)."""
+        """The filed lines, cut into files within the provider's limits."""
         limit_n, limit_bytes = self.settings.max_requests_per_file, self.settings.max_bytes_per_file
         lines: list[tuple[str, bytes]] = []
         size = 0
-        model = self.port.backend.model
-        for custom_id, (_, query) in list(self.pending.items()):
-            try:
-                reserved = self.port.reserve(query, batch=True)
-            except BudgetExceeded as exc:
-                self._fail(custom_id, exc)
-                continue
-            if reserved is not None:
-                self.reserved[custom_id] = reserved
-            body = request_body(query, model)
-            body.pop("stream", None)
-            body.pop("stream_options", None)
-            line = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+        queued, self.queued = self.queued, []
+        for custom_id, line in queued:
             if lines and (len(lines) >= limit_n or size + len(line) + 1 > limit_bytes):
                 yield lines
                 lines, size = [], 0
@@ -180,7 +276,7 @@ class _BatchRun:
             yield lines
 
     async def _submit(self) -> list[str]:
-        """Upload and start a batch per file of pending lines; their ids (each saved at once)."""
+        """Upload and start a batch per file of filed lines; their ids (each saved at once)."""
         record = self.ctx.record
         started: list[str] = []
         for part, lines in enumerate(self._files(), start=1):
@@ -191,22 +287,14 @@ class _BatchRun:
                 batch = await self.api.create(file_id, metadata)
             except QueryError as exc:
                 for custom_id in ids:
-                    self._release(custom_id)
-                    if exc.retryable:
-                        self.last_error[custom_id] = exc
-                    else:
-                        self._fail(custom_id, exc)
+                    self._verdict(custom_id, _TryAgain(exc) if exc.retryable else exc)
                 continue
             job_id = str(batch["id"])
             if record is not None:
                 record.add_remote_job(job_id, kind="batch", input_file_id=file_id, requests=len(ids))
             now = self.state.clock()
             for custom_id in ids:
-                index = self.pending[custom_id][0]
-                if index not in self.submitted_at:
-                    self.submitted_at[index] = now
-                    self.state.started(index, now)
-                self.lines_sent[index] += 1
+                self.waiting[custom_id][0].mark_sent(now)
             self.job_lines[job_id] = ids
             started.append(job_id)
         return started
@@ -261,12 +349,11 @@ class _BatchRun:
         problem = _batch_problem(batch)
         for custom_id in self.job_lines.get(job, []):
             if custom_id in self.pending and custom_id not in seen:
-                self._release(custom_id)
                 if status == "failed":
-                    self._fail(custom_id, BatchIncomplete(f"Batch {job} failed: {problem}"))
+                    self._verdict(custom_id, BatchIncomplete(f"Batch {job} failed: {problem}"))
                 else:
                     what = "expired before answering it" if status == "expired" else f"ended ({status}) without it"
-                    self.last_error[custom_id] = BatchIncomplete(f"Batch {job} {what}.")
+                    self._verdict(custom_id, _TryAgain(BatchIncomplete(f"Batch {job} {what}.")))
         self.collected_jobs.add(job)
         self.collected += len(seen)
         record = self.ctx.record
@@ -274,7 +361,7 @@ class _BatchRun:
             record.end_remote_job(job, status)
 
     def _land_line(self, raw: bytes, job: str) -> str:
-        """Land one line of a result file if it answers a pending query; its custom_id."""
+        """Give one line of a result file to the attempt waiting for it; its custom_id."""
         try:
             line = orjson.loads(raw)
             custom_id = str(line["custom_id"])
@@ -284,29 +371,24 @@ class _BatchRun:
         if custom_id not in self.pending:
             return custom_id  # already answered, or a query this run no longer has
         query = self.pending[custom_id][1]
-        self._release(custom_id)  # the line has its verdict: an answer, an error, or a reason to resubmit
         response = line.get("response") if isinstance(line.get("response"), dict) else None
         if response is None:
             failure = line.get("error") if isinstance(line.get("error"), dict) else {}
-            self.last_error[custom_id] = BatchIncomplete(
-                f"Batch {job}: {failure.get('code', 'error')}: {failure.get('message', 'no response')}"
-            )
+            message = f"Batch {job}: {failure.get('code', 'error')}: {failure.get('message', 'no response')}"
+            self._verdict(custom_id, _TryAgain(BatchIncomplete(message)))
             return custom_id
         status, body = response.get("status_code"), response.get("body")
         if status != 200:
             code = status if isinstance(status, int) else 500
             error = error_for_status(code, error_message(body, code), {})
-            if error.retryable:
-                self.last_error[custom_id] = error
-            else:
-                self._fail(custom_id, error)
+            self._verdict(custom_id, _TryAgain(error) if error.retryable else error)
             return custom_id
         try:
-            completion = completion_from_body(query, body, query.model or self.port.backend.model)
+            completion = completion_from_body(query, body, query.model or self.model)
         except QueryError as exc:
-            self.last_error[custom_id] = exc
+            self._verdict(custom_id, _TryAgain(exc))
             return custom_id
-        self._answer(custom_id, completion)
+        self._verdict(custom_id, completion)
         return custom_id
 
     # -- cancelling ---------------------------------------------------------------------------
@@ -319,16 +401,29 @@ class _BatchRun:
             async with asyncio.timeout(CANCEL_WAIT_S):
                 await self._wait_for(jobs, None)
 
+    async def _stop(self) -> None:
+        """The run is cancelled: cancel its remote batches, let the answers they had land, and end
+        the attempts still waiting (their rows become ``cancelled``)."""
+        unfinished = [job for job in self.active if job not in self.collected_jobs]
+        if unfinished:
+            stop = asyncio.ensure_future(self._cancel(unfinished))
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(stop)
+        for _, verdict in self.waiting.values():
+            verdict.cancel()
+        ending = asyncio.gather(*self.attempts, return_exceptions=True)
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(ending)
+
     # -- landing rows -------------------------------------------------------------------------
     def _answer(self, custom_id: str, completion: Completion) -> None:
         index, query = self.pending.pop(custom_id)
-        cost = self.port.cost(completion, batch=True)
-        self.port.settle(0.0, cost or 0.0)
-        self.port.remember(query, completion)
-        self._land(index, query, completion, None, cost)
+        if completion.cached:  # the cache link answered: no line, no cost, no time
+            self.port.land_cached([(index, query, completion)])
+            return
+        self._land(index, query, completion, None, self.port.cost(completion, batch=True))
 
     def _fail(self, custom_id: str, error: QueryError) -> None:
-        self._release(custom_id)
         index, query = self.pending.pop(custom_id)
         self._land(index, query, None, error.detached(), None)
 
@@ -336,7 +431,6 @@ class _BatchRun:
         self, index: int, query: Query, completion: Completion | None, error: QueryError | None, cost: float | None
     ) -> None:
         now = self.state.clock()
-        sent = self.submitted_at.get(index, now)
         self.port.land(
             index,
             query,
@@ -345,15 +439,9 @@ class _BatchRun:
             attempts=max(1, self.lines_sent[index]),
             origin="batch",
             cost=cost,
-            started=sent,
+            started=self.submitted_at.get(index, now),
             finished=now,
         )
-
-    def _release(self, custom_id: str) -> None:
-        """Give back a line's budget reservation (it was answered, failed, or goes round again)."""
-        reserved = self.reserved.pop(custom_id, None)
-        if reserved is not None:
-            self.port.settle(reserved, 0.0)
 
 
 def _batch_problem(batch: dict[str, Any]) -> str:

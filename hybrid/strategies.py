@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hybrid.backends.protocol import Backend
+from hybrid.chain import Next, compose
 from hybrid.errors import ConfigError
 from hybrid.query import Completion, Query, QueryResult
 
@@ -57,10 +58,10 @@ class RunContext:
 
 class RunPort:
     """What a strategy that takes a whole run (batch, Ray) may do with it, and no more: read the
-    run's settings, look the response cache up and fill it, reserve and settle budget, price an
-    answer, and land a row.  Such a strategy sends its work another way than ``run_one``, so this
-    narrow port is how its rows still meet the same cache, budget, store and events as any other
-    row; it never reaches into the orchestrator."""
+    run's settings, send attempts through the run's cache and budget links (:meth:`chain`), look
+    the response cache up and fill it, price an answer, and land a row.  Such a strategy sends its
+    work another way than ``run_one``, so this narrow port is how its rows still meet the same
+    cache, budget, store and events as any other row; it never reaches into the orchestrator."""
 
     def __init__(self, orchestrator: Orchestrator, state: RunState) -> None:
         self._orch, self._state = orchestrator, state
@@ -102,30 +103,17 @@ class RunPort:
             now = self._state.clock()
             self.land(index, query, hit, None, attempts=0, origin="cache", cost=0.0, started=now, finished=now)
 
-    def land_cache_hits(self, items: Sequence[tuple[int, Query]]) -> list[tuple[int, Query]]:
-        """Land the queries the response cache answers and return the others."""
-        hits, left = self.split_cached(items)
-        self.land_cached(hits)
-        return left
-
     def remember(self, query: Query, completion: Completion) -> None:
         """Add a fresh answer to the response cache (if there is one and its mode writes)."""
         if self._orch.cache is not None:
             self._orch.cache.remember(query, completion)
 
-    def reserve(self, query: Query, *, batch: bool = False) -> float | None:
-        """Reserve ``query``'s worst-case cost under the budget (None without one), at the batch
-        price with ``batch``; raises :class:`~hybrid.errors.BudgetExceeded` when it does not fit."""
-        budget = self._orch.budget
-        if budget is None:
-            return None
-        discount = self.prices[query.model or self.backend.model].batch_discount if batch else 1.0
-        return budget.reserve(query, discount=discount)
-
-    def settle(self, reserved: float, spent: float) -> None:
-        """Give back a reservation and count what was really spent (no-op without a budget)."""
-        if self._orch.budget is not None:
-            self._orch.budget.settle(reserved, spent)
+    def chain(self, last: Next) -> Next:
+        """The run's cache and budget links around ``last``, the strategy's own way to send one
+        attempt: a hit answered without sending, a budget reserved before and settled after, as for
+        a live attempt.  The links that pace live traffic (rate limits, adaptive concurrency) stay out."""
+        links = [link for link in (self._orch.cache, self._orch.budget) if link is not None]
+        return compose(links, last)
 
     def cost(self, completion: Completion | None, *, batch: bool = False) -> float | None:
         """What ``completion`` cost at its model's price (the batch price with ``batch``)."""

@@ -322,6 +322,23 @@ async def test_cache_hits_are_not_put_in_a_batch(tmp_path: Path) -> None:
     assert len(backend.batches.files[last_job.input_file_id].data.splitlines()) == 2
 
 
+@pytest.mark.looptime
+async def test_batch_lines_go_through_the_same_cache_and_budget_links_as_a_live_call(tmp_path: Path) -> None:
+    """The budget settles each answered line at the batch price and holds nothing back after the
+    run; the answers fill the cache, so a live run of the same queries sends nothing."""
+    backend = sim.backend(sim.SimConfig(seed=4, time_scale=0.0))
+    queries = grid(6, max_tokens=50)
+    async with Orchestrator(backend, prices=PRICES, budget_usd=1.0, store=tmp_path / "r.sqlite", cache=True) as orch:
+        batched = await orch.run(queries, mode="batch")
+        assert orch.budget is not None
+        assert orch.budget.spent_usd == pytest.approx(batched.metrics.batch_cost_usd)
+        assert orch.budget.reserved_usd == pytest.approx(0.0, abs=1e-15)  # float sums of reservations
+        requests = backend.engine.stats()["requests"]
+        live = await orch.run(queries)
+    assert {r.origin for r in batched.results} == {"batch"} and {r.origin for r in live.results} == {"cache"}
+    assert backend.engine.stats()["requests"] == requests  # nothing sent
+
+
 async def test_mode_batch_is_refused_where_it_cannot_work() -> None:
     async with sim.serve(sim.SimConfig(time_scale=0.0)) as server:
         lean = HTTPBackend(base_url=server.url, api_key=server.api_key, model="sim-small")

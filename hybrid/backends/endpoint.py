@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.request
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from hybrid.backends.response_limits import DEFAULT_MAX_RESPONSE_BYTES
@@ -40,6 +40,16 @@ def _setting(name: str, value: object, env: str, default: str | None = None) -> 
             f"{name} is an empty string. Pass a real value, or leave it out (None) to read {env} from the environment."
         )
     return value.strip()
+
+
+class EndpointSettings(TypedDict, total=False):
+    """:class:`Endpoint`'s constructor arguments, for backends that add their own beside them."""
+
+    base_url: str | None
+    api_key: str | None
+    model: str | None
+    check_reachable: bool
+    max_response_bytes: int
 
 
 class Endpoint:

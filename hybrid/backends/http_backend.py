@@ -14,11 +14,11 @@ simulator (``sim.backend()``), so a study on a virtual clock parses exactly what
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Unpack
 
 import orjson
 
-from hybrid.backends.endpoint import Endpoint
+from hybrid.backends.endpoint import Endpoint, EndpointSettings
 from hybrid.backends.openai_wire import (
     StreamAssembler,
     completion_from_body,
@@ -29,7 +29,7 @@ from hybrid.backends.openai_wire import (
     request_body,
     server_report,
 )
-from hybrid.backends.response_limits import DEFAULT_MAX_RESPONSE_BYTES, ResponseMeter
+from hybrid.backends.response_limits import ResponseMeter
 from hybrid.backends.send_stamp import SendStamp
 from hybrid.backends.transport import AiohttpTransport, Response, Transport
 from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError
@@ -43,23 +43,8 @@ class HTTPBackend(Endpoint):
 
     name = "http"
 
-    def __init__(
-        self,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        model: str | None = None,
-        check_reachable: bool = True,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        transport: Transport | None = None,
-    ) -> None:
-        super().__init__(
-            base_url=base_url,
-            api_key=api_key,
-            model=model,
-            check_reachable=check_reachable,
-            max_response_bytes=max_response_bytes,
-        )
+    def __init__(self, *, transport: Transport | None = None, **settings: Unpack[EndpointSettings]) -> None:
+        super().__init__(**settings)
         self.transport: Transport = transport if transport is not None else AiohttpTransport()
         self._url = self.base_url + "/chat/completions"
         self._open = False

@@ -17,14 +17,14 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import httpx2
 import openai
 import orjson
 
 from hybrid.backends.batch_api import MAX_FILE_BYTES, SDKBatchAPI
-from hybrid.backends.endpoint import Endpoint
+from hybrid.backends.endpoint import Endpoint, EndpointSettings
 from hybrid.backends.openai_wire import (
     StreamAssembler,
     completion_from_body,
@@ -35,7 +35,6 @@ from hybrid.backends.openai_wire import (
     usage_from,
 )
 from hybrid.backends.response_limits import (
-    DEFAULT_MAX_RESPONSE_BYTES,
     httpx2_event_hooks,
     redirect_loop,
     undecodable,
@@ -105,23 +104,8 @@ class OpenAIBackend(Endpoint):
     name = "openai"
     supports_threads = True
 
-    def __init__(
-        self,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        model: str | None = None,
-        transport: Transport = "aiohttp",
-        check_reachable: bool = True,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
-        super().__init__(
-            base_url=base_url,
-            api_key=api_key,
-            model=model,
-            check_reachable=check_reachable,
-            max_response_bytes=max_response_bytes,
-        )
+    def __init__(self, *, transport: Transport = "aiohttp", **settings: Unpack[EndpointSettings]) -> None:
+        super().__init__(**settings)
         self.transport: Transport = check_choice("OpenAIBackend(transport=...)", transport, ("aiohttp", "httpx"))
         self._client: openai.AsyncOpenAI | None = None
         self._sync_client: openai.OpenAI | None = None

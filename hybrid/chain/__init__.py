@@ -28,6 +28,8 @@ class Attempt:
     index: int
     number: int
     sent_at: float | None = None
+    #: Sent through the provider's Batch API (``mode="batch"``): priced at the model's batch price.
+    batch: bool = False
     #: Told the loop time when the request leaves (the orchestrator starts the query's clock then).
     on_sent: Callable[[float], None] | None = field(default=None, repr=False)
 

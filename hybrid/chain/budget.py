@@ -5,7 +5,8 @@ plus ``max_tokens`` at the model's price; if what was spent plus what is reserve
 attempt would pass the budget, the attempt is not sent and the query's row gets a
 :class:`~hybrid.errors.BudgetExceeded` error (kind ``budget``).  After the attempt the reservation
 is replaced by the real cost from the usage the server reported (cached prompt tokens at their
-own price).  Because the reservation is taken before sending, concurrency cannot overshoot: at
+own price); an attempt sent through a Batch API (``Attempt.batch``) is reserved and paid at the
+batch price.  Because the reservation is taken before sending, concurrency cannot overshoot: at
 any moment, spent plus reserved stays within the budget.  A cache hit never reaches this link
 (the cache comes first in the chain), so it costs nothing.
 
@@ -59,12 +60,13 @@ class Budget:
         self.spent_usd += spent
 
     async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
-        worst = self.reserve(query)
+        discount = self.prices[query.model or self.default_model].batch_discount if attempt.batch else 1.0
+        worst = self.reserve(query, discount=discount)
         try:
             completion = await call_next(query, attempt)
         except BaseException:
             self.settle(worst, 0.0)
             raise
         price = self.prices.get(completion.model) or self.prices[query.model or self.default_model]
-        self.settle(worst, price.cost(completion.usage))
+        self.settle(worst, price.cost(completion.usage) * (price.batch_discount if attempt.batch else 1.0))
         return completion
