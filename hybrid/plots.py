@@ -30,6 +30,13 @@ def _figure(width: float = 8.0, height: float = 4.0) -> tuple[Figure, matplotlib
     return fig, fig.add_subplot()
 
 
+def _text(value: object) -> str:
+    """A name (a query's, a run's label, a mode, a column value) as matplotlib should draw it: as
+    text.  Matplotlib reads a string with two ``$`` as math (``$$`` or ``grep 'foo$' | sed 's/^$//'``
+    would raise, or draw as formulas); an escaped ``\\$`` is drawn as a plain dollar sign."""
+    return str(value).replace("$", r"\$")
+
+
 def _legend(ax: Any, handles: list[Any] | None = None, labels: list[str] | None = None, **options: Any) -> None:
     """The axes' legend as a figure legend right of every plotting area (``"outside right upper"``:
     constrained layout makes room, beside a second y axis too), where it cannot hide a bar or a
@@ -51,7 +58,7 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
     legend_seen: set[str] = set()
     for y, (label, mode, r) in enumerate(reversed(rows)):
         if r.stage is None:  # a plain run: one colour for the whole run
-            key, colour = f"{label or 'run'} ({mode})", _RUN_COLOUR
+            key, colour = _text(f"{label or 'run'} ({mode})"), _RUN_COLOUR
         else:
             key, colour = f"stage {r.stage + 1}", _STAGE_COLOURS[r.stage % len(_STAGE_COLOURS)]
         if r.queue_s > 0.0005:
@@ -68,7 +75,7 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
         )
         legend_seen.add(key)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{label}: {r.name}" if label else r.name for label, _, r in reversed(rows)])
+    ax.set_yticklabels([_text(f"{label}: {r.name}" if label else r.name) for label, _, r in reversed(rows)])
     ax.set_xlabel("time since the run started (s)")
     ax.set_title(title or "Query timeline: one bar per query, start to finish")
     _legend(ax, title="grey: waiting for a slot\nhatched: failed", fontsize="small")
@@ -115,8 +122,8 @@ def efficiency(frame: pd.DataFrame, *, x: str = "concurrency", title: str | None
         ax.bar(positions, frame["ideal_efficiency"], color="lightgrey", label="ideal", width=0.6)
         ax.bar(positions, frame["parallel_efficiency"], color=_STAGE_COLOURS[0], label="measured", width=0.35)
         ax.set_xticks(list(positions))
-        ax.set_xticklabels([str(v) for v in xs])
-        ax.set_xlabel(x)
+        ax.set_xticklabels([_text(v) for v in xs])
+        ax.set_xlabel(_text(x))
     ax.set_ylabel("parallel efficiency = sum of latencies / wall (x)")
     ax.set_title(title or "Parallel efficiency against the ideal")
     handles: list[Any] = []
@@ -136,7 +143,11 @@ def speedup(frame: pd.DataFrame, *, title: str | None = None) -> Figure:
     medians = grouped.median()
     spread = grouped.agg(lambda s: s.max() - s.min()).to_numpy(dtype=float)
     bars = ax.bar(
-        medians.index, medians.to_numpy(dtype=float), yerr=spread / 2, capsize=4, color=_STAGE_COLOURS[: len(medians)]
+        [_text(mode) for mode in medians.index],
+        medians.to_numpy(dtype=float),
+        yerr=spread / 2,
+        capsize=4,
+        color=_STAGE_COLOURS[: len(medians)],
     )
     ax.bar_label(bars, labels=[f"{v:.1f}x" for v in medians.to_numpy(dtype=float)])
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="sequential")
@@ -157,7 +168,7 @@ def tokens(runs: RunResult | Mapping[str, RunResult], *, title: str | None = Non
     names, prompt, completion = [], [], []
     for label, run in runs.items():
         for r in run.results:
-            names.append(f"{label}: {r.name}" if len(runs) > 1 else r.name)
+            names.append(_text(f"{label}: {r.name}" if len(runs) > 1 else r.name))
             prompt.append(r.usage.prompt_tokens)
             completion.append(r.usage.completion_tokens)
     positions = range(len(names))
@@ -167,7 +178,7 @@ def tokens(runs: RunResult | Mapping[str, RunResult], *, title: str | None = Non
     per_query.set_xticklabels(names, rotation=45, ha="right")
     per_query.set_ylabel("tokens")
     per_query.set_title("per query")
-    labels = list(runs)
+    labels = [_text(label) for label in runs]
     totals.bar(labels, [r.metrics.prompt_tokens for r in runs.values()], color=_STAGE_COLOURS[0], label="prompt")
     totals.bar(
         labels,
@@ -199,7 +210,7 @@ def latency(frame: pd.DataFrame, *, by: str = "mode", title: str | None = None) 
             values,
             np.arange(1, len(values) + 1) / len(values),
             where="post",
-            label=str(label),
+            label=_text(label),
             color=_STAGE_COLOURS[i % len(_STAGE_COLOURS)],
         )
     for q in (0.5, 0.95, 0.99):
@@ -207,7 +218,7 @@ def latency(frame: pd.DataFrame, *, by: str = "mode", title: str | None = None) 
     ax.set_xlabel("latency per query (s)")
     ax.set_ylabel("fraction of queries at or below")
     ax.set_title(title or "Latency distribution (dotted: p50, p95, p99)")
-    _legend(ax, title=by)
+    _legend(ax, title=_text(by))
     ax.grid(alpha=0.3)
     return fig
 
@@ -238,16 +249,16 @@ def decomposition(
     columns = [part for part, _, _ in PARTS]
     if isinstance(data, RunResult):
         rows = _answered_over_the_wire(data)
-        labels, xlabel = list(rows["name"]), "query"
+        labels, xlabel = [_text(name) for name in rows["name"]], "query"
     elif isinstance(data, Mapping):
         rows = pd.DataFrame([_answered_over_the_wire(run)[columns].astype(float).mean() for run in data.values()])
-        labels, xlabel = [str(label) for label in data], "run (mean query)"
+        labels, xlabel = [_text(label) for label in data], "run (mean query)"
     else:
         means = {part: f"mean_{part}" for part, _, _ in PARTS}
         rows = (
             data.groupby(by, sort=True)[list(means.values())].median().rename(columns={v: k for k, v in means.items()})
         )
-        labels, xlabel = [str(level) for level in rows.index], f"{by} (mean query, median of repeats)"
+        labels, xlabel = [_text(level) for level in rows.index], _text(f"{by} (mean query, median of repeats)")
     fig, ax = _figure(max(6.0, min(14.0, 0.35 * len(labels) + 4.0)), 4.0)
     positions = list(range(len(labels)))
     bottom = [0.0] * len(labels)
@@ -338,7 +349,7 @@ def wall(runs: Mapping[str, RunResult], *, title: str | None = None) -> Figure:
         longest = max(longest, m.sum_latency_s, left)
     ax.set_xlim(0, longest * 1.45)  # room for the efficiency labels
     ax.set_yticks(range(len(runs)))
-    ax.set_yticklabels(list(reversed(list(runs))))
+    ax.set_yticklabels([_text(label) for label in reversed(list(runs))])
     ax.set_xlabel("time (s); top bar: the wall, by stage; grey: the queries' summed time")
     ax.set_title(title or "Where the wall time goes")
     ax.grid(axis="x", alpha=0.3)

@@ -7,6 +7,7 @@ this process, or, for the live case, by a child process playing the notebook ker
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import subprocess
 import sys
@@ -107,6 +108,17 @@ async def test_a_run_page_says_where_the_mean_query_spent_its_time(viewer: tuple
     assert f"server queue {m.mean_server_queue_s * 1000:.3g} ms" in line  # one waited for the only slot
     assert f"server {m.mean_server_s * 1000:.3g} ms" in line
     assert "client queue" in line and "network and the rest" in line
+
+
+async def test_a_run_whose_query_names_look_like_math_has_its_page(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    names = ["$$", r"$\alert$", "grep 'foo$' | sed 's/^$//'"]
+    async with Orchestrator(sim.backend(sim.SimConfig(seed=3, time_scale=0.0)), store=path) as orch:
+        await orch.run([Query(name, "hello") for name in names], name="dollars")
+    response = await client.get("/runs/dollars")
+    assert response.status == 200
+    page = await response.text()
+    assert all(html.escape(name) in page for name in names)
 
 
 async def test_unknown_runs_are_404_pages(viewer: tuple[TestClient, Path]) -> None:

@@ -1,0 +1,55 @@
+"""Figures draw names as text: a query name, run label, mode or column value that matplotlib
+would read as math (two ``$``) is drawn as typed, and never makes a figure (or a viewer page) fail."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from hybrid import Orchestrator, Query, plots, sim
+
+NAMES = ["$$", r"$\alert$", "grep 'foo$' | sed 's/^$//'", "costs $5 or $6"]
+
+
+def drawn(labels: list[object]) -> list[str]:
+    """What matplotlib will show for these tick labels (text, not math)."""
+    shown = []
+    for label in labels:
+        text, is_math = label._preprocess_math(label.get_text())  # type: ignore[attr-defined]
+        assert not is_math
+        shown.append(text)
+    return shown
+
+
+def renders(figure: Figure) -> None:
+    figure.savefig(io.BytesIO(), format="svg")
+
+
+async def test_every_figure_draws_names_as_text() -> None:
+    async with Orchestrator(sim.backend(sim.SimConfig(seed=1, time_scale=0.0))) as orch:
+        run = await orch.run([Query(name, f"question {i}") for i, name in enumerate(NAMES)])
+    timeline = plots.timeline(run)
+    assert drawn(timeline.axes[0].get_yticklabels()) == list(reversed(NAMES))
+    tokens = plots.tokens({"$a$": run, "$b$": run})
+    assert drawn(tokens.axes[0].get_xticklabels())[:2] == [f"$a$: {NAMES[0]}", f"$a$: {NAMES[1]}"]
+    decomposition = plots.decomposition(run)
+    assert drawn(decomposition.axes[0].get_xticklabels()) == NAMES
+    frame = pd.DataFrame({"mode": ["$x$", "$y$"], "speedup": [1.0, 2.0], "latency_s": [0.1, 0.2]})
+    sweep = pd.DataFrame({"label": ["$p$", "$q$"], "ideal_efficiency": [2.0, 3.0], "parallel_efficiency": [1.5, 2.5]})
+    figures = [
+        timeline,
+        plots.timeline({"$run$": run}),
+        tokens,
+        decomposition,
+        plots.decomposition({"$m$": run}),
+        plots.wall({"$w$": run}),
+        plots.latency(frame),
+        plots.speedup(frame),
+        plots.efficiency(sweep, x="label"),
+        plots.concurrency(run),
+    ]
+    for figure in figures:
+        renders(figure)
+    assert drawn(figures[6].legends[0].get_texts()) == ["$x$", "$y$"]  # the latency figure's groups
