@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from hybrid import (
     Retry,
     sim,
 )
+from hybrid.query import Completion, Usage
 from hybrid.sim import Faults, Script, SimConfig
 
 from .conftest import orchestrated
@@ -63,6 +65,38 @@ async def test_the_api_key_never_appears_anywhere(
 
 
 @pytest.mark.heavy
+@pytest.mark.parametrize(
+    ("backend_cls", "mode"), [(OpenAIBackend, "gather"), (HTTPBackend, "gather"), (OpenAIBackend, "batch")]
+)
+async def test_a_key_the_server_echoes_in_its_answers_is_never_stored(
+    backend_cls: type, mode: str, tmp_path: Path
+) -> None:
+    """A server that puts the caller's key in its answer text: the rows, the frame and the store
+    file hold ``<redacted>`` where the key was."""
+    echo = Script(pattern="echo", reply=f"your key is {CANARY}.")
+    config = SimConfig(seed=1, time_scale=0, api_key=CANARY, scripts=(echo,))
+    path = tmp_path / "runs.sqlite"
+    async with sim.serve(config) as server:
+        backend = backend_cls(base_url=server.url, api_key=CANARY, model="sim-small")
+        async with Orchestrator(backend, store=path, cache=True) as orch:
+            queries = [Query(f"q{i}", "echo my key", stream=i == 1 and mode != "batch") for i in range(2)]
+            run = await orch.run(queries, mode=mode)
+    assert [r.text for r in run.results] == ["your key is <redacted>."] * 2
+    assert CANARY not in run.to_frame().to_csv()
+    stored = b"".join([f.read_bytes() for f in tmp_path.iterdir()])  # noqa: ASYNC240 (the run is over)
+    assert CANARY.encode() not in stored and b"<redacted>" in stored
+
+
+def test_a_short_test_key_is_not_cut_out_of_answers() -> None:
+    """``api_key="sim"`` is no secret: scrubbing it would turn "simple" into "<redacted>ple"."""
+    answer = Completion(text="a simple answer", usage=Usage(prompt_tokens=1, completion_tokens=3), model="m")
+    short = HTTPBackend(base_url="http://127.0.0.1:9/v1", api_key="sim", model="m")
+    assert short.scrubbed(answer) is answer
+    real = HTTPBackend(base_url="http://127.0.0.1:9/v1", api_key=CANARY, model="m")
+    leaked = Completion(text=f"key {CANARY}", usage=answer.usage, model="m")
+    assert real.scrubbed(leaked).text == "key <redacted>" and real.scrubbed(answer) is answer
+
+
 def test_the_key_never_appears_in_notebook_output() -> None:
     from .helpers import Kernel
 

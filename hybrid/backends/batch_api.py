@@ -62,9 +62,15 @@ class SDKBatchAPI:
     """:class:`BatchAPI` through the official SDK.  It has a client of its own, whose response
     meter allows files up to :data:`MAX_FILE_BYTES` (chat answers keep the backend's smaller cap)."""
 
-    def __init__(self, client: openai.AsyncOpenAI, translate: Callable[[Exception], QueryError]) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        translate: Callable[[Exception], QueryError],
+        scrubbed: Callable[[bytes], bytes],
+    ) -> None:
         self.client = client
         self._translated = translate
+        self._scrubbed = scrubbed  # the key out of a result file (a server may echo it in answers)
 
     async def _sdk(self, call: Awaitable[T]) -> T:
         try:
@@ -90,7 +96,7 @@ class SDKBatchAPI:
         return (await self._sdk(self.client.batches.retrieve(batch_id))).model_dump()
 
     async def content(self, file_id: str) -> bytes:
-        return (await self._sdk(self.client.files.content(file_id))).content
+        return self._scrubbed((await self._sdk(self.client.files.content(file_id))).content)
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         return (await self._sdk(self.client.batches.cancel(batch_id))).model_dump()

@@ -17,15 +17,19 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.request
+from dataclasses import replace
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from hybrid.backends.response_limits import DEFAULT_MAX_RESPONSE_BYTES
 from hybrid.errors import ConfigError, check_int
+from hybrid.query import Completion
 
 #: How long :meth:`Endpoint.check_reachable` waits for a TCP connection.
 REACHABILITY_TIMEOUT_S = 5.0
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: Keys at least this long are scrubbed from answers (:meth:`Endpoint.scrubbed`).
+MIN_SCRUBBED_KEY = 8
 _REDACTED = "<redacted>"
 
 
@@ -122,6 +126,20 @@ class Endpoint:
     def redact(self, text: str) -> str:
         """``text`` with this endpoint's API key replaced (servers may echo it in error messages)."""
         return text.replace(self._api_key, _REDACTED) if self._api_key in text else text
+
+    def scrubbed(self, completion: Completion) -> Completion:
+        """``completion`` with this endpoint's key taken out of its text: a server that echoes the
+        key in an answer must not get it stored, shown or exported.  A key shorter than
+        :data:`MIN_SCRUBBED_KEY` characters (a test key such as ``"k"``) is no secret, and replacing
+        it would cut letters out of every answer, so it is left alone."""
+        if len(self._api_key) < MIN_SCRUBBED_KEY or self._api_key not in completion.text:
+            return completion
+        return replace(completion, text=self.redact(completion.text))
+
+    def scrubbed_bytes(self, data: bytes) -> bytes:
+        """:meth:`scrubbed` for a file the provider returns (a batch's output)."""
+        key = self._api_key.encode()
+        return data.replace(key, _REDACTED.encode()) if len(key) >= MIN_SCRUBBED_KEY else data
 
     async def open(self, *, max_connections: int = 100, query_timeout: float | None = None) -> None:
         """Remember the pool size and timeout, check the host answers, then make the client."""

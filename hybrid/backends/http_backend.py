@@ -69,7 +69,7 @@ class HTTPBackend(Endpoint):
         if not self._open:
             raise ConfigError("The backend is not open: use it inside `async with Orchestrator(...)`.")
         with SendStamp.begin(asyncio.get_running_loop().time) as stamp:
-            return await self._post(query, stamp)
+            return self.scrubbed(await self._post(query, stamp))
 
     async def _post(self, query: Query, stamp: SendStamp) -> Completion:
         body = request_body(query, self.model)

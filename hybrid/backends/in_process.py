@@ -186,8 +186,9 @@ class _InProcessBatchAPI:
     """The server's Batch API without HTTP (a :class:`~hybrid.backends.batch_api.BatchAPI`); a
     refusal is read from the error body its HTTP route would send."""
 
-    def __init__(self, service: BatchServer) -> None:
+    def __init__(self, service: BatchServer, scrubbed: Callable[[bytes], bytes]) -> None:
         self.service = service
+        self._scrubbed = scrubbed  # the key out of a result file, as for any provider
 
     def _call(self, operation: str, *args: Any) -> Any:
         status, result, headers = self.service.call(operation, *args)
@@ -208,7 +209,7 @@ class _InProcessBatchAPI:
         return result
 
     async def content(self, file_id: str) -> bytes:
-        return bytes(self._call("content", file_id))
+        return self._scrubbed(bytes(self._call("content", file_id)))
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("cancel", batch_id)
@@ -244,7 +245,7 @@ class SimBackend(HTTPBackend):
 
     def batch_api(self) -> _InProcessBatchAPI:
         """The simulator's Batch API, in-process (``mode="batch"``; a virtual clock compresses its hours)."""
-        return _InProcessBatchAPI(self.batches)
+        return _InProcessBatchAPI(self.batches, self.scrubbed_bytes)
 
     @property
     def slots(self) -> int:

@@ -145,7 +145,7 @@ class OpenAIBackend(Endpoint):
             client = openai.AsyncOpenAI(
                 base_url=self.base_url, api_key=self._api_key, max_retries=0, http_client=http_client
             )
-            self._batch_api = SDKBatchAPI(client, lambda exc: translate(exc, self))
+            self._batch_api = SDKBatchAPI(client, lambda exc: translate(exc, self), self.scrubbed_bytes)
         return self._batch_api
 
     async def complete(self, query: Query) -> Completion:
@@ -154,10 +154,10 @@ class OpenAIBackend(Endpoint):
             body = request_body(query, self.model)
             client = self.client
             if query.stream:
-                return await self._complete_streamed(client, query, body, stamp)
+                return self.scrubbed(await self._complete_streamed(client, query, body, stamp))
             try:
                 raw = await client.chat.completions.with_raw_response.create(**body)
-                return _whole(query, raw.http_response, body["model"], stamp)
+                return self.scrubbed(_whole(query, raw.http_response, body["model"], stamp))
             except Exception as exc:
                 raise translate(exc, self) from None
 
@@ -206,13 +206,13 @@ class OpenAIBackend(Endpoint):
             try:
                 if not query.stream:
                     raw = client.chat.completions.with_raw_response.create(**body)
-                    return _whole(query, raw.http_response, body["model"], stamp)
+                    return self.scrubbed(_whole(query, raw.http_response, body["model"], stamp))
                 with client.chat.completions.create(**body) as stream:
                     for chunk in stream:
                         _feed(assembler, chunk)
             except Exception as exc:
                 raise translate(exc, self, received_chunks=assembler.chunks) from None
-            return _streamed(assembler, stream.response, stamp)
+            return self.scrubbed(_streamed(assembler, stream.response, stamp))
 
     async def aclose(self) -> None:
         batch_api, self._batch_api = self._batch_api, None
