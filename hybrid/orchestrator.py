@@ -38,7 +38,7 @@ from types import TracebackType
 
 from hybrid import progress
 from hybrid.backends.openai_wire import STREAM_LISTENER
-from hybrid.backends.protocol import Backend
+from hybrid.backends.protocol import Backend, SupportsIdentity
 from hybrid.chain import Attempt, Link, compose
 from hybrid.chain.adaptive import AdaptiveConcurrency
 from hybrid.chain.budget import Budget
@@ -165,7 +165,13 @@ class Orchestrator:
         self.cache = (
             None
             if cache_mode is None or self.store is None
-            else ResponseCache(self.store, mode=cache_mode, default_model=backend.model, max_age_s=cache_max_age_s)
+            else ResponseCache(
+                self.store,
+                mode=cache_mode,
+                default_model=backend.model,
+                max_age_s=cache_max_age_s,
+                endpoint=backend.identity if isinstance(backend, SupportsIdentity) else None,
+            )
         )
         self.budget = None if budget_usd is None else Budget(budget_usd, self.prices, backend.model)
         # Per attempt: the cache first (a hit costs nothing and takes no rate-limit token), then the

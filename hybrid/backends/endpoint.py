@@ -15,14 +15,15 @@ from any text a server sends back (a server that echoes the key in a 401 message
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import urllib.request
 from dataclasses import replace
 from typing import Any, TypedDict
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from hybrid.backends.response_limits import DEFAULT_MAX_RESPONSE_BYTES
-from hybrid.errors import ConfigError, check_int
+from hybrid.errors import ConfigError, check_int, check_text
 from hybrid.query import Completion
 
 #: How long :meth:`Endpoint.check_reachable` waits for a TCP connection.
@@ -46,6 +47,24 @@ def _setting(name: str, value: object, env: str, default: str | None = None) -> 
     return value.strip()
 
 
+def endpoint_identity(url: SplitResult) -> str:
+    """Which server a base URL reaches, as the response cache keys it: scheme, host and path.  The
+    port is kept, except on a loopback host, where local servers (the simulator, llama.cpp, vLLM)
+    come back on a free port after a restart and are still the same server."""
+    host = url.hostname or ""
+    loopback = host == "localhost" or _is_loopback_address(host)
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    where = host if loopback or url.port is None else f"{host}:{url.port}"
+    return f"{url.scheme}://{where}{url.path.rstrip('/')}"
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class EndpointSettings(TypedDict, total=False):
     """:class:`Endpoint`'s constructor arguments, for backends that add their own beside them."""
 
@@ -54,6 +73,7 @@ class EndpointSettings(TypedDict, total=False):
     model: str | None
     check_reachable: bool
     max_response_bytes: int
+    identity: str | None
 
 
 class Endpoint:
@@ -75,6 +95,7 @@ class Endpoint:
         model: str | None = None,
         check_reachable: bool = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        identity: str | None = None,
     ) -> None:
         url = _setting("base_url", base_url, "OPENAI_BASE_URL", DEFAULT_BASE_URL)
         assert url is not None
@@ -107,6 +128,9 @@ class Endpoint:
         self.model = name
         self.check_reachable = bool(check_reachable)
         self.max_response_bytes = check_int("max_response_bytes", max_response_bytes, minimum=1024)
+        #: Which server answers, for the response cache (:func:`endpoint_identity`, or ``identity=``).
+        chosen = check_text("identity", identity, optional=True)
+        self.identity = chosen if chosen is not None else endpoint_identity(parts)
         self.max_connections = 100
         self.timeout: float | None = None
 
@@ -121,6 +145,7 @@ class Endpoint:
             "model": self.model,
             "check_reachable": self.check_reachable,
             "max_response_bytes": self.max_response_bytes,
+            "identity": self.identity,
         }
 
     def redact(self, text: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
@@ -233,6 +234,8 @@ class SimBackend(HTTPBackend):
             model=model,
             check_reachable=False,
             transport=InProcessTransport(simulator),
+            # Simulators built alike answer alike: they share cached answers, in any process.
+            identity=f"in-process simulator {hashlib.sha256(repr(self.config).encode()).hexdigest()[:16]}",
         )
 
     def __repr__(self) -> str:

@@ -81,3 +81,12 @@ class SupportsForecast(Protocol):
     slots: int
 
     def forecast(self, query: Query) -> tuple[float, float, float, float]: ...
+
+
+@runtime_checkable
+class SupportsIdentity(Protocol):
+    """A backend that can say which server answers (both HTTP backends and ``sim.backend``): the
+    response cache keys its answers by it as well, so two servers serving the same model name never
+    answer for each other.  A backend without one shares the cache with every other."""
+
+    identity: str
