@@ -5,10 +5,12 @@ Wilson intervals.  Orchestration on FakeBackend in virtual time."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
+import pytest_socket
 
-from hybrid import ConfigError, Orchestrator, Price, Query, ServerError, lab
+from hybrid import ConfigError, Orchestrator, Price, Query, Retry, ServerError, lab
 from hybrid.query import QueryResult
 from hybrid.testing import Answer, Fail, FakeBackend
 
@@ -47,6 +49,47 @@ async def test_scorers_judge_fixed_texts_and_say_why(
 ) -> None:
     verdict = await judge(scorer, text)
     assert verdict.passed is passed and why in verdict.reason
+
+
+DRAFT_4 = "http://json-schema.org/draft-04/schema#"
+
+
+@pytest.mark.parametrize(
+    ("scorer", "text", "passed", "why"),
+    [
+        (lab.regex(r"(a|aa)+$", timeout_s=0.2), "a" * 60 + "b", False, "timed out after 0.2 s"),
+        (lab.json_schema({"pattern": "(a|aa)+$"}, timeout_s=0.2), f'"{"a" * 60}b"', False, "timed out after 0.2 s"),
+        (lab.is_json(), "[" * 200_000, False, "recursion too deep"),
+        (lab.json_schema({"$ref": "#"}), "{}", False, "recursion too deep"),
+        (lab.json_schema({"$schema": DRAFT_4, "items": [{"type": "string"}]}), '["a", 1]', True, "matches"),
+        (lab.json_schema({"$schema": DRAFT_4, "maximum": 5, "exclusiveMaximum": True}), "5", False, "maximum of 5"),
+        (lab.json_schema({"$schema": DRAFT_4, "maximum": 5, "exclusiveMaximum": True}), "4.5", True, "matches"),
+    ],
+)
+async def test_a_scorer_that_cannot_judge_an_answer_fails_it_and_says_why(
+    scorer: lab.Scorer, text: str, passed: bool, why: str
+) -> None:
+    verdict = await judge(scorer, text)
+    assert verdict.passed is passed and why in verdict.reason
+
+
+def test_a_remote_ref_is_never_fetched() -> None:
+    pytest_socket.disable_socket(allow_unix_socket=True)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            verdict = lab.json_schema({"$ref": "https://schemas.example.com/answer.json"}).judged("{}", CASE)
+    finally:
+        pytest_socket.enable_socket()
+    assert verdict.passed is False and "could not be scored: Unresolvable" in verdict.reason
+    assert [str(w.message) for w in seen] == []  # pytest-socket warns of every socket it blocks
+
+
+async def test_template_variables_are_matched_literally_in_a_regex() -> None:
+    kyiv = Query("k", "Capital of Ukraine?", metadata={"vars": {"city": "Kyiv (Kiev"}})
+    result = QueryResult(query=kyiv, index=0, text="Kyiv (Kiev")
+    [verdict] = await lab.regex("^{{city}}$").score_all([result])
+    assert verdict.passed is True
 
 
 async def test_a_python_scorer_may_return_a_value() -> None:
@@ -113,6 +156,20 @@ async def test_scores_summaries_best_variant_and_matrix() -> None:
     view = lab.matrix(scores)
     assert view.frame.loc["long", "eiffel"].startswith("✓ ✓ Paris")
     assert "❌" not in view._repr_html_() and "✗" in view.frame.loc["short", "colosseum"]
+
+
+async def test_a_rubric_whose_grades_fail_gives_failed_scores_not_an_exception() -> None:
+    answers = FakeBackend({"a": Answer("Paris"), "b": Answer("Lyon")})
+    odd = FakeBackend({"grade|a": Fail(ServerError("down")), "grade|b": Answer("[" * 200_000)})
+    down = FakeBackend(default=Fail(ServerError("down")))
+    async with Orchestrator(answers) as orch, Orchestrator(odd, retry=Retry.never()) as grader:
+        run = await orch.run([Query(n, "Capital of France?") for n in "ab"])
+        scores = await lab.score(run, [lab.rubric("names the capital", grader.run)])
+        async with Orchestrator(down, retry=Retry.never()) as every_grade_fails:
+            failed = await lab.score(run, [lab.rubric("names the capital", every_grade_fails.run)])
+    assert scores["passed"].tolist() == [False, False]
+    assert "the grader failed" in scores["reason"][0] and "nested too deeply" in scores["reason"][1]
+    assert failed["passed"].tolist() == [False, False] and all("the grader failed" in r for r in failed["reason"])
 
 
 async def test_a_rubric_grades_through_the_orchestrator_and_survives_malformed_grades() -> None:
