@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from hybrid import BudgetExceeded, ConfigError, Orchestrator, Price, Query, Usage, sim
+from hybrid import BudgetExceeded, ConfigError, Orchestrator, Price, Query, Retry, Usage, sim
 from hybrid.backends.openai_wire import usage_from
 from hybrid.errors import InvalidResponse
+from hybrid.testing import Answer, FakeBackend
 from hybrid.tokens import count_message_tokens
 
 pytestmark = pytest.mark.looptime
@@ -44,6 +45,42 @@ async def test_a_budget_for_ten_queries_sends_at_most_ten_of_forty(concurrency: 
     assert run.metrics.cost_usd == pytest.approx(budget) and orch.budget is not None
     assert orch.budget.spent_usd == pytest.approx(budget)
     assert any("budget stopped 30 of 40" in w for w in run.warnings)
+
+
+@pytest.mark.parametrize("fault", ["truncate", "malformed", "drop"])
+async def test_the_budget_holds_against_what_the_server_bills(fault: str) -> None:
+    """A server that cuts, garbles or drops 30% of its answers, with retries at concurrency 64: the
+    provider's bill (every prompt and completion its model ran) stays within the budget, and the
+    kit never counts less than that bill."""
+    faults = sim.Faults(**{fault: 0.3})
+    backend = sim.backend(sim.SimConfig(seed=9, faults=faults))
+    budget = 60 * one_query_cost()
+    async with Orchestrator(
+        backend, max_concurrency=64, prices={"sim-small": PRICE}, budget_usd=budget, retry=Retry(attempts=3, base=0.1)
+    ) as orch:
+        mixed = [
+            Query(f"q{i:03d}", f"Question {i % 100:02d} about budgets.", max_tokens=MAX_TOKENS, stream=i % 2 == 0)
+            for i in range(200)
+        ]
+        run = await orch.run(mixed, raise_if_all_failed=False)
+    stats = backend.engine.stats()
+    billed = PRICE.cost(Usage(prompt_tokens=stats["prompt_tokens"], completion_tokens=stats["completion_tokens"]))
+    assert orch.budget is not None
+    assert billed <= budget + 1e-12 and orch.budget.spent_usd >= billed - 1e-12
+    assert stats["faults"].get(fault, 0) > 0 and run.metrics.succeeded > 0  # the faults struck, and work was done
+
+
+async def test_queries_wait_for_reservations_to_come_back_instead_of_being_refused() -> None:
+    """A server that reports zero usage: every reservation comes back whole, so all 200 queries are
+    sent (at concurrency 64 they used to be refused while others held reservations)."""
+    backend = FakeBackend(default=Answer("free", delay=1.0, prompt_tokens=0, completion_tokens=0))
+    budget = 10 * one_query_cost()
+    async with Orchestrator(backend, max_concurrency=64, prices={"fake": PRICE}, budget_usd=budget) as orch:
+        run = await orch.run(queries(200))
+    assert run.metrics.succeeded == 200 == len(backend.calls)
+    assert orch.budget is not None and orch.budget.spent_usd == 0.0
+    assert orch.budget.released_usd == pytest.approx(200 * one_query_cost())
+    assert run.metrics.wall_s == 20.0  # ten at a time, as the budget allows: 1 s each
 
 
 async def test_a_budget_needs_prices_and_bounded_queries_before_anything_is_sent() -> None:

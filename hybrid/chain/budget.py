@@ -1,27 +1,39 @@
 """A hard budget, a link of the call chain: no attempt is sent that could take the run past ``budget_usd``.
 
 Before each attempt the link reserves the attempt's worst case, its prompt (the kit's token rule)
-plus ``max_tokens`` at the model's price; if what was spent plus what is reserved plus this
-attempt would pass the budget, the attempt is not sent and the query's row gets a
-:class:`~hybrid.errors.BudgetExceeded` error (kind ``budget``).  After the attempt the reservation
-is replaced by the real cost from the usage the server reported (cached prompt tokens at their
-own price); an attempt sent through a Batch API (``Attempt.batch``) is reserved and paid at the
-batch price.  Because the reservation is taken before sending, concurrency cannot overshoot: at
-any moment, spent plus reserved stays within the budget.  A cache hit never reaches this link
-(the cache comes first in the chain), so it costs nothing.
+plus ``max_tokens`` at the model's price.  If what was spent plus what is reserved plus this
+attempt would pass the budget, the attempt waits for attempts in flight to settle (their unspent
+reservations come back); it is refused, its row getting a :class:`~hybrid.errors.BudgetExceeded`
+error (kind ``budget``), only when it could not fit even if every reservation came back.  Because
+the reservation is taken before sending, concurrency cannot overshoot: at any moment, spent plus
+reserved stays within the budget.
 
+After the attempt the reservation is replaced by what the provider may bill: the real cost from
+the usage the server reported (cached prompt tokens at their own price), or, for an attempt that
+may have been billed without a usage report (an answer cut off or unreadable, an attempt
+cancelled or timed out after its request left), the whole reservation; an attempt that got no
+answer at all (refused with a status, no connection) costs nothing.  So what the budget counts is
+never less than the provider's bill.  An attempt sent through a Batch API (``Attempt.batch``) is
+reserved and paid at the batch price, and never waits: a batch's reservations only come back
+when the batch does, after every line has been filed.
+
+A cache hit never reaches this link (the cache comes first in the chain), so it costs nothing.
 The orchestrator checks before anything is sent that every query has ``max_tokens`` and a price,
 since without them the worst case is unbounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from hybrid.chain import Attempt, Next
-from hybrid.errors import BudgetExceeded
+from hybrid.errors import BudgetExceeded, InvalidResponse
 from hybrid.query import Completion, Price, Query, Usage
 from hybrid.tokens import count_message_tokens
+
+#: Float noise in sums of reservations: below this, money is none.
+_ROUNDING = 1e-12
 
 
 class Budget:
@@ -33,7 +45,10 @@ class Budget:
         self.default_model = default_model
         self.spent_usd = 0.0
         self.reserved_usd = 0.0
+        #: Reserved, then given back unspent (the worst case was not reached, or nothing was billed).
+        self.released_usd = 0.0
         self.refused = 0
+        self._settled = asyncio.Event()
 
     def worst_case(self, query: Query) -> float:
         """The most one attempt of ``query`` can cost: its whole prompt plus ``max_tokens``."""
@@ -43,9 +58,9 @@ class Budget:
 
     def reserve(self, query: Query, *, discount: float = 1.0) -> float:
         """Reserve the worst case of one attempt of ``query`` (times ``discount``, for a batch
-        price) and return it; :class:`BudgetExceeded` when it does not fit."""
+        price) and return it; :class:`BudgetExceeded` when it does not fit now."""
         worst = self.worst_case(query) * discount
-        if self.spent_usd + self.reserved_usd + worst > self.limit_usd + 1e-12:
+        if self.spent_usd + self.reserved_usd + worst > self.limit_usd + _ROUNDING:
             self.refused += 1
             raise BudgetExceeded(
                 f"Not sent: this attempt could cost up to ${worst:.6f}, and ${self.spent_usd:.6f} of the "
@@ -55,18 +70,39 @@ class Budget:
         return worst
 
     def settle(self, reserved: float, spent: float) -> None:
-        """Replace a reservation by what the attempt really cost (0 when it got no answer)."""
+        """Replace a reservation by what the attempt cost (0 when it got no answer); wakes the
+        attempts waiting for money to come back."""
         self.reserved_usd -= reserved
         self.spent_usd += spent
+        self.released_usd += reserved - spent
+        settled, self._settled = self._settled, asyncio.Event()
+        settled.set()
+
+    async def _room(self, worst: float) -> None:
+        """Wait while ``worst`` does not fit now but would once reservations in flight come back."""
+        while (
+            self.spent_usd + self.reserved_usd + worst > self.limit_usd + _ROUNDING
+            and self.spent_usd + worst <= self.limit_usd + _ROUNDING
+            and self.reserved_usd > _ROUNDING
+        ):
+            await self._settled.wait()
 
     async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
         discount = self.prices[query.model or self.default_model].batch_discount if attempt.batch else 1.0
+        if not attempt.batch:
+            await self._room(self.worst_case(query) * discount)
         worst = self.reserve(query, discount=discount)
         try:
             completion = await call_next(query, attempt)
-        except BaseException:
-            self.settle(worst, 0.0)
+        except BaseException as exc:
+            self.settle(worst, worst if _may_have_been_billed(exc, attempt) else 0.0)
             raise
         price = self.prices.get(completion.model) or self.prices[query.model or self.default_model]
         self.settle(worst, price.cost(completion.usage) * (price.batch_discount if attempt.batch else 1.0))
         return completion
+
+
+def _may_have_been_billed(exc: BaseException, attempt: Attempt) -> bool:
+    """Whether a failed attempt may be on the provider's bill: an answer arrived but could not be
+    read whole (cut off, malformed, too large), or the attempt was stopped after its request left."""
+    return isinstance(exc, InvalidResponse) or (isinstance(exc, asyncio.CancelledError) and attempt.sent_at is not None)
