@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from hybrid import ConfigError, Orchestrator, Price, Query, Retry, ServerError, Store
+from hybrid.store.schema import APPLICATION_ID
 from hybrid.testing import Answer, Fail, FakeBackend
 
 pytestmark = pytest.mark.looptime
@@ -137,11 +143,107 @@ def test_unusable_stores_are_refused_before_anything_is_sent(tmp_path: Path) -> 
         Store(garbage)
     newer = tmp_path / "newer.sqlite"
     with sqlite3.connect(newer) as db:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(ConfigError, match="newer version"):
         Store(newer)
     with pytest.raises(ConfigError, match="cannot be"):
         Store("/proc/hybrid-runs.sqlite")  # a folder nobody can create files in, not even root
+
+
+def test_a_sqlite_file_the_kit_did_not_create_is_refused_untouched(tmp_path: Path) -> None:
+    foreign = tmp_path / "app.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO runs (name) VALUES ('someone else''s')")
+    before = foreign.read_bytes()
+    with pytest.raises(ConfigError, match=r"did not create .* left untouched"):
+        Store(foreign)
+    assert foreign.read_bytes() == before and not (tmp_path / "app.sqlite-wal").exists()
+
+
+def test_a_store_of_an_earlier_kit_is_adopted_and_stamped(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with Store(path) as store:
+        store.flush()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA application_id = 0")  # as every store was before the stamp
+    with Store(path):
+        pass
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+def test_a_damaged_store_is_refused_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.sqlite"
+    with Store(path) as store:
+        store._enqueue("INSERT INTO cache VALUES (?, ?, 'm', NULL, 1, 1, 0, 0)", ("k" * 40, "x" * 20_000))
+        store.flush()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    data[page_size * 2 : page_size * 4] = b"\xff" * (page_size * 2)  # the header (page 1) stays intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="damaged"):
+        Store(path)
+
+
+def lease(path: Path, name: str, pid: int, host: str, heartbeat_at: float) -> None:
+    """Make run ``name`` look held by another writer."""
+    with sqlite3.connect(path) as db:
+        (run_id,) = db.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchone()
+        db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)", (run_id, pid, host, heartbeat_at))
+
+
+async def test_a_run_another_live_process_writes_cannot_be_resumed_twice(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    backend = FakeBackend(default=Answer("fine", delay=1.0))
+    async with Orchestrator(backend, store=path) as orch:
+        await orch.run(grid(2), name="grid")
+    holder, host = os.getppid(), socket.gethostname()  # a live process that is not this one
+    lease(path, "grid", holder, host, time.time())
+    async with Orchestrator(backend, store=path) as orch:
+        with pytest.raises(ConfigError, match=f"being written by process {holder}"):
+            await orch.run(grid(4), name="grid", resume=True)
+    assert len(backend.calls) == 2  # nothing was sent twice
+    gone = next(pid for pid in range(4_000_000, 3_000_000, -1) if not psutil.pid_exists(pid))
+    lease(path, "grid", gone, host, time.time())  # its process is gone: the lease lapses at once
+    async with Orchestrator(backend, store=path) as orch:
+        resumed = await orch.run(grid(3), name="grid", resume=True)
+    lease(path, "grid", 1, "another-host", time.time() - 3600)  # silent for an hour on another host: lapsed
+    async with Orchestrator(backend, store=path) as orch:
+        again = await orch.run(grid(4), name="grid", resume=True)
+    assert resumed.metrics.resumed == 2 and again.metrics.resumed == 3 and len(backend.calls) == 4
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0  # each run gave its lease back
+
+
+def test_two_writers_starting_one_name_at_once_get_a_config_error_not_a_sqlite_one(tmp_path: Path) -> None:
+    """Two stores on one file (two notebooks) start the same new run names at the same moment:
+    for each name one wins, the other is told the name is taken."""
+    path = tmp_path / "runs.sqlite"
+    names = [f"grid-{i}" for i in range(40)]
+    start = threading.Barrier(2)
+    outcomes: list[list[str]] = [[], []]
+
+    def writer(store: Store, seen: list[str]) -> None:
+        for name in names:
+            start.wait()
+            try:
+                store.begin_segment(name, mode="gather", settings={}, queries=1, concurrency=1, resume=False)
+                seen.append("began")
+            except Exception as exc:
+                seen.append(type(exc).__name__)
+
+    with Store(path) as first, Store(path) as second:
+        pairs = zip((first, second), outcomes, strict=True)
+        threads = [threading.Thread(target=writer, args=(store, seen)) for store, seen in pairs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert all(sorted(pair) == ["ConfigError", "began"] for pair in zip(*outcomes, strict=True))
 
 
 async def test_a_store_that_fails_mid_run_is_loud_and_loses_no_answer(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
+import socket
 import sqlite3
 import threading
 import time
@@ -20,13 +22,20 @@ from pathlib import Path
 from typing import Any, Self
 
 from hybrid.errors import ConfigError
-from hybrid.store.schema import INSERT_EVENT, INSERT_RESULT, connect, prepare, result_row
+from hybrid.store.schema import INSERT_EVENT, INSERT_RESULT, check_owned, connect, prepare, result_row
 
 log = logging.getLogger("hybrid")
 
 #: How long the writer lets rows gather before one commit: bounds what a kill can lose beyond
 #: the requests in flight (answers of the last few milliseconds), and keeps commits few under load.
 COMMIT_INTERVAL_S = 0.005
+#: This process, as a run's lease names its writer: (pid, host).
+HOLDER = (os.getpid(), socket.gethostname())
+#: How often the writer renews the leases of the runs this process writes.
+HEARTBEAT_S = 10.0
+#: A lease whose process shows no sign of life for this long lapses (a process on another host,
+#: whose death cannot be seen from here; on this host a dead process's lease lapses at once).
+LEASE_EXPIRY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,7 @@ class StoreFile:
         folder = self.path.parent
         if not folder.is_dir():
             raise ConfigError(f"Store({str(path)!r}): the folder {str(folder)!r} does not exist; create it first.")
+        check_owned(self.path)
         try:
             self._reader = connect(self.path)
             prepare(self._reader, self.path)
@@ -58,6 +68,8 @@ class StoreFile:
         self._read_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.failure: BaseException | None = None
+        #: Runs this process is writing: the writer renews their leases every ``HEARTBEAT_S``.
+        self._leased: set[int] = set()
         self._writer = threading.Thread(target=self._write_forever, name="hybrid-store-writer", daemon=True)
         self._writer.start()
         # A script that ends without closing the store must still have every row on disk.
@@ -69,17 +81,26 @@ class StoreFile:
     # -- writing (off the event loop) ---------------------------------------------------------
     def _write_forever(self) -> None:
         connection: sqlite3.Connection | None = None
+        renewed = time.monotonic()
         while True:
-            batch = [self._queue.get()]
-            time.sleep(COMMIT_INTERVAL_S)  # let a burst gather: one commit for many rows
+            try:
+                batch = [self._queue.get(timeout=HEARTBEAT_S)]
+                time.sleep(COMMIT_INTERVAL_S)  # let a burst gather: one commit for many rows
+            except queue.Empty:
+                batch = []
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            statements = [item for item in batch if isinstance(item, tuple)]
+            if self._leased and time.monotonic() - renewed >= HEARTBEAT_S:
+                renewed = time.monotonic()
+                renew = "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND pid = ? AND host = ?"
+                statements += [(renew, (time.time(), run, *HOLDER)) for run in list(self._leased)]
             try:
                 connection = connection or connect(self.path)
-                self._write(connection, [item for item in batch if isinstance(item, tuple)])
+                self._write(connection, statements)
             except (sqlite3.Error, OSError) as exc:
                 if self.failure is None:
                     log.error("hybrid: writing to the run store %s failed: %s; runs continue in memory", self, exc)

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import psutil
 
 from hybrid.errors import ConfigError
 from hybrid.metrics import percentile
 from hybrid.provenance import git_commit, machine_info
 from hybrid.query import QueryResult
-from hybrid.store.base import StoreFile
+from hybrid.store.base import HOLDER, LEASE_EXPIRY_S, StoreFile
 from hybrid.store.schema import IN_LATEST_SEGMENT, INSERT_EVENT, INSERT_RESULT, kit_version, result_from
 
 if TYPE_CHECKING:
@@ -32,57 +33,85 @@ _ANSWERED_LATENCY = (
 class RunLog(StoreFile):
     """Writing runs and reading them back while they go (part of :class:`~hybrid.store.Store`)."""
 
-    def refuse_taken(self, name: str) -> None:
-        """Raise :class:`ConfigError` if a run called ``name`` exists: a name is never silently reused."""
-        if self._read("SELECT 1 FROM runs WHERE name = ?", (name,)):
-            raise ConfigError(
-                f"A run named {name!r} is already in {self}. Pass resume=True to continue it (only what is not "
-                "answered ok yet is sent), or choose another name."
-            )
-
     def begin_segment(
         self, name: str, *, mode: str, settings: dict[str, Any], queries: int, concurrency: int, resume: bool
     ) -> tuple[int, int]:
         """Start a segment of run ``name`` and return (run id, segment number): segment 0 of a new
         run, or with ``resume`` the next segment of the existing one (the run is marked running
-        again).  Written here, directly, so no queued write has to be waited for."""
-        if not resume:
-            self.refuse_taken(name)
+        again), and take the run's lease.  One transaction that holds the file's write lock from
+        the first read, so two processes starting one name, or resuming one run, cannot both go:
+        the second gets a :class:`ConfigError` before anything is sent.  Written here, directly, so
+        no queued write has to be waited for."""
         now = time.time()
         with self._read_lock:
-            found = self._reader.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchall()
-            if found:
-                run_id = int(found[0][0])
-                self._reader.execute(
-                    "UPDATE runs SET mode = ?, settings = ?, queries = ?, status = 'running', ended_at = NULL "
-                    "WHERE id = ?",
-                    (mode, orjson.dumps(settings).decode(), queries, run_id),
-                )
-            else:
-                cursor = self._reader.execute(
-                    "INSERT INTO runs (name, mode, settings, kit_version, git_commit, machine, queries, started_at, "
-                    "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
-                    (
-                        name,
-                        mode,
-                        orjson.dumps(settings).decode(),
-                        kit_version(),
-                        git_commit(),
-                        orjson.dumps(machine_info()).decode(),
-                        queries,
-                        now,
-                    ),
-                )
-                run_id = int(cursor.lastrowid or 0)
-            segment = self._reader.execute(
-                "SELECT COALESCE(MAX(segment) + 1, 0) FROM segments WHERE run_id = ?", (run_id,)
-            ).fetchone()[0]
-            self._reader.execute(
-                "INSERT INTO segments (run_id, segment, mode, queries, concurrency, started_at, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'running')",
-                (run_id, segment, mode, queries, concurrency, now),
+            self._reader.execute("BEGIN IMMEDIATE")
+            try:
+                run_id, segment = self._begin(name, mode, settings, queries, concurrency, resume, now)
+            except BaseException:
+                self._reader.execute("ROLLBACK")
+                raise
+            self._reader.execute("COMMIT")
+        self._leased.add(run_id)
+        return run_id, segment
+
+    def _begin(
+        self, name: str, mode: str, settings: dict[str, Any], queries: int, concurrency: int, resume: bool, now: float
+    ) -> tuple[int, int]:
+        """:meth:`begin_segment`'s statements, inside its transaction."""
+        found = self._reader.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchall()
+        if found and not resume:
+            raise ConfigError(
+                f"A run named {name!r} is already in {self}. Pass resume=True to continue it (only what is not "
+                "answered ok yet is sent), or choose another name."
             )
-            return run_id, int(segment)
+        if found:
+            run_id = int(found[0][0])
+            self._refuse_leased(name, run_id, now)
+            self._reader.execute(
+                "UPDATE runs SET mode = ?, settings = ?, queries = ?, status = 'running', ended_at = NULL WHERE id = ?",
+                (mode, orjson.dumps(settings).decode(), queries, run_id),
+            )
+        else:
+            cursor = self._reader.execute(
+                "INSERT INTO runs (name, mode, settings, kit_version, git_commit, machine, queries, started_at, "
+                "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                (
+                    name,
+                    mode,
+                    orjson.dumps(settings).decode(),
+                    kit_version(),
+                    git_commit(),
+                    orjson.dumps(machine_info()).decode(),
+                    queries,
+                    now,
+                ),
+            )
+            run_id = int(cursor.lastrowid or 0)
+        self._reader.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)", (run_id, *HOLDER, now))
+        segment = self._reader.execute(
+            "SELECT COALESCE(MAX(segment) + 1, 0) FROM segments WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
+        self._reader.execute(
+            "INSERT INTO segments (run_id, segment, mode, queries, concurrency, started_at, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'running')",
+            (run_id, segment, mode, queries, concurrency, now),
+        )
+        return run_id, int(segment)
+
+    def _refuse_leased(self, name: str, run_id: int, now: float) -> None:
+        """Raise :class:`ConfigError` if another live process holds run ``name``'s lease."""
+        row = self._reader.execute("SELECT pid, host, heartbeat_at FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None or (row[0], row[1]) == HOLDER:
+            return
+        pid, host, heartbeat_at = row
+        silent = now - heartbeat_at
+        gone = silent > LEASE_EXPIRY_S or (host == HOLDER[1] and not psutil.pid_exists(pid))
+        if not gone:
+            raise ConfigError(
+                f"Run {name!r} is being written by process {pid} on {host} (its last sign of life {silent:.0f} s "
+                f"ago), so resuming it here would send its queries twice. Wait for that run to end or stop it; a "
+                f"lease lapses when its process is gone, or {LEASE_EXPIRY_S:.0f} s after its last sign of life."
+            )
 
     def record(self, run_id: int, segment: int, result: QueryResult, default_model: str) -> None:
         """Queue ``result`` for writing: it returns at once, and the writer thread computes the
@@ -119,6 +148,8 @@ class RunLog(StoreFile):
             ),
         )
         self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, now, run_id))
+        self._enqueue("DELETE FROM leases WHERE run_id = ? AND pid = ? AND host = ?", (run_id, *HOLDER))
+        self._leased.discard(run_id)
         self._enqueue(INSERT_EVENT, (run_id, "final_result", None, now, None))
 
     def events(self, name: str, *, after: int = 0) -> list[tuple[int, str, int | None, float, int | None]]:

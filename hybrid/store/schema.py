@@ -19,8 +19,13 @@ from hybrid.fingerprint import fingerprint
 from hybrid.query import Query, QueryResult, Usage
 
 #: 2: remote_jobs (batch ids); 3: events (what a live viewer follows); 4: latency parts;
-#: 5: segments (a run and each resume, with what the run measured beyond its rows) and cached prompt tokens.
-SCHEMA_VERSION = 5
+#: 5: segments (a run and each resume, with what the run measured beyond its rows) and cached prompt tokens;
+#: 6: leases (which process is writing a run).
+SCHEMA_VERSION = 6
+#: Stamped in every store (``PRAGMA application_id``, "HYBR"): a file without it is not the kit's.
+APPLICATION_ID = 0x48594252
+#: The tables every store of the kit has had since its first schema.
+_OWN_TABLES = {"runs", "results"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -106,6 +111,12 @@ CREATE TABLE IF NOT EXISTS events (
     tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
+CREATE TABLE IF NOT EXISTS leases (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cache (
     fingerprint TEXT PRIMARY KEY,
     text TEXT NOT NULL,
@@ -149,6 +160,46 @@ def connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+def check_owned(path: Path) -> None:
+    """Refuse, before anything touches it, a file that is not a run store of the kit, or is damaged.
+
+    Ours: a file stamped with :data:`APPLICATION_ID`; a store of an earlier kit (no stamp, but the
+    kit's own tables and a schema version it wrote), which :func:`prepare` adopts and stamps; or an
+    empty file.  Anything else (another program's SQLite file, even one with a ``runs`` table) is
+    left exactly as it was: opening it for writing would switch it to WAL and add tables.  A store
+    whose pages are damaged is found here (``PRAGMA quick_check``, which reads the whole file once),
+    not halfway through a run."""
+    if str(path) == ":memory:" or not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"Store({str(path)!r}) cannot be opened: {exc}.") from None
+    try:
+        stamp = probe.execute("PRAGMA application_id").fetchone()[0]
+        version = probe.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        earlier_kit = stamp == 0 and 1 <= version <= SCHEMA_VERSION and _OWN_TABLES <= tables
+        if stamp != APPLICATION_ID and not earlier_kit and (tables or version or stamp):
+            raise ConfigError(
+                f"Store({str(path)!r}) is a SQLite file that the kit did not create (its tables: "
+                f"{', '.join(sorted(tables)) or 'none'}); it was left untouched. Pass a new path for the run store."
+            )
+        problems = [row[0] for row in probe.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(
+            f"Store({str(path)!r}) cannot be used: {exc}. If it is not a hybrid run store (or is damaged), "
+            "pass another path; to inspect it, open it with the sqlite3 shell."
+        ) from None
+    finally:
+        probe.close()
+    if problems != ["ok"]:
+        raise ConfigError(
+            f"Store({str(path)!r}) is damaged ({'; '.join(problems[:3])}). Its runs may be partly readable with "
+            "the sqlite3 shell (.recover); start a new store file for new runs."
+        )
+
+
 def prepare(connection: sqlite3.Connection, path: Path) -> None:
     """Create the tables of a new file, or upgrade an older file in place; refuse a newer one."""
     version = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -157,15 +208,18 @@ def prepare(connection: sqlite3.Connection, path: Path) -> None:
             f"Store({str(path)!r}) was written by a newer version of the kit (schema {version}, this one "
             f"reads {SCHEMA_VERSION}); upgrade hybrid-llm-kit, or use another file."
         )
+    stamp = f"PRAGMA application_id = {APPLICATION_ID};"
     if version == SCHEMA_VERSION:
+        if connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            connection.execute(stamp)  # a store of the kit from before the stamp: adopted
         return
-    if version == 0:
+    if version == 0 or version == 5:  # a new file; or schema 6's one new table, leases
         script = SCHEMA
     else:  # schema 4 added the latency decomposition's columns, schema 5 the segments
         added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in LATENCY_PARTS)
         script = (added if version < 4 else "") + TO_SEGMENTS
     try:
-        connection.executescript(f"BEGIN;{script}PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        connection.executescript(f"BEGIN;{script}{stamp}PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
     except sqlite3.OperationalError as exc:
         raise ConfigError(
             f"Store({str(path)!r}) cannot be written ({exc}): choose a folder you can write to."
