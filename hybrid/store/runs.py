@@ -30,6 +30,20 @@ _ANSWERED_LATENCY = (
 )
 
 
+#: How much of a row's text a viewer shows, in characters.
+SHOWN_CHARS = 300
+#: The bytes that hold them (UTF-8 is at most 4 bytes a character), read as a blob: SQLite's text
+#: functions stop at a NUL byte, which an answer may hold.
+_SHOWN_TEXT = f"substr(CAST(r.text AS BLOB), 1, {4 * SHOWN_CHARS})"
+
+
+def _shown(raw: bytes | None) -> str | None:
+    """The text a viewer shows of a row: its first characters, a NUL as ␀ (a browser would drop it)."""
+    if raw is None:
+        return None
+    return raw.decode("utf-8", "ignore")[:SHOWN_CHARS].replace("\x00", "\u2400")
+
+
 class RunLog(StoreFile):
     """Writing runs and reading them back while they go (part of :class:`~hybrid.store.Store`)."""
 
@@ -172,7 +186,7 @@ class RunLog(StoreFile):
         for start in range(0, len(indexes), 500):
             chunk = list(indexes[start : start + 500])
             rows = self._read(
-                f"SELECT r.idx, r.name, r.error_kind, substr(r.text, 1, 300), {_ANSWERED_LATENCY}, "
+                f"SELECT r.idx, r.name, r.error_kind, {_SHOWN_TEXT}, {_ANSWERED_LATENCY}, "
                 "r.prompt_tokens + r.completion_tokens, r.cost_usd, r.origin FROM results r "
                 f"JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND {IN_LATEST_SEGMENT} "
                 f"AND r.idx IN ({', '.join('?' * len(chunk))})",
@@ -181,6 +195,7 @@ class RunLog(StoreFile):
             keys = ("index", "name", "error_kind", "text", "latency_s", "total_tokens", "cost_usd", "origin")
             for row in rows:
                 brief = dict(zip(keys, row, strict=True))
+                brief["text"] = _shown(brief["text"])
                 brief["ok"] = brief["error_kind"] is None
                 found[int(row[0])] = brief
         return found

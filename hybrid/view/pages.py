@@ -24,10 +24,15 @@ def page(title: str, body: str, *, script: bool = False) -> str:
     scripts = '<script src="/static/viewer.js" defer></script>' if script else ""
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)} · hybrid view</title>"
+        f"<title>{_escape(title)} · hybrid view</title>"
         f"<link rel='stylesheet' href='/static/viewer.css'>{scripts}</head><body>"
-        f"<header><a href='/'>hybrid view</a></header><main><h1>{html.escape(title)}</h1>{body}</main></body></html>"
+        f"<header><a href='/'>hybrid view</a></header><main><h1>{_escape(title)}</h1>{body}</main></body></html>"
     )
+
+
+def _escape(text: str) -> str:
+    """``text`` for HTML, a NUL shown as ␀ (browsers drop it, or end the text there)."""
+    return html.escape(text).replace("\x00", "\u2400")
 
 
 def _cell(value: Any) -> str:
@@ -35,7 +40,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return html.escape(str(value))
+    return _escape(str(value))
 
 
 def runs_page(runs: pd.DataFrame) -> str:
@@ -44,7 +49,7 @@ def runs_page(runs: pd.DataFrame) -> str:
     rows = []
     for run in runs.to_dict("records"):
         name = str(run["name"])
-        link = f"<a href='/runs/{quote(name, safe='')}'>{html.escape(name)}</a>"
+        link = f"<a href='/runs/{quote(name, safe='')}'>{_escape(name)}</a>"
         when = run["started_at"].strftime("%Y-%m-%d %H:%M:%S UTC")
         keys = ("mode", "status", "segments", "queries", "ok", "failed", "wall_s", "total_tokens", "cost_usd")
         values = [run["mode"], run["status"], when, *(run[k] for k in keys[2:])]
@@ -93,8 +98,8 @@ def run_page(name: str, info: dict[str, Any], rows: dict[int, dict[str, Any]], r
     ok = sum(1 for r in rows.values() if r["ok"])
     status = str(info["status"])
     summary = (
-        f"<p id='summary' data-run='{html.escape(name)}' data-status='{html.escape(status)}' data-queries='{queries}'>"
-        f"<b>{status}</b> · mode {html.escape(str(info['mode']))} · <span id='done'>{done}</span> of {queries} "
+        f"<p id='summary' data-run='{_escape(name)}' data-status='{_escape(status)}' data-queries='{queries}'>"
+        f"<b>{status}</b> · mode {_escape(str(info['mode']))} · <span id='done'>{done}</span> of {queries} "
         f"finished · <span id='ok'>{ok}</span> ok · <span id='failed'>{done - ok}</span> failed</p>"
         f"<progress id='progress' max='{queries}' value='{done}'></progress>"
     )
@@ -111,7 +116,7 @@ def _figures(run: RunResult) -> str:
 
     m = run.metrics
     # The line the notebook printed for this run, from the same code (RunResult.summary).
-    numbers = f"<p class='metrics'><b>{html.escape(run.summary())}</b> · p95 latency {_duration(m.p95_latency_s)}</p>"
+    numbers = f"<p class='metrics'><b>{_escape(run.summary())}</b> · p95 latency {_duration(m.p95_latency_s)}</p>"
     numbers += _where_the_time_went(run)
     if len(run.results) > MAX_PLOTTED_ROWS:
         return numbers + f"<p>Plots are left out above {MAX_PLOTTED_ROWS} queries.</p>"
@@ -153,5 +158,10 @@ def compare_page(a: str, b: str, frame: pd.DataFrame) -> str:
     return page(f"{a} vs {b}", table.replace("<table", "<table id='compare'", 1))
 
 
+def refused(why: str) -> str:
+    """A page that says why the viewer will not answer (wrong host, no token, no store, a bad request)."""
+    return page("Not available", f"<p>{_escape(why)}</p>")
+
+
 def not_found(what: str) -> str:
-    return page("Not found", f"<p>{html.escape(what)}</p><p><a href='/'>All runs</a></p>")
+    return page("Not found", f"<p>{_escape(what)}</p><p><a href='/'>All runs</a></p>")

@@ -9,8 +9,9 @@ reconnects (``Last-Event-ID``) continues exactly where it stopped, losing and re
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,38 @@ POLL_S = 0.2
 #: A comment line this often keeps proxies and browsers from closing a quiet stream.
 KEEPALIVE_S = 15.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: The largest ``Last-Event-ID`` there can be (an event's sequence number is a SQLite integer).
+MAX_EVENT_ID = 2**63 - 1
+#: The cookie that carries the access token of a viewer bound beyond loopback.
+TOKEN_COOKIE = "hybrid_view_token"
 _STATIC = Path(__file__).with_name("static")
-_STORE: web.AppKey[Store] = web.AppKey("store", Store)
+
+
+class _Opened:
+    """The store a viewer reads, reopened when its file is replaced (and missing while it is deleted)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._file = _file_identity(store.path)
+
+    def current(self) -> Store | None:
+        """The store as its file stands now: None when the file is gone."""
+        try:
+            identity = _file_identity(self.store.path)
+        except FileNotFoundError:
+            return None
+        if identity != self._file:  # another file at the same path (a new store copied over it)
+            old, self.store, self._file = self.store, Store(self.store.path), identity
+            old.close()
+        return self.store
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+_OPENED: web.AppKey[_Opened] = web.AppKey("opened", _Opened)
 
 
 def open_store(path: str | Path) -> Store:
@@ -40,21 +71,56 @@ def open_store(path: str | Path) -> Store:
     return Store(path)
 
 
-def make_app(store: Store) -> web.Application:
-    """The viewer for ``store`` (a :class:`~hybrid.store.Store`), as an aiohttp application."""
-    app = web.Application()
-    app[_STORE] = store
+def make_app(store: Store, *, hosts: Iterable[str] = LOOPBACK, token: str | None = None) -> web.Application:
+    """The viewer for ``store`` (a :class:`~hybrid.store.Store`), as an aiohttp application.
+
+    It answers only requests whose ``Host`` is one of ``hosts`` (by default loopback names), so a
+    web page elsewhere cannot read it through DNS rebinding; with ``token``, every request must
+    also carry it (``?token=`` once, then a cookie), which :func:`serve` requires when bound beyond
+    loopback."""
+    app = web.Application(middlewares=[_guard(frozenset(h.lower().strip("[]") for h in hosts), token)])
+    app[_OPENED] = _Opened(store)
     app.router.add_get("/", _runs)
-    app.router.add_get("/runs/{name}", _run)
-    app.router.add_get("/runs/{name}/events", _events)
+    # Any name but a slash: aiohttp's default pattern for a path part leaves out { and }.
+    app.router.add_get("/runs/{name:[^/]+}", _run)
+    app.router.add_get("/runs/{name:[^/]+}/events", _events)
     app.router.add_get("/compare", _compare)
     app.router.add_static("/static", _STATIC)
     return app
 
 
+def _guard(hosts: frozenset[str], token: str | None) -> Any:
+    """The middleware that checks every request's Host (and token), and that the store is there."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        if _host_name(request.host or "") not in hosts:
+            return _html(pages.refused(f"This viewer answers only to {', '.join(sorted(hosts))}."), status=421)
+        given = request.query.get("token")
+        if token is not None and token not in (given, request.cookies.get(TOKEN_COOKIE)):
+            return _html(pages.refused("Open the link `hybrid view` printed: it carries the access token."), 403)
+        if await asyncio.to_thread(request.app[_OPENED].current) is None:
+            gone = f"The run store {request.app[_OPENED].store.path} is gone (deleted or moved)."
+            return _html(pages.refused(f"{gone} Restart `hybrid view` with a store that exists."), status=503)
+        response: web.StreamResponse = await handler(request)
+        if token is not None and given == token:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return response
+
+    return guard
+
+
+def _host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port or an IPv6 address's brackets, lower case."""
+    name = header if header.endswith("]") or header.count(":") != 1 else header.rsplit(":", 1)[0]
+    if name.startswith("[") and "]" in name:
+        name = name[1 : name.index("]")]
+    return name.lower()
+
+
 async def _read(request: web.Request, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``call(store, *args, **kwargs)`` in a worker thread (SQLite reads block)."""
-    return await asyncio.to_thread(call, request.app[_STORE], *args, **kwargs)
+    return await asyncio.to_thread(call, request.app[_OPENED].store, *args, **kwargs)
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -99,10 +165,10 @@ async def _events(request: web.Request) -> web.StreamResponse:
     info = await _read(request, _run_info, name)
     if info is None:
         return _html(pages.not_found(f"No run named {name!r} in this store."), status=404)
-    try:
-        last = int(request.headers.get("Last-Event-ID") or request.query.get("after") or 0)
-    except ValueError:
-        last = 0
+    given = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    if not given.isdigit() or not given.isascii() or int(given) > MAX_EVENT_ID:
+        return _html(pages.refused(f"Last-Event-ID must be an event's number, got {given[:40]!r}."), status=400)
+    last = int(given)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     quiet = 0.0
@@ -139,22 +205,32 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
     announce: Callable[[str], None] | None = None,
+    allow_hosts: Iterable[str] = (),
 ) -> None:
     """Serve the viewer for ``store`` until cancelled; ``announce`` gets the URL once it listens
-    (default: print it).  From a terminal: ``hybrid view --store runs.sqlite``."""
+    (default: print it).  From a terminal: ``hybrid view --store runs.sqlite``.
+
+    Bound to loopback, it answers to loopback names only.  Bound beyond it, it also answers to
+    ``host`` and ``allow_hosts`` (the names people will type), and every request needs the access
+    token that the announced URL carries."""
     opened = store if isinstance(store, Store) else open_store(store)
+    token = None
     if host not in LOOPBACK:
+        token = secrets.token_urlsafe(16)
         print(
-            f"hybrid view: serving on {host}, reachable beyond this machine; the store's prompts and answers "
-            "are readable by anyone who can reach it.",
+            f"hybrid view: serving on {host}, reachable beyond this machine: only with the link below, which "
+            "carries an access token; anyone with the link can read the store's prompts and answers.",
             file=sys.stderr,
         )
-    runner = web.AppRunner(make_app(opened), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+    hosts = {*LOOPBACK, *allow_hosts} | ({host} if token else set())
+    app = make_app(opened, hosts=hosts, token=token)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
         bound_host, bound_port = runner.addresses[0][:2]
         url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
+        url += f"?token={token}" if token else ""
         (announce or (lambda u: print(f"hybrid view: {u} (Ctrl-C stops)", flush=True)))(url)
         await asyncio.Event().wait()
     finally:
