@@ -693,15 +693,15 @@ def _with_store_warning(run: RunResult, record: RunRecord | None, status: str) -
     """Write the run's end to the store; if the store failed, say so on the run (its rows are complete)."""
     if record is None:
         return run
-    record.end(run, status)
     failure = record.store.failure
-    if failure is None:
-        return run
-    note = (
-        f"Writing to the run store {record.store} failed ({type(failure).__name__}: {failure}); "
-        "the run completed in memory, but not every row may be saved."
-    )
-    return replace(run, warnings=(*run.warnings, note))
+    if failure is not None:
+        note = (
+            f"Writing to the run store {record.store} failed ({type(failure).__name__}: {failure}); "
+            "the run completed in memory, but not every row may be saved: the stored run says 'incomplete'."
+        )
+        run = replace(run, warnings=(*run.warnings, note))
+    record.end(run, status)
+    return run
 
 
 class EventStream:

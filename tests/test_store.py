@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from hybrid import ConfigError, Orchestrator, Price, Query, Retry, ServerError, Store
-from hybrid.store.schema import APPLICATION_ID
+from hybrid.store.schema import APPLICATION_ID, INSERT_RESULT
 from hybrid.testing import Answer, Fail, FakeBackend
 
 pytestmark = pytest.mark.looptime
@@ -260,6 +260,31 @@ async def test_a_store_that_fails_mid_run_is_loud_and_loses_no_answer(
     assert run.ok and len(run.results) == 5 and "disk is full" in caplog.text
     follow_up = orch.last_run
     assert follow_up is not None and any("run store" in w for w in follow_up.warnings)
+
+
+async def test_a_run_that_lost_rows_to_a_full_disk_is_stored_as_incomplete(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up for a while, then has room again: the rows written before and after are
+    kept, the run's end is written, and it says ``incomplete``, not ``finished``."""
+    real_write = Store._write
+    failed = []
+
+    def full_for_a_while(connection: sqlite3.Connection, statements: list[tuple[str, object]]) -> None:
+        if any(sql is INSERT_RESULT for sql, _ in statements) and not failed:
+            failed.append(True)
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")  # SQLite rolled back by itself, as on SQLITE_FULL
+            raise sqlite3.OperationalError("database or disk is full")
+        real_write(connection, statements)
+
+    monkeypatch.setattr(Store, "_write", staticmethod(full_for_a_while))
+    async with Orchestrator(FakeBackend(default=Answer("fine", delay=1.0)), store=store) as orch:
+        run = await orch.run(grid(5), name="grid")
+    store.flush()
+    info = store.runs().set_index("name").loc["grid"]
+    assert info["status"] == "incomplete" and failed
+    assert any("incomplete" in w for w in run.warnings) and "disk is full" in str(store.failure)
 
 
 async def test_history_compare_and_export(store: Store, tmp_path: Path) -> None:

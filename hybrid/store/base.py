@@ -142,7 +142,8 @@ class StoreFile:
                     connection.execute(sql, values)
             write_pending()
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
 

@@ -60,9 +60,11 @@ class RunRecord:
             self.store.record_progress(self.run_id, index, tokens)
 
     def end(self, run: RunResult, status: str) -> None:
-        """Write the segment's end (nothing, if it never opened)."""
+        """Write the segment's end (nothing, if it never opened).  A run that finished while the
+        store failed to write some of its rows (a full disk) is stored as ``incomplete``."""
         if self.run_id is not None:
-            self.store.end_segment(self.run_id, self.segment, status, run)
+            lost = status == "finished" and self.store.failure is not None
+            self.store.end_segment(self.run_id, self.segment, "incomplete" if lost else status, run)
 
     def resumed(self, queries: Sequence[Query], stages: Sequence[int | None]) -> list[QueryResult]:
         """The rows of ``queries`` already answered ok under this name: not sent again.  Each comes
