@@ -29,13 +29,19 @@ log = logging.getLogger("hybrid")
 #: How long the writer lets rows gather before one commit: bounds what a kill can lose beyond
 #: the requests in flight (answers of the last few milliseconds), and keeps commits few under load.
 COMMIT_INTERVAL_S = 0.005
-#: This process, as a run's lease names its writer: (pid, host).
-HOLDER = (os.getpid(), socket.gethostname())
+#: This machine, as a run's lease names it.
+HOST = socket.gethostname()
 #: How often the writer renews the leases of the runs this process writes.
 HEARTBEAT_S = 10.0
 #: A lease whose process shows no sign of life for this long lapses (a process on another host,
 #: whose death cannot be seen from here; on this host a dead process's lease lapses at once).
 LEASE_EXPIRY_S = 60.0
+
+
+def holder() -> tuple[int, str]:
+    """This process, as a run's lease names its writer: (pid, host); read at each use, since a
+    forked child is another writer than its parent."""
+    return os.getpid(), HOST
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +103,7 @@ class StoreFile:
             if self._leased and time.monotonic() - renewed >= HEARTBEAT_S:
                 renewed = time.monotonic()
                 renew = "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND pid = ? AND host = ?"
-                statements += [(renew, (time.time(), run, *HOLDER)) for run in list(self._leased)]
+                statements += [(renew, (time.time(), run, *holder())) for run in list(self._leased)]
             try:
                 connection = connection or connect(self.path)
                 self._write(connection, statements)

@@ -15,7 +15,7 @@ from hybrid.errors import ConfigError
 from hybrid.metrics import percentile
 from hybrid.provenance import git_commit, machine_info
 from hybrid.query import QueryResult
-from hybrid.store.base import HOLDER, LEASE_EXPIRY_S, StoreFile
+from hybrid.store.base import HOST, LEASE_EXPIRY_S, StoreFile, holder
 from hybrid.store.schema import IN_LATEST_SEGMENT, INSERT_EVENT, INSERT_RESULT, kit_version, result_from
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class RunLog(StoreFile):
                 ),
             )
             run_id = int(cursor.lastrowid or 0)
-        self._reader.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)", (run_id, *HOLDER, now))
+        self._reader.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)", (run_id, *holder(), now))
         segment = self._reader.execute(
             "SELECT COALESCE(MAX(segment) + 1, 0) FROM segments WHERE run_id = ?", (run_id,)
         ).fetchone()[0]
@@ -115,11 +115,11 @@ class RunLog(StoreFile):
     def _refuse_leased(self, name: str, run_id: int, now: float) -> None:
         """Raise :class:`ConfigError` if another live process holds run ``name``'s lease."""
         row = self._reader.execute("SELECT pid, host, heartbeat_at FROM leases WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None or (row[0], row[1]) == HOLDER:
+        if row is None or (row[0], row[1]) == holder():
             return
         pid, host, heartbeat_at = row
         silent = now - heartbeat_at
-        gone = silent > LEASE_EXPIRY_S or (host == HOLDER[1] and not psutil.pid_exists(pid))
+        gone = silent > LEASE_EXPIRY_S or (host == HOST and not psutil.pid_exists(pid))
         if not gone:
             raise ConfigError(
                 f"Run {name!r} is being written by process {pid} on {host} (its last sign of life {silent:.0f} s "
@@ -162,7 +162,7 @@ class RunLog(StoreFile):
             ),
         )
         self._enqueue("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?", (status, now, run_id))
-        self._enqueue("DELETE FROM leases WHERE run_id = ? AND pid = ? AND host = ?", (run_id, *HOLDER))
+        self._enqueue("DELETE FROM leases WHERE run_id = ? AND pid = ? AND host = ?", (run_id, *holder()))
         self._leased.discard(run_id)
         self._enqueue(INSERT_EVENT, (run_id, "final_result", None, now, None))
 
