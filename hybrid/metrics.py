@@ -68,6 +68,19 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A hard budget (``budget_usd=``) as a run ended: its limit, what the orchestrator's attempts
+    have spent so far (what the provider may bill), what attempts still in flight hold, and what
+    was reserved and given back unspent.  The budget belongs to the orchestrator, so the numbers
+    cover every run it made, up to this one's end."""
+
+    limit_usd: float
+    spent_usd: float
+    reserved_usd: float
+    released_usd: float
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunMetrics:
     """Aggregate numbers of one run; every field is derived from the per-query results."""
@@ -112,6 +125,8 @@ class RunMetrics:
     mean_network_s: float | None = None
     #: ``max_concurrency="auto"``: (seconds into the run, concurrency limit) at each change.
     concurrency_trace: tuple[tuple[float, int], ...] = ()
+    #: With ``budget_usd=``: the budget as the run ended.
+    budget: BudgetState | None = None
 
     @classmethod
     def compute(
@@ -122,6 +137,7 @@ class RunMetrics:
         cpu_s: float,
         concurrency: int | None,
         concurrency_trace: Sequence[tuple[float, int]] = (),
+        budget: BudgetState | None = None,
     ) -> RunMetrics:
         sent = [r for r in results if r.attempts > 0 and r.origin == "sent"]
         split = [r for r in sent if r.network_s is not None]
@@ -179,6 +195,7 @@ class RunMetrics:
             mean_server_s=_mean(r.server_s for r in split),
             mean_network_s=_mean(r.network_s for r in split),
             concurrency_trace=tuple(concurrency_trace),
+            budget=budget,
         )
 
     @classmethod

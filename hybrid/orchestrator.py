@@ -436,6 +436,7 @@ class Orchestrator:
                 on_start=None if record is None else record.started,
                 on_progress=None if record is None else record.progressed,
                 limit_trace=None if self.adaptive is None else self.adaptive.trace,
+                budget=None if self.budget is None else self.budget.state,
             )
             for result in resumed:
                 state.finish(result)

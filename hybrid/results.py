@@ -89,7 +89,7 @@ class RunResult:
             cost = "" if m.batch_cost_usd is None else f", ${m.batch_cost_usd:.6f} at the batch price"
             return (
                 f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({how}); {m.batched} through the "
-                f"Batch API{cost}; {m.total_tokens} tokens; {m.attempts} lines submitted"
+                f"Batch API{cost}; {m.total_tokens} tokens; {m.attempts} lines submitted{_budget(m)}"
             )
         ideal = (
             "ideal unknown: no single concurrency limit"
@@ -98,7 +98,7 @@ class RunResult:
         )
         return (
             f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({how}); parallel efficiency "
-            f"{m.parallel_efficiency:.0%} ({ideal}); {m.total_tokens} tokens; {m.retries} retries"
+            f"{m.parallel_efficiency:.0%} ({ideal}); {m.total_tokens} tokens; {m.retries} retries{_budget(m)}"
         )
 
     def __repr__(self) -> str:
@@ -123,3 +123,12 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _budget(m: RunMetrics) -> str:
+    """The summary's words on a budget: spent of the limit, what is still reserved, what came back."""
+    if m.budget is None:
+        return ""
+    b = m.budget
+    held = f", ${b.reserved_usd:.6f} still reserved" if b.reserved_usd > 1e-12 else ""
+    return f"; budget ${b.spent_usd:.6f} of ${b.limit_usd:.6f} spent{held}, ${b.released_usd:.6f} reserved and released"

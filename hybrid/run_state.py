@@ -22,7 +22,7 @@ from typing import Any
 from hybrid import progress
 from hybrid.errors import Cancelled
 from hybrid.events import Event, QueryFinished, QueryProgress, QueryStarted
-from hybrid.metrics import RunMetrics
+from hybrid.metrics import BudgetState, RunMetrics
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
 from hybrid.tokens import count_tokens
@@ -51,10 +51,13 @@ class RunState:
         on_start: Callable[[int], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         limit_trace: Sequence[tuple[float, int]] | None = None,
+        budget: Callable[[], BudgetState] | None = None,
     ) -> None:
         self.queries = list(queries)
         #: ``max_concurrency="auto"``: the adaptive limit's changes (loop times), shared and growing.
         self.limit_trace = limit_trace
+        #: With a budget: how it stands, read as the run ends.
+        self.budget = budget
         self.stages = list(stages)
         self.mode = mode
         self.concurrency = concurrency
@@ -135,7 +138,12 @@ class RunState:
         warnings = [*self._notes, *self._failure_warnings(results)]
         try:
             metrics = RunMetrics.compute(
-                results, wall_s=wall, cpu_s=cpu, concurrency=self.concurrency, concurrency_trace=self._run_trace()
+                results,
+                wall_s=wall,
+                cpu_s=cpu,
+                concurrency=self.concurrency,
+                concurrency_trace=self._run_trace(),
+                budget=None if self.budget is None else self.budget(),
             )
         except Exception as exc:  # never lose the rows over a number
             log.exception("hybrid: computing the run's metrics failed; the rows are kept")

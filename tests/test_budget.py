@@ -4,9 +4,11 @@ simulator's own counter."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from hybrid import BudgetExceeded, ConfigError, Orchestrator, Price, Query, Retry, Usage, sim
+from hybrid import BudgetExceeded, ConfigError, Orchestrator, Price, Query, Retry, Store, Usage, sim
 from hybrid.backends.openai_wire import usage_from
 from hybrid.errors import InvalidResponse
 from hybrid.testing import Answer, FakeBackend
@@ -81,6 +83,24 @@ async def test_queries_wait_for_reservations_to_come_back_instead_of_being_refus
     assert orch.budget is not None and orch.budget.spent_usd == 0.0
     assert orch.budget.released_usd == pytest.approx(200 * one_query_cost())
     assert run.metrics.wall_s == 20.0  # ten at a time, as the budget allows: 1 s each
+
+
+async def test_the_run_states_its_budget_and_the_store_keeps_it(tmp_path: Path) -> None:
+    """Spent, still reserved and released: in the metrics and the summary line, live and loaded."""
+    backend = sim.backend(sim.SimConfig(seed=5))
+    budget = 10 * one_query_cost()
+    path = tmp_path / "runs.sqlite"
+    async with Orchestrator(
+        backend, max_concurrency=4, prices={"sim-small": PRICE}, budget_usd=budget, store=path
+    ) as orch:
+        run = await orch.run(queries(12), name="capped", raise_if_all_failed=False)
+    state = run.metrics.budget
+    assert state is not None and state.limit_usd == budget and state.reserved_usd == 0.0
+    assert state.spent_usd == pytest.approx(budget) and state.released_usd == pytest.approx(0.0, abs=1e-12)
+    assert f"budget ${state.spent_usd:.6f} of ${budget:.6f} spent" in run.summary()
+    with Store(path) as store:
+        loaded = store.load("capped")
+    assert loaded.metrics.budget == state and loaded.summary() == run.summary()
 
 
 async def test_a_budget_needs_prices_and_bounded_queries_before_anything_is_sent() -> None:

@@ -447,3 +447,27 @@ async def test_an_older_store_is_upgraded_in_place_and_says_what_it_never_record
         assert run.results[0].network_s == pytest.approx(1.0)
     with sqlite3.connect(old) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+
+
+async def test_a_schema_5_store_gains_leases_and_budgets_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v5.sqlite"
+    capped = [Query(q.name, q.prompt, max_tokens=8) for q in grid(3)]  # a budget needs max_tokens
+    with Store(path) as store:
+        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=store) as orch:
+            first = await orch.run(capped[:2], name="before")
+    with sqlite3.connect(path) as db:  # as schema 5 left it: no leases, no budgets, no stamp
+        db.execute("DROP TABLE leases")
+        db.execute("ALTER TABLE segments DROP COLUMN budget")
+        db.execute("PRAGMA application_id = 0")
+        db.execute("PRAGMA user_version = 5")
+    prices = {"fake": Price(prompt_per_mtok=1.0, completion_per_mtok=1.0)}
+    with Store(path) as upgraded:
+        assert upgraded.load("before").summary() == first.summary()
+        backend = FakeBackend(default=Answer(delay=1.0))
+        async with Orchestrator(backend, store=upgraded, prices=prices, budget_usd=1.0) as orch:
+            resumed = await orch.run(capped, name="before", resume=True)
+        assert len(backend.calls) == 1
+        assert upgraded.load("before", segment=-1).metrics.budget == resumed.metrics.budget is not None
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID

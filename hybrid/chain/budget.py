@@ -29,6 +29,7 @@ from collections.abc import Mapping
 
 from hybrid.chain import Attempt, Next
 from hybrid.errors import BudgetExceeded, InvalidResponse
+from hybrid.metrics import BudgetState
 from hybrid.query import Completion, Price, Query, Usage
 from hybrid.tokens import count_message_tokens
 
@@ -49,6 +50,10 @@ class Budget:
         self.released_usd = 0.0
         self.refused = 0
         self._settled = asyncio.Event()
+
+    def state(self) -> BudgetState:
+        """The budget as it stands (for the run's metrics)."""
+        return BudgetState(self.limit_usd, self.spent_usd, max(self.reserved_usd, 0.0), self.released_usd)
 
     def worst_case(self, query: Query) -> float:
         """The most one attempt of ``query`` can cost: its whole prompt plus ``max_tokens``."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from hybrid.errors import ConfigError, error_of_kind
-from hybrid.metrics import RunMetrics
+from hybrid.metrics import BudgetState, RunMetrics
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
 from hybrid.store.base import StoreFile
@@ -135,6 +135,7 @@ class History(StoreFile):
             cpu_s=math.nan if info["cpu_s"] is None else info["cpu_s"],  # SQLite keeps NaN as NULL
             concurrency=info["concurrency"],
             concurrency_trace=trace,
+            budget=BudgetState(*orjson.loads(info["budget"])) if info.get("budget") else None,
         )
         run = RunResult(
             results=tuple(results), metrics=metrics, mode=info["mode"], warnings=warnings, cancelled=cancelled

@@ -3,6 +3,7 @@ skips, and what a viewer reads of a run in progress."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
@@ -142,13 +143,13 @@ class RunLog(StoreFile):
 
     def end_segment(self, run_id: int, segment: int, status: str, run: RunResult) -> None:
         """Queue a segment's end: ``finished``, ``cancelled`` or ``failed``, and what the run measured
-        beyond its rows (wall, CPU, warnings, the adaptive limit's trace), so that loading it
+        beyond its rows (wall, CPU, warnings, the adaptive limit's trace, the budget), so that loading it
         computes the same metrics with the same code (``RunMetrics.compute``)."""
         now = time.time()
         m = run.metrics
         self._enqueue(
             "UPDATE segments SET status = ?, ended_at = ?, wall_s = ?, cpu_s = ?, cancelled = ?, warnings = ?, "
-            "concurrency_trace = ? WHERE run_id = ? AND segment = ?",
+            "concurrency_trace = ?, budget = ? WHERE run_id = ? AND segment = ?",
             (
                 status,
                 now,
@@ -157,6 +158,7 @@ class RunLog(StoreFile):
                 int(run.cancelled),
                 orjson.dumps(run.warnings).decode(),
                 orjson.dumps(m.concurrency_trace).decode(),
+                None if m.budget is None else orjson.dumps(dataclasses.astuple(m.budget)).decode(),
                 run_id,
                 segment,
             ),

@@ -20,7 +20,7 @@ from hybrid.query import Query, QueryResult, Usage
 
 #: 2: remote_jobs (batch ids); 3: events (what a live viewer follows); 4: latency parts;
 #: 5: segments (a run and each resume, with what the run measured beyond its rows) and cached prompt tokens;
-#: 6: leases (which process is writing a run).
+#: 6: leases (which process is writing a run) and each segment's budget as it ended.
 SCHEMA_VERSION = 6
 #: Stamped in every store (``PRAGMA application_id``, "HYBR"): a file without it is not the kit's.
 APPLICATION_ID = 0x48594252
@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS segments (
     cancelled INTEGER,
     warnings TEXT,
     concurrency_trace TEXT,
+    budget TEXT,
     PRIMARY KEY (run_id, segment)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -213,8 +214,10 @@ def prepare(connection: sqlite3.Connection, path: Path) -> None:
         if connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
             connection.execute(stamp)  # a store of the kit from before the stamp: adopted
         return
-    if version == 0 or version == 5:  # a new file; or schema 6's one new table, leases
+    if version == 0:
         script = SCHEMA
+    elif version == 5:  # schema 6: a new table (leases) and the segments' budget
+        script = SCHEMA + "ALTER TABLE segments ADD COLUMN budget TEXT;"
     else:  # schema 4 added the latency decomposition's columns, schema 5 the segments
         added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in LATENCY_PARTS)
         script = (added if version < 4 else "") + TO_SEGMENTS

@@ -65,6 +65,7 @@ def merge(segments: Sequence[Segment]) -> RunResult:
         cpu_s=sum(run.metrics.cpu_s for run in runs),
         concurrency=concurrency,
         concurrency_trace=trace,
+        budget=runs[-1].metrics.budget,  # the budget as the latest segment ended
     )
     metrics = replace(
         metrics,
