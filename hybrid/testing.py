@@ -30,13 +30,14 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
 from hybrid.errors import ConfigError, QueryError, check_number
-from hybrid.query import Completion, Query, ServerReport, Usage
+from hybrid.query import Completion, Query, QueryResult, ServerReport, Usage
+from hybrid.store import Store
 from hybrid.tokens import count_message_tokens, count_tokens
 
 __all__ = ["Answer", "Call", "Fail", "FakeBackend", "Hang", "Step", "assert_no_regression", "chat_server"]
@@ -208,3 +209,35 @@ def assert_no_regression(baseline: Any, candidate: Any, **options: Any) -> Any:
     if comparison.regression:
         raise AssertionError(f"Performance regression.\n{comparison}")
     return comparison
+
+
+def write_large_run(store: Store, name: str, *, rows: int, text_bytes: int) -> None:
+    """A finished run of ``rows`` distinct answers of ``text_bytes`` each, written straight into
+    ``store`` (no server, no orchestrator): for testing what reads runs (the viewer, exports) at
+    sizes no test would ask a model for.  Rows go to the store as they are made, so writing a run
+    of any size holds one answer at a time."""
+    from hybrid.metrics import RunMetrics
+    from hybrid.results import RunResult
+
+    run_id, segment = store.begin_segment(name, mode="gather", settings={}, queries=rows, concurrency=1, resume=False)
+    light = []
+    for i in range(rows):
+        text = f"answer {i} " + "x" * max(0, text_bytes - len(f"answer {i} "))
+        result = QueryResult(
+            query=Query(f"q{i}", f"question {i}"),
+            index=i,
+            text=text,
+            usage=Usage(prompt_tokens=3, completion_tokens=max(1, text_bytes // 4)),
+            model="m",
+            latency_s=1.0,
+            attempts=1,
+            started_s=float(i),
+            finished_s=i + 1.0,
+        )
+        store.record(run_id, segment, result, "m")
+        light.append(replace(result, text=None))
+        if i % 100 == 99:
+            store.flush()  # the writer's queue holds at most a hundred answers
+    metrics = RunMetrics.compute(light, wall_s=float(rows), cpu_s=0.0, concurrency=1)
+    store.end_segment(run_id, segment, "finished", RunResult(results=tuple(light), metrics=metrics, mode="gather"))
+    store.flush()

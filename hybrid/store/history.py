@@ -6,6 +6,7 @@ by :mod:`hybrid.store.segments`."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +17,15 @@ from hybrid.metrics import BudgetState, RunMetrics
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
 from hybrid.store.base import StoreFile
-from hybrid.store.schema import IN_LATEST_SEGMENT, result_from
+from hybrid.store.schema import IN_LATEST_SEGMENT, RESULT_COLUMNS, result_from
 from hybrid.store.segments import Segment, merge
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+#: Rows an export writes at a time: one chunk's texts are all it holds (100 answers of 100 KB: 10 MB).
+EXPORT_ROWS = 100
 
 
 class History(StoreFile):
@@ -66,13 +71,18 @@ class History(StoreFile):
             frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
         return frame
 
-    def load(self, name: str, *, segment: int | None = None) -> RunResult:
+    def load(self, name: str, *, segment: int | None = None, texts: bool = True) -> RunResult:
         """Run ``name`` as it was saved: a :class:`RunResult` with ``to_frame()``, plots and all,
         whose metrics are computed from the stored rows and run fields by the same code as the live
         run's, so they are equal.  ``segment=k`` gives one segment as it ran (0 is the first run,
         1 its first resume, -1 the latest); without it a resumed run's segments are merged
         (:func:`hybrid.store.segments.merge`).  Queries that never finished (a killed run) come back as
-        ``cancelled`` rows."""
+        ``cancelled`` rows.
+
+        The run comes back whole, every answer's text in memory: a run of 50,000 answers of 100 KB
+        takes about 5 GB.  ``texts=False`` leaves the texts out (``text`` is None on every row;
+        metrics, plots and the summary do not need them), which is how the viewer reads a run;
+        :meth:`export` writes a run of any size in chunks."""
         self.flush()
         found = self._read("SELECT id FROM runs WHERE name = ?", (name,))
         if not found:
@@ -80,19 +90,20 @@ class History(StoreFile):
             raise ConfigError(f"No run named {name!r} in {self}; saved runs: {known}.")
         infos = self._result_rows("SELECT * FROM segments WHERE run_id = ? ORDER BY segment", (found[0][0],))
         if segment is None:
-            return merge([self._segment(name, info) for info in infos])
+            return merge([self._segment(name, info, texts) for info in infos])
         if not isinstance(segment, int) or isinstance(segment, bool) or not -len(infos) <= segment < len(infos):
             raise ConfigError(
                 f"Run {name!r} has {len(infos)} segment(s): pass segment=0 (the first run) to "
                 f"{len(infos) - 1} (the latest resume), or -1 for the latest; got {segment!r}."
             )
-        return self._segment(name, infos[segment])[0]
+        return self._segment(name, infos[segment], texts)[0]
 
-    def _segment(self, name: str, info: dict[str, Any]) -> Segment:
+    def _segment(self, name: str, info: dict[str, Any], texts: bool = True) -> Segment:
         """One stored segment as it ran, and each row's fingerprint (for :func:`merge`)."""
         count = info["queries"]
+        columns = "*" if texts else f"{RESULT_COLUMNS.replace(' text,', ' NULL AS text,', 1)}"
         rows = self._result_rows(
-            "SELECT * FROM results WHERE run_id = ? AND segment = ? AND idx < ? ORDER BY idx",
+            f"SELECT {columns} FROM results WHERE run_id = ? AND segment = ? AND idx < ? ORDER BY idx",
             (info["run_id"], info["segment"], count),
         )
         by_index = {row["idx"]: row for row in rows}
@@ -156,15 +167,74 @@ class History(StoreFile):
         return pd.DataFrame(frame)
 
     def export(self, name: str, path: str | Path) -> Path:
-        """Write run ``name``'s rows to ``path``: ``.parquet``, ``.csv`` or ``.jsonl`` by its suffix."""
+        """Write run ``name``'s rows to ``path``: ``.parquet``, ``.csv`` or ``.jsonl`` by its suffix;
+        the rows of ``load(name).to_frame()``, written :data:`EXPORT_ROWS` at a time, so a run of any
+        size is exported in bounded memory (only one chunk's texts are read at once)."""
+        import pandas as pd
+
         target = Path(path)
-        frame = self.load(name).to_frame()
-        if target.suffix == ".parquet":
-            frame.to_parquet(target)
-        elif target.suffix == ".csv":
-            frame.to_csv(target, index=False)
-        elif target.suffix == ".jsonl":
-            frame.to_json(target, orient="records", lines=True)
-        else:
+        if target.suffix not in (".parquet", ".csv", ".jsonl"):
             raise ConfigError(f"Export to {str(path)!r}: use a .parquet, .csv or .jsonl file name.")
+        run = self.load(name, texts=False)
+        run_id, segment = self._read(
+            "SELECT s.run_id, MAX(s.segment) FROM segments s JOIN runs ON runs.id = s.run_id WHERE runs.name = ?",
+            (name,),
+        )[0]
+        writer = _ChunkWriter(target, run.to_frame())
+        with writer:
+            for start in range(0, len(run.results), EXPORT_ROWS):
+                chunk = run.results[start : start + EXPORT_ROWS]
+                texts = dict(
+                    self._read(
+                        "SELECT idx, text FROM results WHERE run_id = ? AND segment = ? AND idx >= ? AND idx < ?",
+                        (run_id, segment, start, start + len(chunk)),
+                    )
+                )
+                writer.write(pd.DataFrame([replace(r, text=texts.get(r.index)).as_row() for r in chunk]))
         return target
+
+
+class _ChunkWriter:
+    """Appends frames of rows to one export file; the whole run's frame without texts fixes the
+    columns (and, for Parquet, their types) before the first chunk."""
+
+    def __init__(self, target: Path, skeleton: pd.DataFrame) -> None:
+        self.target = target
+        self.columns = list(skeleton.columns)
+        self.first = True
+        self.schema: Any = None
+        self.parquet: Any = None
+        self.file: Any = None
+        if target.suffix == ".parquet":
+            import pandas as pd
+            import pyarrow as pa
+
+            texts = pd.Series("", index=skeleton.index, dtype="string")  # all None without texts: give the type
+            self.schema = pa.Schema.from_pandas(skeleton.assign(text=texts), preserve_index=False)
+
+    def __enter__(self) -> _ChunkWriter:
+        if self.schema is not None:
+            import pyarrow.parquet as pq
+
+            self.parquet = pq.ParquetWriter(self.target, self.schema)
+        else:
+            self.file = self.target.open("w", encoding="utf-8", newline="")
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        frame = frame.reindex(columns=self.columns)
+        if self.parquet is not None:
+            import pyarrow as pa
+
+            self.parquet.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
+        elif self.target.suffix == ".csv":
+            frame.to_csv(self.file, index=False, header=self.first)
+        else:
+            frame.to_json(self.file, orient="records", lines=True)  # each record ends its line
+        self.first = False
+
+    def __exit__(self, *exc: object) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+        if self.file is not None:
+            self.file.close()

@@ -168,14 +168,17 @@ class RunLog(StoreFile):
         self._leased.discard(run_id)
         self._enqueue(INSERT_EVENT, (run_id, "final_result", None, now, None))
 
-    def events(self, name: str, *, after: int = 0) -> list[tuple[int, str, int | None, float, int | None]]:
-        """Run ``name``'s events after sequence number ``after``: (seq, kind, query index, wall time,
-        tokens so far), oldest first.  Kinds: ``query_started``, ``query_progress`` (streamed queries),
-        ``query_completed``, ``final_result`` (the run ended; a resumed run starts again after it)."""
+    def events(
+        self, name: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str, int | None, float, int | None]]:
+        """Run ``name``'s events after sequence number ``after``, at most ``limit`` of them: (seq,
+        kind, query index, wall time, tokens so far), oldest first.  Kinds: ``query_started``,
+        ``query_progress`` (streamed queries), ``query_completed``, ``final_result`` (the run ended;
+        a resumed run starts again after it)."""
         rows = self._read(
             "SELECT e.seq, e.kind, e.idx, e.at, e.tokens FROM events e JOIN runs ON runs.id = e.run_id "
-            "WHERE runs.name = ? AND e.seq > ? ORDER BY e.seq",
-            (name, after),
+            "WHERE runs.name = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+            (name, after, limit),
         )
         return [(int(seq), str(kind), idx, float(at), tokens) for seq, kind, idx, at, tokens in rows]
 

@@ -132,7 +132,7 @@ CREATE TABLE IF NOT EXISTS cache (
 
 #: A row's latency decomposition (schema 4 added these columns).
 LATENCY_PARTS = ("retry_s", "client_s", "server_queue_s", "server_s", "network_s")
-_RESULT_COLUMNS = (
+RESULT_COLUMNS = (
     "run_id, segment, idx, name, fingerprint, query, text, error_kind, error_message, error_status, retry_after_s, "
     "model, finish_reason, prompt_tokens, completion_tokens, tokens_estimated, cached_prompt_tokens, cost_usd, "
     "latency_s, queue_s, ttft_s, attempts, started_s, finished_s, stage, origin, recorded_at, "
@@ -146,8 +146,8 @@ TO_SEGMENTS = (
     "INSERT INTO segments (run_id, segment, mode, queries, started_at, ended_at, status) "
     "SELECT id, 0, mode, queries, started_at, ended_at, status FROM runs;"
 ).format(
-    columns=_RESULT_COLUMNS,
-    old=_RESULT_COLUMNS.replace("segment,", "0,", 1).replace("cached_prompt_tokens,", "0,", 1),
+    columns=RESULT_COLUMNS,
+    old=RESULT_COLUMNS.replace("segment,", "0,", 1).replace("cached_prompt_tokens,", "0,", 1),
 )
 _QUERY_FIELDS = ("prompt", "system", "model", "max_tokens", "temperature", "stream", "json_mode", "sample")
 #: How long a writer waits for another process's write lock (two notebooks on one store).
@@ -231,8 +231,8 @@ def prepare(connection: sqlite3.Connection, path: Path) -> None:
 
 #: A condition on ``results r``: the row belongs to its run's latest segment (every query once).
 IN_LATEST_SEGMENT = "r.segment = (SELECT MAX(s.segment) FROM segments s WHERE s.run_id = r.run_id)"
-_PLACEHOLDERS = ", ".join("?" * len(_RESULT_COLUMNS.split(",")))
-INSERT_RESULT = f"INSERT OR REPLACE INTO results ({_RESULT_COLUMNS}) VALUES ({_PLACEHOLDERS})"
+_PLACEHOLDERS = ", ".join("?" * len(RESULT_COLUMNS.split(",")))
+INSERT_RESULT = f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS}) VALUES ({_PLACEHOLDERS})"
 INSERT_EVENT = "INSERT INTO events (run_id, kind, idx, at, tokens) VALUES (?, ?, ?, ?, ?)"
 
 

@@ -24,6 +24,8 @@ from hybrid.view import pages
 
 #: How often an event stream looks for new rows in the store.
 POLL_S = 0.2
+#: Events read from the store at a time (with their rows): what one stream holds in memory.
+EVENTS_PER_READ = 1000
 #: A comment line this often keeps proxies and browsers from closing a quiet stream.
 KEEPALIVE_S = 15.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -145,7 +147,7 @@ async def _run(request: web.Request) -> web.Response:
     rows = await _read(request, Store.brief_rows, name, range(int(info["queries"])))
     run = None
     if info["status"] != "running":
-        run = await _read(request, Store.load, name)
+        run = await _read(request, Store.load, name, texts=False)  # the page reads 300 characters a row
     text = await asyncio.to_thread(pages.run_page, name, info, rows, run)
     return _html(text)
 
@@ -173,7 +175,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     quiet = 0.0
     while True:
-        events = await _read(request, Store.events, name, after=last)
+        events = await _read(request, Store.events, name, after=last, limit=EVENTS_PER_READ)
         completed = [idx for _, kind, idx, _, _ in events if kind == "query_completed" and idx is not None]
         rows = await _read(request, Store.brief_rows, name, completed) if completed else {}
         for seq, kind, idx, at, tokens in events:
@@ -196,7 +198,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
             if quiet >= KEEPALIVE_S:
                 await response.write(b": keepalive\n\n")
                 quiet = 0.0
-        await asyncio.sleep(POLL_S)
+        if len(events) < EVENTS_PER_READ:  # caught up: wait for new rows (a full read goes on at once)
+            await asyncio.sleep(POLL_S)
 
 
 async def serve(
