@@ -21,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from hybrid import Orchestrator, Query, Store, sim
+from hybrid.testing import write_large_run
 from hybrid.view import make_app
 
 from .helpers import LIVE_KERNEL
@@ -171,6 +172,25 @@ async def test_a_deleted_store_is_a_503_and_a_replaced_one_is_reopened(tmp_path:
             assert gone.status == 503 and "gone" in await gone.text()
             other.rename(path)
             assert (await client.get("/runs/second")).status == 200
+
+
+async def test_a_big_run_is_shown_a_page_of_rows_at_a_time_with_whole_answers_linked(
+    viewer: tuple[TestClient, Path],
+) -> None:
+    client, path = viewer
+    with Store(path) as store:
+        write_large_run(store, "big", rows=1_005, text_bytes=400)
+    first = await (await client.get("/runs/big")).text()
+    assert "id='q999'" in first and "id='q1000'" not in first and "rows 0-999 of 1005" in first
+    assert "?page=1'>next</a>" in first and "data-done='1005'" in first
+    second = await (await client.get("/runs/big?page=1")).text()
+    assert "id='q1004'" in second and "id='q0'" not in second and "previous</a>" in second
+    assert (await client.get("/runs/big?page=2")).status == 404
+    assert (await client.get("/runs/big?page=-1")).status == 404
+    assert "/runs/big/rows/3'>(whole answer)</a>" in first  # 400 characters: the table shows 300
+    whole = await client.get("/runs/big/rows/3")
+    assert whole.status == 200 and "answer 3 " + "x" * 391 in await whole.text()
+    assert (await client.get("/runs/big/rows/5000")).status == 404
 
 
 async def test_unknown_runs_are_404_pages(viewer: tuple[TestClient, Path]) -> None:

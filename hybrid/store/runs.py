@@ -182,6 +182,24 @@ class RunLog(StoreFile):
         )
         return [(int(seq), str(kind), idx, float(at), tokens) for seq, kind, idx, at, tokens in rows]
 
+    def row_text(self, name: str, index: int) -> str | None:
+        """The whole text of row ``index`` of run ``name`` (its latest segment): what a viewer
+        links to from a row it shows cut."""
+        found = self._read(
+            f"SELECT r.text FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND {IN_LATEST_SEGMENT} "
+            "AND r.idx = ?",
+            (name, index),
+        )
+        return found[0][0] if found else None
+
+    def last_event(self, name: str) -> int:
+        """The sequence number of run ``name``'s newest event (0 without one): where a page rendered
+        now should start following."""
+        found = self._read(
+            "SELECT MAX(e.seq) FROM events e JOIN runs ON runs.id = e.run_id WHERE runs.name = ?", (name,)
+        )
+        return int(found[0][0] or 0)
+
     def brief_rows(self, name: str, indexes: Sequence[int]) -> dict[int, dict[str, Any]]:
         """What a viewer shows of some rows of run ``name`` (committed ones only, without waiting for
         the writer): name, ok, error kind, the first 300 characters of text, latency, tokens, cost.
@@ -192,15 +210,18 @@ class RunLog(StoreFile):
             chunk = list(indexes[start : start + 500])
             rows = self._read(
                 f"SELECT r.idx, r.name, r.error_kind, {_SHOWN_TEXT}, {_ANSWERED_LATENCY}, "
-                "r.prompt_tokens + r.completion_tokens, r.cost_usd, r.origin FROM results r "
+                "r.prompt_tokens + r.completion_tokens, r.cost_usd, r.origin, length(CAST(r.text AS BLOB)) "
+                "FROM results r "
                 f"JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND {IN_LATEST_SEGMENT} "
                 f"AND r.idx IN ({', '.join('?' * len(chunk))})",
                 (name, *chunk),
             )
-            keys = ("index", "name", "error_kind", "text", "latency_s", "total_tokens", "cost_usd", "origin")
+            keys = ("index", "name", "error_kind", "text", "latency_s", "total_tokens", "cost_usd", "origin", "bytes")
             for row in rows:
                 brief = dict(zip(keys, row, strict=True))
-                brief["text"] = _shown(brief["text"])
+                shown = _shown(brief["text"])
+                brief["text"] = shown
+                brief["truncated"] = shown is not None and (brief.pop("bytes") or 0) > len(shown.encode())
                 brief["ok"] = brief["error_kind"] is None
                 found[int(row[0])] = brief
         return found

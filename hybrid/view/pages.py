@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 _EMPTY = "<td></td>"
 #: Above this many rows a run page skips its plots (SVGs of tens of thousands of bars are no help).
 MAX_PLOTTED_ROWS = 2000
+#: Rows of a run's table on one page (``?page=k``): what one view reads and renders.
+PAGE_ROWS = 1000
 
 
 def page(title: str, body: str, *, script: bool = False) -> str:
@@ -77,12 +79,25 @@ def runs_page(runs: pd.DataFrame) -> str:
     return page("Runs", f"<table id='runs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{form}")
 
 
-def run_page(name: str, info: dict[str, Any], rows: dict[int, dict[str, Any]], run: RunResult | None) -> str:
-    """One run: counts, a progress bar, the table (rows not answered yet are pending), and, once the
-    run has ended, the timeline, efficiency and tokens per query."""
-    queries, done = int(info["queries"]), len(rows)
+def run_page(
+    name: str,
+    info: dict[str, Any],
+    rows: dict[int, dict[str, Any]],
+    run: RunResult | None,
+    *,
+    page_number: int = 0,
+    after: int = 0,
+) -> str:
+    """One run: counts, a progress bar, one page of the table (:data:`PAGE_ROWS` rows; rows not
+    answered yet are pending, a text cut short links to the whole answer), and, once the run has
+    ended, the timeline, efficiency and tokens per query.  ``after`` is the newest event when the
+    page was read: the live script follows from there."""
+    queries = int(info["queries"])
+    ok, failed = int(info["ok"] or 0), int(info["failed"] or 0)
+    done = ok + failed
+    first = page_number * PAGE_ROWS
     table = []
-    for index in range(queries):
+    for index in range(first, min(queries, first + PAGE_ROWS)):
         row = rows.get(index)
         if row is None:
             table.append(
@@ -93,22 +108,50 @@ def run_page(name: str, info: dict[str, Any], rows: dict[int, dict[str, Any]], r
         table.append(
             f"<tr id='q{index}' class='{state}'><td>{index}</td><td>{_cell(row['name'])}</td><td>{state}</td>"
             f"<td>{_cell(row['error_kind'])}</td><td>{_cell(row['latency_s'])}</td><td>{_cell(row['total_tokens'])}</td>"
-            f"<td>{_cell(row['cost_usd'])}</td><td class='text'>{_cell(row['text'])}</td></tr>"
+            f"<td>{_cell(row['cost_usd'])}</td><td class='text'>{_cell(row['text'])}{_whole(name, row)}</td></tr>"
         )
-    ok = sum(1 for r in rows.values() if r["ok"])
     status = str(info["status"])
     summary = (
-        f"<p id='summary' data-run='{_escape(name)}' data-status='{_escape(status)}' data-queries='{queries}'>"
+        f"<p id='summary' data-run='{_escape(name)}' data-status='{_escape(status)}' data-queries='{queries}' "
+        f"data-done='{done}' data-ok='{ok}' data-failed='{failed}' data-after='{after}'>"
         f"<b>{status}</b> · mode {_escape(str(info['mode']))} · <span id='done'>{done}</span> of {queries} "
-        f"finished · <span id='ok'>{ok}</span> ok · <span id='failed'>{done - ok}</span> failed</p>"
+        f"finished · <span id='ok'>{ok}</span> ok · <span id='failed'>{failed}</span> failed</p>"
         f"<progress id='progress' max='{queries}' value='{done}'></progress>"
     )
     figures = "" if run is None else _figures(run)
     head = "".join(
         f"<th>{h}</th>" for h in ("#", "name", "state", "error", "latency (s)", "tokens", "cost ($)", "text")
     )
-    body = f"{summary}{figures}<table id='rows'><thead><tr>{head}</tr></thead><tbody>{''.join(table)}</tbody></table>"
+    table_html = f"<table id='rows'><thead><tr>{head}</tr></thead><tbody>{''.join(table)}</tbody></table>"
+    body = f"{summary}{figures}{_pager(queries, page_number)}{table_html}"
     return page(f"Run {name}", body, script=status == "running")
+
+
+def _whole(name: str, row: dict[str, Any]) -> str:
+    """A link to a row's whole answer, when the table shows it cut."""
+    if not row.get("truncated"):
+        return ""
+    return f" <a href='/runs/{quote(name, safe='')}/rows/{row['index']}'>(whole answer)</a>"
+
+
+def _pager(queries: int, page_number: int) -> str:
+    """Which rows the table shows, and links to the pages before and after (a big run's table is
+    shown :data:`PAGE_ROWS` rows at a time)."""
+    if queries <= PAGE_ROWS:
+        return ""
+    first, last = page_number * PAGE_ROWS, min(queries, (page_number + 1) * PAGE_ROWS) - 1
+    links = [f"rows {first}-{last} of {queries}"]
+    if page_number > 0:
+        links.append(f"<a href='?page={page_number - 1}'>previous</a>")
+    if last < queries - 1:
+        links.append(f"<a href='?page={page_number + 1}'>next</a>")
+    return f"<nav class='pager'>{' · '.join(links)}</nav>"
+
+
+def answer_page(name: str, index: int, text: str) -> str:
+    """One row's whole answer."""
+    back = f"<p><a href='/runs/{quote(name, safe='')}'>Run {_escape(name)}</a></p>"
+    return page(f"Run {name}, row {index}", f"{back}<pre class='answer'>{_escape(text)}</pre>")
 
 
 def _figures(run: RunResult) -> str:

@@ -86,6 +86,7 @@ def make_app(store: Store, *, hosts: Iterable[str] = LOOPBACK, token: str | None
     # Any name but a slash: aiohttp's default pattern for a path part leaves out { and }.
     app.router.add_get("/runs/{name:[^/]+}", _run)
     app.router.add_get("/runs/{name:[^/]+}/events", _events)
+    app.router.add_get("/runs/{name:[^/]+}/rows/{index:[0-9]+}", _answer)
     app.router.add_get("/compare", _compare)
     app.router.add_static("/static", _STATIC)
     return app
@@ -144,12 +145,26 @@ async def _run(request: web.Request) -> web.Response:
     info = await _read(request, _run_info, name)
     if info is None:
         return _html(pages.not_found(f"No run named {name!r} in this store."), status=404)
-    rows = await _read(request, Store.brief_rows, name, range(int(info["queries"])))
+    given = request.query.get("page", "0")
+    if not given.isdigit() or not given.isascii() or int(given) * pages.PAGE_ROWS >= max(1, int(info["queries"])):
+        return _html(pages.refused(f"No page {given[:20]!r} of run {name!r}."), status=404)
+    page_number = int(given)
+    after = await _read(request, Store.last_event, name)  # before the rows: a row landing between is shown once
+    first = page_number * pages.PAGE_ROWS
+    rows = await _read(request, Store.brief_rows, name, range(first, first + pages.PAGE_ROWS))
     run = None
     if info["status"] != "running":
         run = await _read(request, Store.load, name, texts=False)  # the page reads 300 characters a row
-    text = await asyncio.to_thread(pages.run_page, name, info, rows, run)
+    text = await asyncio.to_thread(pages.run_page, name, info, rows, run, page_number=page_number, after=after)
     return _html(text)
+
+
+async def _answer(request: web.Request) -> web.Response:
+    name, index = request.match_info["name"], int(request.match_info["index"])
+    text = await _read(request, Store.row_text, name, index)
+    if text is None:
+        return _html(pages.not_found(f"Run {name!r} has no answer at row {index}."), status=404)
+    return _html(pages.answer_page(name, index, text))
 
 
 async def _compare(request: web.Request) -> web.Response:

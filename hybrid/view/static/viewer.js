@@ -1,19 +1,19 @@
 // hybrid view: follow a running run's events (Server-Sent Events) and update its page in place.
-// The browser reconnects by itself after a dropped connection, sending Last-Event-ID, and the
-// server continues after that event, so no row is missed or counted twice.
+// The page shows one page of rows and the run's counts as they stood when it was read (its
+// data-after is the newest event then); the stream continues from that event, and the browser
+// reconnects by itself after a dropped connection, sending Last-Event-ID, so no row is missed or
+// counted twice.
 (function () {
   const summary = document.getElementById("summary");
   if (!summary || summary.dataset.status !== "running") return;
   const name = summary.dataset.run;
   const queries = Number(summary.dataset.queries);
   const progress = document.getElementById("progress");
-  const counts = { done: 0, ok: 0, failed: 0 };
-  const finished = new Set();
-  document.querySelectorAll("#rows tr.done, #rows tr.failed").forEach((row) => {
-    finished.add(row.id);
-    counts.done += 1;
-    counts[row.classList.contains("done") ? "ok" : "failed"] += 1;
-  });
+  const counts = {
+    done: Number(summary.dataset.done), ok: Number(summary.dataset.ok), failed: Number(summary.dataset.failed),
+  };
+  const finished = new Set();  // rows counted already: finished before the page was read, or since
+  document.querySelectorAll("#rows tr.done, #rows tr.failed").forEach((row) => finished.add(row.id));
 
   function show() {
     document.getElementById("done").textContent = counts.done;
@@ -30,7 +30,8 @@
     return x === null || x === undefined ? "" : Number(x).toPrecision(4).replace(/\.?0+$/, "");
   }
 
-  const source = new EventSource("/runs/" + encodeURIComponent(name) + "/events");
+  const source = new EventSource(
+    "/runs/" + encodeURIComponent(name) + "/events?after=" + encodeURIComponent(summary.dataset.after || "0"));
   source.addEventListener("query_started", (event) => {
     const data = JSON.parse(event.data);
     const row = document.getElementById("q" + data.index);
@@ -50,13 +51,14 @@
   source.addEventListener("query_completed", (event) => {
     const data = JSON.parse(event.data);
     const row = document.getElementById("q" + data.index);
-    if (!row) return;
     const state = data.ok ? "done" : "failed";
-    row.className = state;
-    cells(row, [data.index, data.name, state, data.error_kind || "", number(data.latency_s),
-                data.total_tokens ?? "", number(data.cost_usd), data.text || ""]);
-    if (!finished.has(row.id)) {
-      finished.add(row.id);
+    if (row) {  // on this page
+      row.className = state;
+      cells(row, [data.index, data.name, state, data.error_kind || "", number(data.latency_s),
+                  data.total_tokens ?? "", number(data.cost_usd), data.text || ""]);
+    }
+    if (!finished.has("q" + data.index)) {
+      finished.add("q" + data.index);
       counts.done += 1;
       counts[data.ok ? "ok" : "failed"] += 1;
       show();
