@@ -128,9 +128,11 @@ class _BatchRun:
         self.api: BatchAPI = batch_api_of(self.port.backend)
         self.model = self.port.backend.model
         self.chain = self.port.chain(self._send)
+        #: Each query's line id: its index and request fingerprint, so a line maps back only to it.
+        self.custom_ids = {index: f"{index}-{fingerprint(query, self.model)[:16]}" for index, query in run.todo}
         #: custom_id -> (index, query) of every query not answered yet.
         self.pending: dict[str, tuple[int, Query]] = {
-            self._custom_id(index, query): (index, query) for index, query in run.todo
+            self.custom_ids[index]: (index, query) for index, query in run.todo
         }
         #: Lines handed to the provider's side, each waiting for its verdict (an answer or an error).
         self.waiting: dict[str, tuple[Attempt, asyncio.Future[Completion]]] = {}
@@ -149,9 +151,6 @@ class _BatchRun:
         self._handed: set[str] = set()
         self._expected = 0
         self._all_handed = asyncio.Event()
-
-    def _custom_id(self, index: int, query: Query) -> str:
-        return f"{index}-{fingerprint(query, self.model)[:16]}"
 
     # -- the run ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -217,7 +216,7 @@ class _BatchRun:
 
     async def _send(self, query: Query, attempt: Attempt) -> Completion:
         """The chain's last step: the line goes to the provider's side; its verdict comes back."""
-        custom_id = self._custom_id(attempt.index, query)
+        custom_id = self.custom_ids[attempt.index]
         early = self.early.pop(custom_id, None)
         if early is not None:  # answered by a batch reattached after a restart
             self._handed_over(custom_id)
@@ -246,10 +245,11 @@ class _BatchRun:
         its query asks (a line to try again is simply sent again)."""
         waiting = self.waiting.pop(custom_id, None)
         if waiting is None:
-            if custom_id in self.pending and not isinstance(verdict, _TryAgain):
-                self.early[custom_id] = verdict
-            elif isinstance(verdict, _TryAgain) and custom_id in self.pending:
-                self.last_error[custom_id] = verdict.error
+            if custom_id in self.pending:
+                if isinstance(verdict, _TryAgain):
+                    self.last_error[custom_id] = verdict.error
+                else:
+                    self.early[custom_id] = verdict
             return
         future = waiting[1]
         if future.done():

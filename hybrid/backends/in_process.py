@@ -114,13 +114,6 @@ class _Answer:
         return b"".join([part async for part in self.iter_any()])
 
 
-def _dropped(error: BaseException) -> BaseException:
-    """The kit's error for a server that stopped answering: as the wire would show it."""
-    if isinstance(error, ConnectionResetError):
-        return ConnectionFailed(f"Connection failed: the server dropped the connection ({error}).")
-    return error
-
-
 class InProcessTransport:
     """A :class:`~hybrid.backends.transport.Transport` to a :class:`Server` in this process."""
 
@@ -142,8 +135,8 @@ class InProcessTransport:
         try:
             try:
                 await answer.head
-            except ConnectionResetError as error:
-                raise _dropped(error) from None
+            except ConnectionResetError as error:  # dropped before any answer: as a socket shows it
+                raise ConnectionFailed(f"Connection failed: the server dropped the connection ({error}).") from None
             try:
                 yield answer
             except ConnectionResetError:  # the server dropped it midway through the body

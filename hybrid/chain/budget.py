@@ -61,18 +61,19 @@ class Budget:
         usage = Usage(prompt_tokens=count_message_tokens(query.messages()), completion_tokens=query.max_tokens or 0)
         return price.cost(usage)
 
-    def reserve(self, query: Query, *, discount: float = 1.0) -> float:
-        """Reserve the worst case of one attempt of ``query`` (times ``discount``, for a batch
-        price) and return it; :class:`BudgetExceeded` when it does not fit now."""
-        worst = self.worst_case(query) * discount
-        if self.spent_usd + self.reserved_usd + worst > self.limit_usd + _ROUNDING:
+    def _fits(self, worst: float, *, held: float) -> bool:
+        """Whether an attempt costing up to ``worst`` fits beside what is spent and ``held`` in reservations."""
+        return self.spent_usd + held + worst <= self.limit_usd + _ROUNDING
+
+    def reserve(self, worst: float) -> None:
+        """Reserve ``worst`` (an attempt's worst case); :class:`BudgetExceeded` when it does not fit now."""
+        if not self._fits(worst, held=self.reserved_usd):
             self.refused += 1
             raise BudgetExceeded(
                 f"Not sent: this attempt could cost up to ${worst:.6f}, and ${self.spent_usd:.6f} of the "
                 f"${self.limit_usd:.6f} budget is spent (${self.reserved_usd:.6f} reserved by attempts in flight)."
             )
         self.reserved_usd += worst
-        return worst
 
     def settle(self, reserved: float, spent: float) -> None:
         """Replace a reservation by what the attempt cost (0 when it got no answer); wakes the
@@ -86,17 +87,18 @@ class Budget:
     async def _room(self, worst: float) -> None:
         """Wait while ``worst`` does not fit now but would once reservations in flight come back."""
         while (
-            self.spent_usd + self.reserved_usd + worst > self.limit_usd + _ROUNDING
-            and self.spent_usd + worst <= self.limit_usd + _ROUNDING
+            not self._fits(worst, held=self.reserved_usd)
+            and self._fits(worst, held=0.0)
             and self.reserved_usd > _ROUNDING
         ):
             await self._settled.wait()
 
     async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
         discount = self.prices[query.model or self.default_model].batch_discount if attempt.batch else 1.0
+        worst = self.worst_case(query) * discount  # counts the prompt's tokens: once per attempt
         if not attempt.batch:
-            await self._room(self.worst_case(query) * discount)
-        worst = self.reserve(query, discount=discount)
+            await self._room(worst)
+        self.reserve(worst)
         try:
             completion = await call_next(query, attempt)
         except BaseException as exc:
