@@ -176,22 +176,24 @@ class History(StoreFile):
         if target.suffix not in (".parquet", ".csv", ".jsonl"):
             raise ConfigError(f"Export to {str(path)!r}: use a .parquet, .csv or .jsonl file name.")
         run = self.load(name, texts=False)
-        run_id, segment = self._read(
-            "SELECT s.run_id, MAX(s.segment) FROM segments s JOIN runs ON runs.id = s.run_id WHERE runs.name = ?",
-            (name,),
-        )[0]
         writer = _ChunkWriter(target, run.to_frame())
         with writer:
             for start in range(0, len(run.results), EXPORT_ROWS):
                 chunk = run.results[start : start + EXPORT_ROWS]
-                texts = dict(
-                    self._read(
-                        "SELECT idx, text FROM results WHERE run_id = ? AND segment = ? AND idx >= ? AND idx < ?",
-                        (run_id, segment, start, start + len(chunk)),
-                    )
-                )
+                texts = self.texts(name, start, start + len(chunk))
                 writer.write(pd.DataFrame([replace(r, text=texts.get(r.index)).as_row() for r in chunk]))
         return target
+
+    def texts(self, name: str, start: int, stop: int) -> dict[int, str | None]:
+        """The whole texts of rows ``start`` to ``stop - 1`` of run ``name``, by index (its latest
+        segment, where a resumed row keeps the text that answered it): what ``load(name,
+        texts=False)`` leaves out, read a few rows at a time (an export, the viewer's whole answer)."""
+        rows = self._read(
+            f"SELECT r.idx, r.text FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ? "
+            f"AND {IN_LATEST_SEGMENT} AND r.idx >= ? AND r.idx < ?",
+            (name, start, stop),
+        )
+        return {int(index): text for index, text in rows}
 
 
 class _ChunkWriter:

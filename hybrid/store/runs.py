@@ -182,16 +182,6 @@ class RunLog(StoreFile):
         )
         return [(int(seq), str(kind), idx, float(at), tokens) for seq, kind, idx, at, tokens in rows]
 
-    def row_text(self, name: str, index: int) -> str | None:
-        """The whole text of row ``index`` of run ``name`` (its latest segment): what a viewer
-        links to from a row it shows cut."""
-        found = self._read(
-            f"SELECT r.text FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ? AND {IN_LATEST_SEGMENT} "
-            "AND r.idx = ?",
-            (name, index),
-        )
-        return found[0][0] if found else None
-
     def last_event(self, name: str) -> int:
         """The sequence number of run ``name``'s newest event (0 without one): where a page rendered
         now should start following."""
@@ -219,9 +209,9 @@ class RunLog(StoreFile):
             keys = ("index", "name", "error_kind", "text", "latency_s", "total_tokens", "cost_usd", "origin", "bytes")
             for row in rows:
                 brief = dict(zip(keys, row, strict=True))
-                shown = _shown(brief["text"])
+                size, shown = brief.pop("bytes"), _shown(brief["text"])
                 brief["text"] = shown
-                brief["truncated"] = shown is not None and (brief.pop("bytes") or 0) > len(shown.encode())
+                brief["truncated"] = shown is not None and size > len(shown.encode())
                 brief["ok"] = brief["error_kind"] is None
                 found[int(row[0])] = brief
         return found

@@ -37,6 +37,11 @@ def _escape(text: str) -> str:
     return html.escape(text).replace("\x00", "\u2400")
 
 
+def _run_url(name: str) -> str:
+    """The path of run ``name``'s page (any name: it is quoted whole, slashes and braces too)."""
+    return f"/runs/{quote(name, safe='')}"
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -51,7 +56,7 @@ def runs_page(runs: pd.DataFrame) -> str:
     rows = []
     for run in runs.to_dict("records"):
         name = str(run["name"])
-        link = f"<a href='/runs/{quote(name, safe='')}'>{_escape(name)}</a>"
+        link = f"<a href='{_run_url(name)}'>{_escape(name)}</a>"
         when = run["started_at"].strftime("%Y-%m-%d %H:%M:%S UTC")
         keys = ("mode", "status", "segments", "queries", "ok", "failed", "wall_s", "total_tokens", "cost_usd")
         values = [run["mode"], run["status"], when, *(run[k] for k in keys[2:])]
@@ -131,7 +136,7 @@ def _whole(name: str, row: dict[str, Any]) -> str:
     """A link to a row's whole answer, when the table shows it cut."""
     if not row.get("truncated"):
         return ""
-    return f" <a href='/runs/{quote(name, safe='')}/rows/{row['index']}'>(whole answer)</a>"
+    return f" <a href='{_run_url(name)}/rows/{row['index']}'>(whole answer)</a>"
 
 
 def _pager(queries: int, page_number: int) -> str:
@@ -150,7 +155,7 @@ def _pager(queries: int, page_number: int) -> str:
 
 def answer_page(name: str, index: int, text: str) -> str:
     """One row's whole answer."""
-    back = f"<p><a href='/runs/{quote(name, safe='')}'>Run {_escape(name)}</a></p>"
+    back = f"<p><a href='{_run_url(name)}'>Run {_escape(name)}</a></p>"
     return page(f"Run {name}, row {index}", f"{back}<pre class='answer'>{_escape(text)}</pre>")
 
 

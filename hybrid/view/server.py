@@ -113,6 +113,13 @@ def _guard(hosts: frozenset[str], token: str | None) -> Any:
     return guard
 
 
+def _number(given: str, *, maximum: int) -> int | None:
+    """``given`` as a whole number from 0 to ``maximum`` (a page, an event id); None if it is not one."""
+    if not (given.isascii() and given.isdigit()) or int(given) > maximum:
+        return None
+    return int(given)
+
+
 def _host_name(header: str) -> str:
     """The name in a ``Host`` header, without its port or an IPv6 address's brackets, lower case."""
     name = header if header.endswith("]") or header.count(":") != 1 else header.rsplit(":", 1)[0]
@@ -146,9 +153,9 @@ async def _run(request: web.Request) -> web.Response:
     if info is None:
         return _html(pages.not_found(f"No run named {name!r} in this store."), status=404)
     given = request.query.get("page", "0")
-    if not given.isdigit() or not given.isascii() or int(given) * pages.PAGE_ROWS >= max(1, int(info["queries"])):
+    page_number = _number(given, maximum=(max(1, int(info["queries"])) - 1) // pages.PAGE_ROWS)
+    if page_number is None:
         return _html(pages.refused(f"No page {given[:20]!r} of run {name!r}."), status=404)
-    page_number = int(given)
     after = await _read(request, Store.last_event, name)  # before the rows: a row landing between is shown once
     first = page_number * pages.PAGE_ROWS
     rows = await _read(request, Store.brief_rows, name, range(first, first + pages.PAGE_ROWS))
@@ -161,7 +168,7 @@ async def _run(request: web.Request) -> web.Response:
 
 async def _answer(request: web.Request) -> web.Response:
     name, index = request.match_info["name"], int(request.match_info["index"])
-    text = await _read(request, Store.row_text, name, index)
+    text = (await _read(request, Store.texts, name, index, index + 1)).get(index)
     if text is None:
         return _html(pages.not_found(f"Run {name!r} has no answer at row {index}."), status=404)
     return _html(pages.answer_page(name, index, text))
@@ -183,9 +190,9 @@ async def _events(request: web.Request) -> web.StreamResponse:
     if info is None:
         return _html(pages.not_found(f"No run named {name!r} in this store."), status=404)
     given = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
-    if not given.isdigit() or not given.isascii() or int(given) > MAX_EVENT_ID:
+    last = _number(given, maximum=MAX_EVENT_ID)
+    if last is None:
         return _html(pages.refused(f"Last-Event-ID must be an event's number, got {given[:40]!r}."), status=400)
-    last = int(given)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     quiet = 0.0
