@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from hybrid import progress
-from hybrid.backends.batch_api import BatchAPI, batch_api_of
+from hybrid.backends.batch_api import BatchAPI, batch_api_of, check_batch_api
 from hybrid.backends.openai_wire import completion_from_body, error_for_status, error_message, request_body
 from hybrid.chain import Attempt
 from hybrid.errors import BatchIncomplete, QueryError, check_int, check_number
@@ -94,7 +94,7 @@ class Batch(Strategy):
         check_int("Batch(resubmits=...)", self.resubmits, minimum=0)
 
     def check(self, orchestrator: Orchestrator) -> None:
-        batch_api_of(orchestrator.backend)
+        check_batch_api(orchestrator.backend)
 
     async def execute(self, run: RunContext) -> None:
         await _BatchRun(self, run).run()
@@ -125,7 +125,6 @@ class _BatchRun:
         self.ctx = run
         self.port = run.port
         self.state = run.state
-        self.api: BatchAPI = batch_api_of(self.port.backend)
         self.model = self.port.backend.model
         self.chain = self.port.chain(self._send)
         #: Each query's line id: its index and request fingerprint, so a line maps back only to it.
@@ -151,6 +150,12 @@ class _BatchRun:
         self._handed: set[str] = set()
         self._expected = 0
         self._all_handed = asyncio.Event()
+
+    @functools.cached_property
+    def api(self) -> BatchAPI:
+        """The provider's Batch API, asked for when the first line goes out: a replay, whose every
+        query the cache answers or refuses, never opens a client."""
+        return batch_api_of(self.port.backend)
 
     # -- the run ------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -161,6 +161,14 @@ class BudgetExceeded(QueryError):
     kind = "budget"
 
 
+class NotRecorded(QueryError):
+    """``cache="replay"``: the store holds no answer to this query, so nothing was sent.  The message
+    says which part of the request differs from the closest recording (or that there is none) and
+    how to record it.  Never retried: asking again cannot make a recording appear."""
+
+    kind = "not_recorded"
+
+
 class Cancelled(QueryError):
     """The run was cancelled (task cancel, notebook interrupt) before this query finished."""
 

@@ -20,12 +20,20 @@ from hybrid.query import Query
 FINGERPRINT_VERSION = 1
 
 
-@functools.lru_cache(maxsize=65536)
-def fingerprint(query: Query, default_model: str) -> str:
-    """A hex SHA-256 of what determines ``query``'s answer (see the module docstring).  Memoised:
-    the cache, resume and the store each ask for it, and a grid asks again on every re-run."""
-    content = {
-        "v": FINGERPRINT_VERSION,
+#: The fingerprint's parts as a person names them (a replay miss says which of them changed).
+PART_NAMES = {
+    "model": "model",
+    "messages": "messages",
+    "max_tokens": "sampling parameter max_tokens",
+    "temperature": "sampling parameter temperature",
+    "json_mode": "response format (json_mode)",
+    "sample": "sample index",
+}
+
+
+def fingerprint_parts(query: Query, default_model: str) -> dict[str, object]:
+    """What the fingerprint hashes, part by part (the keys of :data:`PART_NAMES`)."""
+    return {
         "model": query.model or default_model,
         "messages": query.messages(),
         "max_tokens": query.max_tokens,
@@ -33,4 +41,11 @@ def fingerprint(query: Query, default_model: str) -> str:
         "json_mode": query.json_mode,
         "sample": query.sample,
     }
+
+
+@functools.lru_cache(maxsize=65536)
+def fingerprint(query: Query, default_model: str) -> str:
+    """A hex SHA-256 of what determines ``query``'s answer (see the module docstring).  Memoised:
+    the cache, resume and the store each ask for it, and a grid asks again on every re-run."""
+    content = {"v": FINGERPRINT_VERSION, **fingerprint_parts(query, default_model)}
     return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -185,7 +185,7 @@ class RunMetrics:
             cpu_per_call_ms=cpu_s / attempts * 1000.0 if attempts else math.nan,
             throughput_qps=(sum(r.ok for r in sent) + sum(r.ok for r in batched)) / wall_s if wall_s > 0 else 0.0,
             cost_usd=sum(costs) if costs else None,
-            from_cache=sum(r.origin == "cache" for r in results),
+            from_cache=sum(r.origin == "cache" and r.ok for r in results),
             resumed=sum(r.origin == "resumed" for r in results),
             batched=len(batched),
             batch_cost_usd=sum(batch_costs) if batch_costs else None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import sys
 import time
@@ -49,6 +50,7 @@ from hybrid.errors import (
     Cancelled,
     ConfigError,
     DependencyFailed,
+    NotRecorded,
     QueryError,
     QueryTimeout,
     RateLimited,
@@ -89,8 +91,12 @@ class Orchestrator:
     ``store`` (a :class:`~hybrid.store.Store` or a file path) writes every result as it finishes,
     so an interrupt, a crash or a ``kill -9`` loses at most what was in flight; runs get a
     ``name`` and can be resumed.  ``cache`` (needs a store) answers a request already answered
-    before from the store: ``True`` or ``"on"``, ``"read"`` (read only), ``"write"`` (refresh),
-    ``False``; ``cache_max_age_s`` ignores older entries.
+    before from the store: ``"record"`` (or ``True``, ``"on"``: answer from the store, send and keep
+    the rest), ``"replay"`` (answer only from the store and send nothing: a miss is a
+    ``not_recorded`` row, and the backend is never opened), ``"read"`` (read only), ``"write"``
+    (refresh), ``"live"`` or ``False`` (no cache); ``cache_max_age_s`` ignores older entries.  The
+    environment variable ``HYBRID_CACHE`` (the same words) overrides ``cache`` for every orchestrator
+    with a store, so CI can force replay without a code change.
 
     An orchestrator belongs to the event loop that opened it (its semaphore, its clients): using it
     from another loop (a second ``asyncio.run``, ``run_sync`` inside the notebook) is refused with a
@@ -143,13 +149,7 @@ class Orchestrator:
                     f"prices[{model!r}] must be a Price(prompt_per_mtok=..., completion_per_mtok=...), got {price!r}."
                 )
         self.store = store if isinstance(store, Store) or store is None else Store(store)
-        cache_mode: str | None = ("on" if cache else None) if isinstance(cache, bool) else cache
-        if cache_mode is not None:
-            check_choice("cache (True, False, 'on', 'read' or 'write')", cache_mode, CACHE_MODES)
-            if self.store is None:
-                raise ConfigError(
-                    "cache= keeps answers in the run store: pass store=hybrid.Store('runs.sqlite') as well."
-                )
+        cache_mode = _cache_mode(cache, self.store)
         if cache_max_age_s is not None:
             check_number("cache_max_age_s", cache_max_age_s, positive=True, unit="seconds")
         if budget_usd is not None:
@@ -191,6 +191,11 @@ class Orchestrator:
         #: The runs in flight: each one's cancel scope, its task and an event set once it has ended.
         self._runs: dict[asyncio.Timeout, tuple[asyncio.Task[object] | None, asyncio.Event]] = {}
 
+    @property
+    def replaying(self) -> bool:
+        """True when answers come only from the store (``cache="replay"``, or ``HYBRID_CACHE=replay``)."""
+        return self.cache is not None and self.cache.mode == "replay"
+
     def __repr__(self) -> str:
         return (
             f"Orchestrator({self.backend!r}, max_concurrency={self.max_concurrency}, "
@@ -203,7 +208,8 @@ class Orchestrator:
             self._check_loop()
             self._depth += 1
             return self
-        await self.backend.open(max_connections=self.max_concurrency, query_timeout=self.timeout)
+        if not self.replaying:  # a replay sends nothing: no connection, no reachability probe
+            await self.backend.open(max_connections=self.max_concurrency, query_timeout=self.timeout)
         self._slots = asyncio.Semaphore(self.max_concurrency)
         if self.adaptive is not None:
             self.adaptive.open(loop.time())
@@ -222,7 +228,8 @@ class Orchestrator:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        await self.backend.aclose()
+        if not self.replaying:
+            await self.backend.aclose()
         if self.store is not None:
             await asyncio.to_thread(self.store.flush)  # leaving the block means the rows are on disk
 
@@ -657,6 +664,8 @@ class Orchestrator:
         place a row is made, for every strategy.  A row answered over the wire with ``last_sent``
         (when its last attempt left) gets its latency's decomposition; ``submitted`` defaults to the
         run's start."""
+        if isinstance(error, NotRecorded):  # a replay miss, told by the cache link: nothing left, nothing paid
+            origin, attempts, cost = "cache", 0, 0.0
         parts = {}
         if completion is not None and origin == "sent" and last_sent is not None:
             parts = latency_parts(finished - started, last_sent - started, last_sent, completion)
@@ -817,6 +826,34 @@ def _announce_interrupt(partial: RunResult, record: RunRecord | None) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def _cache_mode(cache: bool | str, store: Store | None) -> str | None:
+    """The cache mode an orchestrator runs with (None: no cache): ``cache=``, unless ``HYBRID_CACHE``
+    overrides it, as it does for every orchestrator with a store.  Checked here, before anything is
+    sent: a cache needs a store, and a forced replay without one must not quietly use the network."""
+    forced = os.environ.get("HYBRID_CACHE", "").strip().lower()
+    if forced:
+        check_choice("The environment variable HYBRID_CACHE", forced, (*CACHE_MODES, "live"))
+        if forced == "replay" and store is None:
+            raise ConfigError(
+                "HYBRID_CACHE=replay answers only from a run store, and this orchestrator has none: pass "
+                "store=hybrid.Store('runs.sqlite') (the file holding the recording), or unset HYBRID_CACHE."
+            )
+    if isinstance(cache, bool):
+        mode = "on" if cache else "live"
+    else:
+        check_choice("cache (True, False or a mode)", cache, (*CACHE_MODES, "live"))
+        mode = cache
+    if forced and store is not None:
+        mode = forced
+    if mode == "live":
+        return None
+    if store is None:
+        raise ConfigError(
+            f"cache={cache!r} keeps answers in the run store: pass store=hybrid.Store('runs.sqlite') as well."
+        )
+    return mode
 
 
 def _raise_if_all_failed(run: RunResult) -> RunResult:

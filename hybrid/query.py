@@ -209,7 +209,8 @@ class QueryResult:
     stage: int | None = None
     cost_usd: float | None = None
     #: ``"sent"`` (answered over the wire in this run), ``"batch"`` (answered by the provider's Batch
-    #: API in this run, at the batch price), ``"cache"`` (the response cache answered) or
+    #: API in this run, at the batch price), ``"cache"`` (the response cache answered, or in a replay
+    #: had no answer: error kind ``not_recorded``, nothing sent) or
     #: ``"resumed"`` (answered ok in an earlier run of the same name).  Only sent rows enter the
     #: timing metrics.
     origin: str = "sent"

@@ -184,6 +184,11 @@ class RayShards(Strategy):
                 "be. Use OpenAIBackend or HTTPBackend (for the simulator: sim.serve(...) and its URL)."
             )
         backend.recipe()  # refuses a backend bound to this process (sim.backend()), with advice
+        if orchestrator.replaying:
+            raise ConfigError(
+                "cache='replay' (or HYBRID_CACHE=replay) sends nothing, so a Ray cluster has nothing to do: "
+                "replay with mode='gather'."
+            )
         if orchestrator.adaptive is not None:
             raise ConfigError(
                 "mode='ray' shares a fixed max_concurrency between its shards; 'auto' adapts one orchestrator's "

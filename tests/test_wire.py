@@ -321,8 +321,10 @@ async def test_unreachable_base_url_and_missing_key_fail_clearly(monkeypatch: py
         async with Orchestrator(backend):
             pass
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
-        OpenAIBackend(base_url="https://api.example.com/v1", model="m")
+    keyless = OpenAIBackend(base_url="https://api.example.com/v1", model="m", check_reachable=False)
+    with pytest.raises(ConfigError, match=r"No API key: pass api_key=\.\.\. or set OPENAI_API_KEY"):
+        async with Orchestrator(keyless):  # refused as it opens, before anything is sent (a replay never opens)
+            pass
     with pytest.raises(ConfigError, match="http"):
         HTTPBackend(base_url="api.example.com", api_key="k", model="m")
 

@@ -48,14 +48,20 @@ class BatchAPI(Protocol):
         """Ask the provider to stop the batch; lines done so far still come back in its output."""
 
 
-def batch_api_of(backend: object) -> BatchAPI:
-    """``backend``'s Batch API, or a :class:`ConfigError` saying which backend has one."""
+def check_batch_api(backend: object) -> SupportsBatch:
+    """``backend``, if it has a Batch API, else a :class:`ConfigError` saying which backend has one
+    (without making the API's client: a replay never needs one)."""
     if not isinstance(backend, SupportsBatch):
         raise ConfigError(
             f"mode='batch' needs a backend with the provider's Batch API; {type(backend).__name__} has none. "
             "Use OpenAIBackend (the SDK's files and batches) or sim.backend(...)."
         )
-    return backend.batch_api()
+    return backend
+
+
+def batch_api_of(backend: object) -> BatchAPI:
+    """``backend``'s Batch API, or a :class:`ConfigError` saying which backend has one."""
+    return check_batch_api(backend).batch_api()
 
 
 class SDKBatchAPI:

@@ -10,8 +10,11 @@ Resume does not use the cache: it matches a run's own rows by fingerprint alone,
 on a restarted server never resends what it has.  A hit answers without passing on
 (no rate-limit token, no request) and the row comes back with ``origin="cache"``, cost 0 and no
 latency; a miss is sent and, when it succeeds, stored.  Errors are never cached.  ``mode`` is
-``"on"`` (read and write), ``"read"`` (use what is there, add nothing) or ``"write"`` (refresh:
-always send, store the answers); ``max_age_s`` ignores entries older than that.
+``"record"`` (read and write; ``"on"`` is its older name), ``"replay"`` (answer only from the store:
+a miss is not sent but becomes a :class:`~hybrid.errors.NotRecorded` row saying what changed, see
+:mod:`hybrid.chain.replay_miss`), ``"read"`` (use what is there, send and add nothing new) or
+``"write"`` (refresh: always send, store the answers); ``max_age_s`` ignores entries older than that.
+The orchestrator maps ``"live"`` (no cache) to no link at all.
 """
 
 from __future__ import annotations
@@ -22,13 +25,19 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hybrid.chain import Attempt, Next
+from hybrid.chain.replay_miss import ReplayMisses
+from hybrid.errors import NotRecorded
 from hybrid.fingerprint import fingerprint
 from hybrid.query import Completion, Query
 
 if TYPE_CHECKING:
     from hybrid.store import Store
 
-CACHE_MODES = ("on", "read", "write")
+#: The modes a link has ("live", no cache, is the orchestrator's, and has no link).
+CACHE_MODES = ("record", "replay", "on", "read", "write")
+#: The modes that read the cache and the ones that add to it.
+READS = ("record", "replay", "on", "read")
+WRITES = ("record", "on", "write")
 
 
 class ResponseCache:
@@ -39,17 +48,19 @@ class ResponseCache:
     ) -> None:
         self.store = store
         self.mode = mode
+        #: Explains a replay miss (reads the store's recordings at the first one).
+        self.misses = ReplayMisses(store, default_model, endpoint) if mode == "replay" else None
         self.default_model = default_model
         self.max_age_s = max_age_s
         #: The backend's identity, hashed into every key (None: a backend that cannot say).
-        self.endpoint = None if endpoint is None else hashlib.sha256(endpoint.encode()).hexdigest()[:16]
+        self.endpoint_key = None if endpoint is None else hashlib.sha256(endpoint.encode()).hexdigest()[:16]
         self._known: dict[str, Completion | None] = {}
 
     def _keys(self, query: Query) -> tuple[str, ...]:
         """Where ``query``'s answer may be: under this endpoint's key, then (for an entry written
         before the cache knew endpoints, or by a backend that cannot say) under the bare fingerprint."""
         bare = fingerprint(query, self.default_model)
-        return (bare,) if self.endpoint is None else (f"{bare}@{self.endpoint}", bare)
+        return (bare,) if self.endpoint_key is None else (f"{bare}@{self.endpoint_key}", bare)
 
     def prefetch(self, queries: Sequence[Query]) -> None:
         """Look a run's queries up in one go, so each hit is a dict look-up rather than a query."""
@@ -63,7 +74,7 @@ class ResponseCache:
 
     def lookup(self, query: Query) -> Completion | None:
         """The cached answer to ``query``, if the mode reads and there is one."""
-        if self.mode not in ("on", "read"):
+        if self.mode not in READS:
             return None
         for key in self._keys(query):
             hit = self._known[key] if key in self._known else self.store.cached(key, max_age_s=self.max_age_s)
@@ -73,7 +84,7 @@ class ResponseCache:
 
     def remember(self, query: Query, completion: Completion) -> None:
         """Store a fresh answer to ``query``, if the mode writes."""
-        if self.mode in ("on", "write"):
+        if self.mode in WRITES:
             key = self._keys(query)[0]
             self.store.cache(key, completion)
             self._known[key] = replace(completion, cached=True)
@@ -82,6 +93,8 @@ class ResponseCache:
         hit = self.lookup(query)
         if hit is not None:
             return hit
+        if self.misses is not None:
+            raise NotRecorded(self.misses.explain(query))
         completion = await call_next(query, attempt)
         self.remember(query, completion)
         return completion

@@ -5,9 +5,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from hybrid.query import Completion, Usage
+import orjson
+
+from hybrid.query import Completion, Query, Usage
 from hybrid.store.base import StoreFile
+
+
+class Recorded(NamedTuple):
+    """A query some run of the store answered ok: where a replay miss looks for what changed."""
+
+    run: str
+    row: int
+    fingerprint: str
+    query: Query
+    default_model: str
 
 
 class AnswerCache(StoreFile):
@@ -45,6 +58,26 @@ class AnswerCache(StoreFile):
                 usage = Usage(prompt_tokens=prompt, completion_tokens=completion, estimated=bool(estimated))
                 found[key] = Completion(text=text, usage=usage, model=model, finish_reason=finish, cached=True)
         return found
+
+    def recorded(self) -> dict[str, list[Recorded]]:
+        """Every query answered ok by a run of this store, by query name, newest first: read once,
+        when a replay first misses (a miss is rare, and this walks the results table)."""
+        self.flush()
+        rows = self._read(
+            "SELECT runs.name, r.idx, r.fingerprint, r.name, r.query, runs.settings FROM results r "
+            "JOIN runs ON runs.id = r.run_id WHERE r.error_kind IS NULL "
+            "ORDER BY r.recorded_at DESC"
+        )
+        found: dict[str, list[Recorded]] = {}
+        for run, index, key, name, query, settings in rows:
+            model = orjson.loads(settings).get("model") or ""
+            found.setdefault(name, []).append(Recorded(run, index, key, Query(name, **orjson.loads(query)), model))
+        return found
+
+    def cached_servers(self, fingerprint: str) -> int:
+        """How many servers' answers to ``fingerprint`` the cache holds (keys ``fingerprint@server``)."""
+        rows = self._read("SELECT COUNT(*) FROM cache WHERE fingerprint LIKE ? || '@%'", (fingerprint,))
+        return int(rows[0][0])
 
     def cache(self, fingerprint: str, completion: Completion) -> None:
         """Queue ``completion`` as the cached answer for ``fingerprint`` (errors are never cached)."""
