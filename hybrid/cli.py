@@ -136,7 +136,7 @@ def cmd_real(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    """``hybrid runs list|show|export|compare``: the run store's history, from a terminal."""
+    """``hybrid runs list|show|export|compare|prune``: the run store's history, from a terminal."""
     import pandas as pd
 
     from hybrid.errors import ConfigError
@@ -154,6 +154,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 print(frame.to_string(index=False))
             elif args.action == "export":
                 print("Wrote", store.export(args.name, args.path))
+            elif args.action == "prune":
+                pruned = store.prune(args.keep, dry_run=args.dry_run)
+                print(("Would remove " if args.dry_run else "Removed ") + str(pruned))
             else:
                 print(store.compare(args.a, args.b).drop(columns=[f"text_{args.a}", f"text_{args.b}"]).to_string())
     except ConfigError as exc:
@@ -255,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--level", type=float, default=0.95, help="diff: confidence level (default 0.95)")
     bench.set_defaults(func=cmd_bench)
 
-    runs = sub.add_parser("runs", help="the run store's history: list, show, export or compare saved runs")
+    runs = sub.add_parser("runs", help="the run store's history: list, show, export, compare or prune saved runs")
     runs.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")
     runs_sub = runs.add_subparsers(dest="action", required=True)
     runs_sub.add_parser("list", help="one line per saved run")
@@ -267,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs_compare = runs_sub.add_parser("compare", help="two runs side by side, per query")
     runs_compare.add_argument("a")
     runs_compare.add_argument("b")
+    runs_prune = runs_sub.add_parser(
+        "prune", help="keep only the runs named and the cached answers they use; delete the rest and compact"
+    )
+    runs_prune.add_argument("--keep", nargs="+", required=True, metavar="RUN", help="the runs to keep")
+    runs_prune.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
     runs.set_defaults(func=cmd_runs)
 
     view = sub.add_parser("view", help="the run store in a browser: runs, a page per run (live), comparisons")

@@ -243,3 +243,39 @@ def test_replay_refuses_ray(tmp_path: Path) -> None:
     orch = Orchestrator(backend, store=tmp_path / "s.sqlite", cache="replay")
     with pytest.raises(ConfigError, match="replay with mode='gather'"):
         RayShards(shards=2).check(orch)
+
+
+@pytest.mark.looptime
+async def test_pruning_keeps_the_named_recording_replayable_and_drops_the_rest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "suite.sqlite")
+    backend = FakeBackend(default=Answer("4"))
+    for name, suffix in (("old", " (v1)"), ("explore", " (draft)"), ("suite", "")):
+        async with Orchestrator(backend, store=store, cache="record") as orch:
+            await orch.run([Query(q.name, q.prompt + suffix) for q in SUITE], name=name)
+
+    dry = store.prune(["suite"], dry_run=True)
+    assert dry.runs == ("old", "explore") and dry.cached_answers == 2 * len(SUITE)
+    assert list(store.runs()["name"]) == ["old", "explore", "suite"]  # a dry run changes nothing
+
+    pruned = store.prune(["suite"])
+    assert pruned.runs == ("old", "explore") and pruned.cached_answers == 2 * len(SUITE)
+    assert list(store.runs()["name"]) == ["suite"] and pruned.bytes_after < pruned.bytes_before
+    async with Orchestrator(FakeBackend(), store=store, cache="replay") as orch:
+        run = await orch.run(SUITE)
+    assert run.metrics.from_cache == len(SUITE)
+    with pytest.raises(ConfigError, match="No run named 'gone'.*nothing was pruned"):
+        store.prune(["suite", "gone"])
+
+
+def test_hybrid_runs_prune_from_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hybrid.cli import main
+    from hybrid.testing import write_large_run
+
+    path = tmp_path / "suite.sqlite"
+    with Store(path) as store:
+        write_large_run(store, "keep-me", rows=3, text_bytes=10)
+        write_large_run(store, "drop-me", rows=3, text_bytes=10)
+    assert main(["runs", "--store", str(path), "prune", "--keep", "keep-me"]) == 0
+    assert capsys.readouterr().out.startswith("Removed 1 run(s) (drop-me) and 0 cached answer(s); ")
+    assert main(["runs", "--store", str(path), "prune", "--keep", "nope"]) == 2
+    assert "No run named 'nope'" in capsys.readouterr().err
