@@ -251,7 +251,7 @@ async def test_pruning_keeps_the_named_recording_replayable_and_drops_the_rest(t
     backend = FakeBackend(default=Answer("4"))
     for name, suffix in (("old", " (v1)"), ("explore", " (draft)"), ("suite", "")):
         async with Orchestrator(backend, store=store, cache="record") as orch:
-            await orch.run([Query(q.name, q.prompt + suffix) for q in SUITE], name=name)
+            await orch.run([Query(q.name, q.prompt + suffix, max_tokens=16) for q in SUITE], name=name)
 
     dry = store.prune(["suite"], dry_run=True)
     assert dry.runs == ("old", "explore") and dry.cached_answers == 2 * len(SUITE)
@@ -263,7 +263,7 @@ async def test_pruning_keeps_the_named_recording_replayable_and_drops_the_rest(t
     async with Orchestrator(FakeBackend(), store=store, cache="replay") as orch:
         run = await orch.run(SUITE)
     assert run.metrics.from_cache == len(SUITE)
-    with pytest.raises(ConfigError, match="No run named 'gone'.*nothing was pruned"):
+    with pytest.raises(ConfigError, match=r"No run named 'gone'.*nothing was pruned"):
         store.prune(["suite", "gone"])
 
 
