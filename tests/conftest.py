@@ -18,6 +18,9 @@ from hybrid.query import QueryResult
 
 BACKENDS = {"openai": OpenAIBackend, "http": HTTPBackend}
 
+#: pytester: the kit's pytest plugin is tested from temporary projects.
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend_kind(request: pytest.FixtureRequest) -> str:
