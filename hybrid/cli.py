@@ -165,6 +165,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``hybrid report RUN [BASELINE]``: a run's report for a pull request, markdown or one html file."""
+    from hybrid.errors import ConfigError
+    from hybrid.lab.pull_request import PullRequestReport
+    from hybrid.store import Store
+
+    try:
+        if not Path(args.store).is_file():
+            raise ConfigError(f"No store file {args.store!r}: pass the one the runs were written to, --store F.")
+        with Store(args.store) as store:
+            report = PullRequestReport(store, args.run, args.baseline, min_pass=args.min_pass)
+            text = report.markdown() if args.format == "md" else report.html()
+    except ConfigError as exc:
+        print(f"hybrid report: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print("Wrote", args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """``hybrid view``: the run store in a browser, live while runs are going."""
     from hybrid.errors import ConfigError
@@ -276,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     runs_prune.add_argument("--keep", nargs="+", required=True, metavar="RUN", help="the runs to keep")
     runs_prune.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
     runs.set_defaults(func=cmd_runs)
+
+    report = sub.add_parser(
+        "report", help="a run's report for a pull request: pass rates, changes vs a baseline run, cost (md or html)"
+    )
+    report.add_argument("run", help="the run to report")
+    report.add_argument("baseline", nargs="?", help="a run to compare it with (e.g. main's)")
+    report.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")
+    report.add_argument("--format", choices=("md", "html"), default="md", help="md (a PR comment) or html (one file)")
+    report.add_argument("--min-pass", type=float, help="also gate each group at this pass rate (0-1)")
+    report.add_argument("-o", "--output", help="write here instead of to standard output")
+    report.set_defaults(func=cmd_report)
 
     view = sub.add_parser("view", help="the run store in a browser: runs, a page per run (live), comparisons")
     view.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")

@@ -57,6 +57,37 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
+# -- (0) the report, opened from disk -------------------------------------------------------------
+async def test_the_html_report_opens_from_disk_with_no_request_leaving_the_page(
+    browser: Browser, tmp_path: Path
+) -> None:
+    from hybrid import Orchestrator, Query, lab
+    from hybrid.lab.pull_request import PullRequestReport
+    from hybrid.testing import Answer, FakeBackend
+
+    store = Store(tmp_path / "runs.sqlite")
+    queries = [Query(f"q{r}", "Capital of France?", sample=r, metadata={"case": "capital"}) for r in range(12)]
+    for name, passing in (("main", 12), ("branch", 3)):
+        backend = FakeBackend(lambda q, a, passing=passing: Answer("Paris" if q.sample < passing else "Lyon"))
+        async with Orchestrator(backend, store=store) as orch:
+            run = await orch.run(queries, name=name)
+        await lab.score(run, [lab.contains("Paris")], store=store, name=name)
+    path = tmp_path / "report.html"
+    path.write_text(PullRequestReport(store, "branch", "main").html())
+    page = await browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    await page.goto(path.as_uri())
+    await page.screenshot(path=str(SHOTS / "report.png"), full_page=True)
+    assert requests == [path.as_uri()]  # the file itself, and nothing else
+    regressed = page.locator("#groups tr.worse td").first
+    assert await regressed.text_content() == "capital" and await regressed.is_visible()
+    assert await page.locator("svg").count() >= 2  # the run page's charts, inlined
+    assert (
+        await page.evaluate("getComputedStyle(document.querySelector('header')).backgroundColor") == "rgb(45, 62, 80)"
+    )
+
+
 # -- (1) the viewer -----------------------------------------------------------------------------
 async def test_the_viewer_follows_a_run_in_another_process_live(browser: Browser, tmp_path: Path) -> None:
     n = 40

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from hybrid import ConfigError, Orchestrator, Price, Query, Retry, ServerError, Store
-from hybrid.store.schema import APPLICATION_ID, INSERT_RESULT
+from hybrid.store.schema import APPLICATION_ID, INSERT_RESULT, SCHEMA_VERSION
 from hybrid.testing import Answer, Fail, FakeBackend
 
 pytestmark = pytest.mark.looptime
@@ -469,5 +469,5 @@ async def test_a_schema_5_store_gains_leases_and_budgets_in_place(tmp_path: Path
         assert len(backend.calls) == 1
         assert upgraded.load("before", segment=-1).metrics.budget == resumed.metrics.budget is not None
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID

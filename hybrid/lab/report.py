@@ -13,11 +13,14 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from hybrid.errors import ConfigError
 from hybrid.lab.scorers import Scorer
 from hybrid.results import RunResult
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from hybrid.store import Store
 
 COORDINATES = ("variant", "case", "model", "temperature", "repeat")
 
@@ -33,14 +36,23 @@ def wilson(passed: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
     return (0.0 if passed == 0 else centre - half), (1.0 if passed == n else centre + half)
 
 
-async def score(run: RunResult, scorers: Sequence[Scorer]) -> pd.DataFrame:
-    """One row per (query, scorer): the query's grid coordinates, the scorer, passed, value, reason."""
+async def score(
+    run: RunResult, scorers: Sequence[Scorer], *, store: Store | None = None, name: str | None = None
+) -> pd.DataFrame:
+    """One row per (query, scorer): the query's grid coordinates, the scorer, passed, value, reason.
+
+    With ``store`` and ``name`` (the run's name in that store) the verdicts are kept beside the run,
+    so ``hybrid report`` and later readers see the same pass rates without the scorers."""
     import pandas as pd
 
+    if (store is None) != (name is None):
+        raise ConfigError("score(..., store=, name=) keeps the scores with run `name` of `store`: pass both.")
     results = list(run.results)
     rows = []
+    kept = []
     for scorer in scorers:
         for result, verdict in zip(results, await scorer.score_all(results), strict=True):
+            kept.append((result.index, verdict.scorer, verdict.passed, verdict.value, verdict.reason))
             metadata = result.query.metadata or {}
             rows.append(
                 {
@@ -55,6 +67,8 @@ async def score(run: RunResult, scorers: Sequence[Scorer]) -> pd.DataFrame:
                     "cost_usd": result.cost_usd,
                 }
             )
+    if store is not None and name is not None:
+        store.save_scores(name, kept)
     return pd.DataFrame(rows)
 
 

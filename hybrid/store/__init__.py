@@ -3,8 +3,8 @@
 One class, :class:`Store`, made of parts that each do one job: the file and its writer thread
 (``base``), the format and its upgrades (``schema``), runs as they happen (``runs``), remote jobs
 (``remote_jobs``), the cache's table (``cache``), history (``history``, with ``segments`` merging
-a resumed run), pruning to the runs worth keeping (``prune``), and one run's record of itself
-(``record``: what the orchestrator holds).
+a resumed run), scorers' verdicts on a run (``scores``), pruning to the runs worth keeping
+(``prune``), and one run's record of itself (``record``: what the orchestrator holds).
 
 Why ``sqlite3`` from the standard library, in WAL mode, with one writer thread: results must reach
 the disk while the run goes on (a crashed or killed kernel loses at most what was in flight), but
@@ -39,11 +39,12 @@ from hybrid.store.prune import Pruned, Pruning
 from hybrid.store.record import RunRecord
 from hybrid.store.remote_jobs import RemoteJobs
 from hybrid.store.schema import SCHEMA_VERSION
+from hybrid.store.scores import Scores
 
 __all__ = ["SCHEMA_VERSION", "Pruned", "RunRecord", "Store"]
 
 
-class Store(History, Pruning, AnswerCache, RemoteJobs):
+class Store(History, Pruning, AnswerCache, RemoteJobs, Scores):
     """A SQLite run store at ``path`` (created if missing).  See the module docstring."""
 
     def run_record(

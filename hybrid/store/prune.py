@@ -17,7 +17,7 @@ from hybrid.errors import ConfigError
 from hybrid.store.runs import RunLog
 
 #: The tables holding a run's parts (each has ``run_id``).
-RUN_PARTS = ("results", "segments", "events", "remote_jobs", "leases")
+RUN_PARTS = ("results", "segments", "events", "remote_jobs", "leases", "scores")
 
 
 @dataclass(frozen=True, slots=True)

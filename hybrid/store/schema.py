@@ -20,8 +20,9 @@ from hybrid.query import Query, QueryResult, Usage
 
 #: 2: remote_jobs (batch ids); 3: events (what a live viewer follows); 4: latency parts;
 #: 5: segments (a run and each resume, with what the run measured beyond its rows) and cached prompt tokens;
-#: 6: leases (which process is writing a run) and each segment's budget as it ended.
-SCHEMA_VERSION = 6
+#: 6: leases (which process is writing a run) and each segment's budget as it ended; 7: scores (what
+#: scorers said of a run's answers, so a report reads the same verdicts the notebook saw).
+SCHEMA_VERSION = 7
 #: Stamped in every store (``PRAGMA application_id``, "HYBR"): a file without it is not the kit's.
 APPLICATION_ID = 0x48594252
 #: The tables every store of the kit has had since its first schema.
@@ -117,6 +118,15 @@ CREATE TABLE IF NOT EXISTS leases (
     pid INTEGER NOT NULL,
     host TEXT NOT NULL,
     heartbeat_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    idx INTEGER NOT NULL,
+    scorer TEXT NOT NULL,
+    passed INTEGER,
+    value REAL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (run_id, idx, scorer)
 );
 CREATE TABLE IF NOT EXISTS cache (
     fingerprint TEXT PRIMARY KEY,
@@ -216,8 +226,8 @@ def prepare(connection: sqlite3.Connection, path: Path) -> None:
         return
     if version == 0:
         script = SCHEMA
-    elif version == 5:  # schema 6: a new table (leases) and the segments' budget
-        script = SCHEMA + "ALTER TABLE segments ADD COLUMN budget TEXT;"
+    elif version in (5, 6):  # schema 6: a new table (leases) and the segments' budget; 7: a new table (scores)
+        script = SCHEMA + ("ALTER TABLE segments ADD COLUMN budget TEXT;" if version == 5 else "")
     else:  # schema 4 added the latency decomposition's columns, schema 5 the segments
         added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in LATENCY_PARTS)
         script = (added if version < 4 else "") + TO_SEGMENTS

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import io
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -22,13 +23,25 @@ MAX_PLOTTED_ROWS = 2000
 PAGE_ROWS = 1000
 
 
-def page(title: str, body: str, *, script: bool = False) -> str:
+#: The viewer's stylesheet, inlined in a page that must open from disk (``hybrid report --format html``).
+STYLESHEET = Path(__file__).with_name("static") / "viewer.css"
+
+
+def page(title: str, body: str, *, script: bool = False, standalone: bool = False) -> str:
+    """A whole page.  ``standalone`` inlines the stylesheet and links nowhere, so the file reads the
+    same opened from disk, with no server and no request leaving it."""
     scripts = '<script src="/static/viewer.js" defer></script>' if script else ""
+    style = (
+        f"<style>{STYLESHEET.read_text()}</style>"
+        if standalone
+        else "<link rel='stylesheet' href='/static/viewer.css'>"
+    )
+    home = "<span>hybrid report</span>" if standalone else "<a href='/'>hybrid view</a>"
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_escape(title)} · hybrid view</title>"
-        f"<link rel='stylesheet' href='/static/viewer.css'>{scripts}</head><body>"
-        f"<header><a href='/'>hybrid view</a></header><main><h1>{_escape(title)}</h1>{body}</main></body></html>"
+        f"<title>{_escape(title)} · hybrid {'report' if standalone else 'view'}</title>"
+        f"{style}{scripts}</head><body>"
+        f"<header>{home}</header><main><h1>{_escape(title)}</h1>{body}</main></body></html>"
     )
 
 
@@ -93,10 +106,26 @@ def run_page(
     page_number: int = 0,
     after: int = 0,
 ) -> str:
+    """One run's page (:func:`run_body`), live while the run goes on."""
+    body = run_body(name, info, rows, run, page_number=page_number, after=after)
+    return page(f"Run {name}", body, script=str(info["status"]) == "running")
+
+
+def run_body(
+    name: str,
+    info: dict[str, Any],
+    rows: dict[int, dict[str, Any]],
+    run: RunResult | None,
+    *,
+    page_number: int = 0,
+    after: int = 0,
+    links: bool = True,
+) -> str:
     """One run: counts, a progress bar, one page of the table (:data:`PAGE_ROWS` rows; rows not
     answered yet are pending, a text cut short links to the whole answer), and, once the run has
     ended, the timeline, efficiency and tokens per query.  ``after`` is the newest event when the
-    page was read: the live script follows from there."""
+    page was read: the live script follows from there.  Without ``links`` (a page opened from
+    disk) there are no links to other pages."""
     queries = int(info["queries"])
     ok, failed = int(info["ok"] or 0), int(info["failed"] or 0)
     done = ok + failed
@@ -113,7 +142,8 @@ def run_page(
         table.append(
             f"<tr id='q{index}' class='{state}'><td>{index}</td><td>{_cell(row['name'])}</td><td>{state}</td>"
             f"<td>{_cell(row['error_kind'])}</td><td>{_cell(row['latency_s'])}</td><td>{_cell(row['total_tokens'])}</td>"
-            f"<td>{_cell(row['cost_usd'])}</td><td class='text'>{_cell(row['text'])}{_whole(name, row)}</td></tr>"
+            f"<td>{_cell(row['cost_usd'])}</td><td class='text'>{_cell(row['text'])}"
+            f"{_whole(name, row) if links else ''}</td></tr>"
         )
     status = str(info["status"])
     summary = (
@@ -128,8 +158,8 @@ def run_page(
         f"<th>{h}</th>" for h in ("#", "name", "state", "error", "latency (s)", "tokens", "cost ($)", "text")
     )
     table_html = f"<table id='rows'><thead><tr>{head}</tr></thead><tbody>{''.join(table)}</tbody></table>"
-    body = f"{summary}{figures}{_pager(queries, page_number)}{table_html}"
-    return page(f"Run {name}", body, script=status == "running")
+    pager = _pager(queries, page_number) if links else ""
+    return f"{summary}{figures}{pager}{table_html}"
 
 
 def _whole(name: str, row: dict[str, Any]) -> str:
