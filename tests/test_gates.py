@@ -126,3 +126,15 @@ def test_the_sequential_test_holds_its_error_rates_with_bounds_inside_walds() ->
 
     assert fail_rate(0.9) <= 0.05 + 0.01  # 1.5 standard errors of 4,000 trials
     assert fail_rate(0.6) >= 0.95 - 0.01
+
+
+async def test_samples_of_one_query_are_separate_answers_in_a_score_table() -> None:
+    """Repeats made as samples keep their query's name; each is still its own answer."""
+    samples = [Query("capital", "Capital of France?", sample=s) for s in range(5)]
+    async with Orchestrator(FakeBackend(lambda q, a: Answer("yes" if q.sample < 3 else "no"))) as orch:
+        run = await orch.run(samples)
+    scores = await lab.score(run, [lab.contains("yes"), lab.contains("y")])
+    assert lab.gate(scores, min_pass=0.5).n == 5
+    assert lab.pass_hat_k(scores, 2).to_dict("records") == [
+        {"name": "capital", "samples": 5, "passed": 3, "pass^2": pytest.approx(0.3)}
+    ]

@@ -100,8 +100,9 @@ def _verdict_of(passed: int, n: int, min_pass: float, confidence: float) -> Gate
 
 
 def _answers(scores: pd.DataFrame | Iterable[bool]) -> list[bool]:
-    """One pass/fail per answer: a score table's rows collapsed by answer (every scorer that voted
-    passed), or the booleans as given."""
+    """One pass/fail per answer: a score table's rows collapsed by answer (its ``index`` in the
+    run, else its name and repeat; it passes when every scorer that voted passed), or the booleans
+    as given."""
     import pandas as pd
 
     if not isinstance(scores, pd.DataFrame):
@@ -109,7 +110,7 @@ def _answers(scores: pd.DataFrame | Iterable[bool]) -> list[bool]:
     if "passed" not in scores:
         raise ConfigError("gate() needs lab.score()'s table (a 'passed' column) or a list of True/False.")
     voted = scores[scores["passed"].notna()]
-    keys = [k for k in ("name", "repeat") if k in voted]
+    keys = ["index"] if "index" in voted else [k for k in ("name", "repeat") if k in voted]
     if not keys:
         return [bool(x) for x in voted["passed"]]
     return [bool(all(group["passed"])) for _, group in voted.groupby(keys, sort=False, dropna=False)]

@@ -39,7 +39,8 @@ def wilson(passed: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
 async def score(
     run: RunResult, scorers: Sequence[Scorer], *, store: Store | None = None, name: str | None = None
 ) -> pd.DataFrame:
-    """One row per (query, scorer): the query's grid coordinates, the scorer, passed, value, reason.
+    """One row per (query, scorer): the query's name, its row ``index`` in the run (which answer),
+    its grid coordinates, the scorer, passed, value, reason.
 
     With ``store`` and ``name`` (the run's name in that store) the verdicts are kept beside the run,
     so ``hybrid report`` and later readers see the same pass rates without the scorers."""
@@ -57,6 +58,7 @@ async def score(
             rows.append(
                 {
                     "name": result.name,
+                    "index": result.index,
                     **{c: metadata.get(c) for c in COORDINATES},
                     "scorer": verdict.scorer,
                     "passed": verdict.passed,
