@@ -18,23 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
-import random
 import subprocess
 from math import comb
 
 from hybrid import Orchestrator, Query, lab
 from hybrid.lab.gates import _chance_of_fail
-from hybrid.testing import Answer, FakeBackend
+from hybrid.testing import noisy_backend
 
 SUITE = [Query(f"case-{i}", f"Is {i} a number?") for i in range(4)]
-
-
-def scripted(pass_rate: float, trial: int) -> FakeBackend:
-    def answer(query: Query, attempt: int) -> Answer:
-        rng = random.Random(f"{trial}/{query.name}/{query.sample}")
-        return Answer("yes" if rng.random() < pass_rate else "no")
-
-    return FakeBackend(answer)
 
 
 def binomial_cdf(c: int, n: int, p: float) -> float:
@@ -52,7 +43,7 @@ def fixed_size(healthy: float, dropped: float, false_alarms: float, detection: f
 
 
 async def trial(pass_rate: float, min_pass: float, seed: int) -> lab.Gate:
-    async with Orchestrator(scripted(pass_rate, seed), progress=False) as orch:
+    async with Orchestrator(noisy_backend(pass_rate, seed=seed), progress=False) as orch:
         return await lab.decide(orch, SUITE, lab.contains("yes"), min_pass=min_pass)
 
 

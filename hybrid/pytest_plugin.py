@@ -67,6 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _without_looptime_if_no_asyncio(config.pluginmanager)
     config.addinivalue_line(
         "markers",
         "llm(min_pass=0.8, max_repeats=16, confidence=0.95): run the test once per sample (the hybrid_sample "
@@ -82,6 +83,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _SAVED_ENV = pytest.StashKey[str | None]()
+
+
+def _without_looptime_if_no_asyncio(plugins: pytest.PytestPluginManager) -> None:
+    """looptime, the kit's virtual clock, registers a pytest plugin whose fixture hook assumes
+    pytest-asyncio: without it, every test that uses a fixture errors (``'NoneType' object has no
+    attribute '__name__'``).  A project that installs the kit but not pytest-asyncio has no use for
+    looptime's plugin (it times pytest-asyncio's loops), so there it is unregistered."""
+    if plugins.getplugin("asyncio") is not None:
+        return
+    for name in ("looptime_plugin", "looptime_chronometers", "looptime_timeproxies"):
+        plugin = plugins.getplugin(name)
+        if plugin is not None:
+            plugins.unregister(plugin)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -40,7 +41,17 @@ from hybrid.query import Completion, Query, QueryResult, ServerReport, Usage
 from hybrid.store import Store
 from hybrid.tokens import count_message_tokens, count_tokens
 
-__all__ = ["Answer", "Call", "Fail", "FakeBackend", "Hang", "Step", "assert_no_regression", "chat_server"]
+__all__ = [
+    "Answer",
+    "Call",
+    "Fail",
+    "FakeBackend",
+    "Hang",
+    "Step",
+    "assert_no_regression",
+    "chat_server",
+    "noisy_backend",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,6 +191,20 @@ class FakeBackend:
             ttft_s=ttft,
             server=answer.server,
         )
+
+
+def noisy_backend(pass_rate: float, *, seed: object = 0, right: str = "yes", wrong: str = "no") -> FakeBackend:
+    """A model that gets each sample right with probability ``pass_rate``: it answers ``right``
+    or ``wrong``, drawn from a generator seeded by ``seed``, the query's name and its sample
+    index, so a sample always gets the same answer (as a recording would give it back).  For
+    testing gates and sequential tests against a known pass rate."""
+    check_number("noisy_backend(pass_rate=...)", pass_rate, minimum=0.0, maximum=1.0)
+
+    def answer(query: Query, attempt: int) -> Answer:
+        draw = random.Random(f"{seed}/{query.name}/{query.sample}").random()
+        return Answer(right if draw < pass_rate else wrong)
+
+    return FakeBackend(answer)
 
 
 @contextlib.asynccontextmanager

@@ -13,21 +13,11 @@ import pandas as pd
 import pytest
 
 from hybrid import ConfigError, Orchestrator, Query, Store, lab
-from hybrid.testing import Answer, FakeBackend
+from hybrid.testing import Answer, FakeBackend, noisy_backend
 
 pytestmark = pytest.mark.looptime
 
 SUITE = [Query(f"case-{i}", f"Is {i} a number?") for i in range(4)]
-
-
-def scripted(pass_rate: float, seed: int) -> FakeBackend:
-    """Each answer is "yes" (passes) with probability ``pass_rate``, seeded by query and sample."""
-
-    def answer(query: Query, attempt: int) -> Answer:
-        rng = random.Random(f"{seed}/{query.name}/{query.sample}")
-        return Answer("yes" if rng.random() < pass_rate else "no")
-
-    return FakeBackend(answer)
 
 
 def test_a_gate_passes_fails_or_asks_for_more_by_its_interval() -> None:
@@ -79,7 +69,7 @@ def test_pass_at_k_and_pass_hat_k_are_the_unbiased_estimates() -> None:
 
 async def test_decide_stops_early_on_a_clear_pass_and_a_clear_fail() -> None:
     for rate, verdict in ((1.0, "pass"), (0.0, "fail")):
-        backend = scripted(rate, seed=1)
+        backend = noisy_backend(rate, seed=1)
         async with Orchestrator(backend) as orch:
             decided = await lab.decide(orch, SUITE, lab.contains("yes"), min_pass=0.8)
         assert decided.verdict == verdict and decided.n == len(backend.calls) < 32 * len(SUITE)
@@ -87,7 +77,7 @@ async def test_decide_stops_early_on_a_clear_pass_and_a_clear_fail() -> None:
 
 
 async def test_decide_gives_up_as_inconclusive_at_max_repeats_on_a_rate_in_the_indifference_zone() -> None:
-    async with Orchestrator(scripted(0.75, seed=3)) as orch:
+    async with Orchestrator(noisy_backend(0.75, seed=3)) as orch:
         decided = await lab.decide(orch, SUITE[:1], lab.contains("yes"), min_pass=0.8, max_repeats=6)
     assert decided.verdict == "inconclusive" and decided.n == 6
     assert "had not decided when the samples ran out" in decided.why
@@ -95,7 +85,7 @@ async def test_decide_gives_up_as_inconclusive_at_max_repeats_on_a_rate_in_the_i
 
 async def test_decide_sends_distinct_samples_in_turn_and_replays_to_the_same_verdict(tmp_path: Path) -> None:
     store = Store(tmp_path / "gate.sqlite")
-    live = scripted(0.85, seed=5)
+    live = noisy_backend(0.85, seed=5)
     async with Orchestrator(live, store=store, cache="record") as orch:
         recorded = await lab.decide(orch, SUITE, lab.contains("yes"), min_pass=0.8, batch=1)
     samples = [(c.name, c.attempt) for c in live.calls]

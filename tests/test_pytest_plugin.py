@@ -51,7 +51,9 @@ def test_a_recorded_suite_replays_without_the_backend_and_passes(
     monkeypatch.delenv("HYBRID_CACHE", raising=False)
     monkeypatch.setenv("RATE", "1.0")
     project(pytester)
-    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    # As in a project that installs only the kit and pytest: no pytest-asyncio (looptime's plugin,
+    # a dependency's, would then break every fixture; the kit's plugin unregisters it).
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio").assert_outcomes(passed=1)
     assert (pytester.path / "recording.sqlite").exists()
 
     project(pytester, backend="factory:broken")  # the same suite, its backend now unusable

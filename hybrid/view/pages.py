@@ -97,20 +97,6 @@ def runs_page(runs: pd.DataFrame) -> str:
     return page("Runs", f"<table id='runs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{form}")
 
 
-def run_page(
-    name: str,
-    info: dict[str, Any],
-    rows: dict[int, dict[str, Any]],
-    run: RunResult | None,
-    *,
-    page_number: int = 0,
-    after: int = 0,
-) -> str:
-    """One run's page (:func:`run_body`), live while the run goes on."""
-    body = run_body(name, info, rows, run, page_number=page_number, after=after)
-    return page(f"Run {name}", body, script=str(info["status"]) == "running")
-
-
 def run_body(
     name: str,
     info: dict[str, Any],
@@ -121,7 +107,8 @@ def run_body(
     after: int = 0,
     links: bool = True,
 ) -> str:
-    """One run: counts, a progress bar, one page of the table (:data:`PAGE_ROWS` rows; rows not
+    """One run (a page's body; the viewer's run page is live while the run goes on): counts, a
+    progress bar, one page of the table (:data:`PAGE_ROWS` rows; rows not
     answered yet are pending, a text cut short links to the whole answer), and, once the run has
     ended, the timeline, efficiency and tokens per query.  ``after`` is the newest event when the
     page was read: the live script follows from there.  Without ``links`` (a page opened from

@@ -162,8 +162,8 @@ async def _run(request: web.Request) -> web.Response:
     run = None
     if info["status"] != "running":
         run = await _read(request, Store.load, name, texts=False)  # the page reads 300 characters a row
-    text = await asyncio.to_thread(pages.run_page, name, info, rows, run, page_number=page_number, after=after)
-    return _html(text)
+    body = await asyncio.to_thread(pages.run_body, name, info, rows, run, page_number=page_number, after=after)
+    return _html(pages.page(f"Run {name}", body, script=info["status"] == "running"))
 
 
 async def _answer(request: web.Request) -> web.Response:
