@@ -128,7 +128,9 @@ async def test_the_viewer_follows_a_run_in_another_process_live(browser: Browser
 
 
 # -- (2) and (3): JupyterLab --------------------------------------------------------------------
-NOTEBOOKS = ("01_quickstart.ipynb", "02_benchmark_speedups.ipynb", "03_prompt_lab.ipynb")
+NOTEBOOKS = ("01_quickstart.ipynb", "02_benchmark_speedups.ipynb", "03_prompt_lab.ipynb", "04_regression_tests.ipynb")
+#: The notebooks that draw figures (the others show tables and text).
+WITH_FIGURES = ("01_quickstart.ipynb", "02_benchmark_speedups.ipynb")
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
@@ -143,6 +145,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Pa
                 cell.outputs, cell.execution_count = [], None
         notebook.metadata["kernelspec"] = KERNELSPEC
         nbformat.write(notebook, folder / name)
+    shutil.copytree(ROOT / "notebooks" / "recordings", folder / "recordings")  # what notebook 04 replays
     settings = {
         # Every cell in the page, to be checked; the notebook's kernel started without asking.
         "notebook-extension/tracker": {"windowingMode": "none", "autoStartDefaultKernel": True},
@@ -223,7 +226,7 @@ async def test_a_notebook_runs_all_cells_in_jupyterlab(browser: Browser, lab: tu
     ).all_inner_texts()
     assert not [e for e in errors if "Traceback" in e or "Error" in e], errors
     assert await page.locator(".jp-RenderedHTMLCommon table").count() > 0  # DataFrames render as tables
-    if name != "03_prompt_lab.ipynb":
+    if name in WITH_FIGURES:
         assert await page.locator(".jp-RenderedImage img").count() > 0  # figures render as images
     # A progress bar widget rendered and reached 100% (progress="auto" in a kernel with widgets).
     bars = page.locator(".jp-OutputArea-output .widget-hprogress")

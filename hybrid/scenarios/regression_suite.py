@@ -1,7 +1,9 @@
 """A small prompt suite with a gate per case, recorded once against a real model and replayed in CI.
 
-Four cases a small model gets right often, sometimes or rarely (Gemma 3 270M at temperature 0.8:
-it names Paris and the blue sky reliably, adds numbers less so, and seldom spells a word backwards).
+Four checks a small model meets always, often or seldom.  Gemma 3 270M (a base model, at
+temperature 0.8) answers in words every time, keeps to the question's topic most of the time (about
+83% of samples repeat "capital"), names Paris in about one sample in six and never adds 17 + 25:
+an honest mix of pass, fail and "not sure" for the gates.
 Each case's gate is :func:`hybrid.lab.decide` at ``MIN_PASS``: repeats are sent until the
 sequential test says pass or fail, or ``MAX_REPEATS`` run out (inconclusive).
 
@@ -42,10 +44,10 @@ MODEL = "gemma3-270m"
 REPLAY_URL = "http://127.0.0.1:8080/v1"
 
 CASES: dict[str, tuple[str, Scorer]] = {
-    "capital": ("What is the capital of France? Answer with one word.", lab.contains("Paris")),
-    "sky": ("What colour is the sky on a clear day? Answer with one word.", lab.contains("blue")),
-    "sum": ("What is 17 + 25? Answer with the number only.", lab.contains("42")),
-    "backwards": ("Spell the word 'stressed' backwards. Answer with the word only.", lab.contains("desserts")),
+    "answers_in_words": ("What is the capital of France?", lab.regex(r"[A-Za-z]{3}")),
+    "stays_on_topic": ("What is the capital of France?", lab.contains("capital")),
+    "names_paris": ("What is the capital of France?", lab.contains("Paris")),
+    "adds_numbers": ("What is 17 + 25?", lab.contains("42")),
 }
 
 
@@ -127,7 +129,7 @@ if __name__ == "__main__":
         replayed = asyncio.run(replay(args.store))
         for case, outcome in replayed.items():
             same = "same as recorded" if outcome["verdict"] == recorded[case]["verdict"] else "RECORDED DIFFERENTLY"
-            print(f"{case:10} {outcome['verdict']:12} after {outcome['n']:2} samples ({same})")
+            print(f"{case:17} {outcome['verdict']:12} after {outcome['n']:2} samples ({same})")
         raise SystemExit(0 if all(replayed[c]["verdict"] == recorded[c]["verdict"] for c in recorded) else 1)
     for case, outcome in asyncio.run(record_real(args.store)).items():
         print(f"{case}: {outcome}")

@@ -60,13 +60,14 @@ class AnswerCache(StoreFile):
         return found
 
     def recorded(self) -> dict[str, list[Recorded]]:
-        """Every query answered ok by a run of this store, by query name, newest first: read once,
-        when a replay first misses (a miss is rare, and this walks the results table)."""
+        """Every query answered ok by a run of this store, by query name: the answers sent first
+        (where the recording was made, rather than a replay of it), newest first.  Read once, when
+        a replay first misses (a miss is rare, and this walks the results table)."""
         self.flush()
         rows = self._read(
             "SELECT runs.name, r.idx, r.fingerprint, r.name, r.query, runs.settings FROM results r "
             "JOIN runs ON runs.id = r.run_id WHERE r.error_kind IS NULL "
-            "ORDER BY r.recorded_at DESC"
+            "ORDER BY r.origin != 'sent', r.recorded_at DESC"
         )
         found: dict[str, list[Recorded]] = {}
         for run, index, key, name, query, settings in rows:
