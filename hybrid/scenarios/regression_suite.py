@@ -19,7 +19,6 @@ committed.  ``make test`` replays the recording with no model, no server and no 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from hybrid import lab
 from hybrid.backends import HTTPBackend
 from hybrid.lab.gates import Gate
 from hybrid.lab.scorers import Scorer
+from hybrid.notebook import run_sync
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Query
 from hybrid.store import Store
@@ -126,10 +126,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.replay:
         recorded = json.loads(verdicts_path(args.store).read_text())
-        replayed = asyncio.run(replay(args.store))
+        replayed = run_sync(replay(args.store))
         for case, outcome in replayed.items():
             same = "same as recorded" if outcome["verdict"] == recorded[case]["verdict"] else "RECORDED DIFFERENTLY"
             print(f"{case:17} {outcome['verdict']:12} after {outcome['n']:2} samples ({same})")
         raise SystemExit(0 if all(replayed[c]["verdict"] == recorded[c]["verdict"] for c in recorded) else 1)
-    for case, outcome in asyncio.run(record_real(args.store)).items():
+    for case, outcome in run_sync(record_real(args.store)).items():
         print(f"{case}: {outcome}")
