@@ -38,6 +38,12 @@ def test_capital(hybrid_orch, hybrid_sample):
 """
 
 
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary projects set the cache mode themselves; the caller's HYBRID_CACHE stays out."""
+    monkeypatch.delenv("HYBRID_CACHE", raising=False)
+
+
 def project(pytester: pytest.Pytester, *, backend: str = "factory:make", repeats: int = 16, **ini: str) -> None:
     options = {"hybrid_backend": backend, "hybrid_store": "recording.sqlite", **ini}
     pytester.makeini("[pytest]\n" + "".join(f"{key} = {value}\n" for key, value in options.items()))
@@ -48,7 +54,6 @@ def project(pytester: pytest.Pytester, *, backend: str = "factory:make", repeats
 def test_a_recorded_suite_replays_without_the_backend_and_passes(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("HYBRID_CACHE", raising=False)
     monkeypatch.setenv("RATE", "1.0")
     project(pytester)
     # As in a project that installs only the kit and pytest: no pytest-asyncio (looptime's plugin,
@@ -66,7 +71,6 @@ def test_a_recorded_suite_replays_without_the_backend_and_passes(
 def test_a_failing_llm_test_shows_the_rate_interval_threshold_and_two_failing_answers(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("HYBRID_CACHE", raising=False)
     monkeypatch.setenv("RATE", "0.0")
     project(pytester)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -81,7 +85,6 @@ def test_a_failing_llm_test_shows_the_rate_interval_threshold_and_two_failing_an
 def test_an_undecided_llm_test_skips_or_fails_as_the_ini_says(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, inconclusive: str, outcome: str
 ) -> None:
-    monkeypatch.delenv("HYBRID_CACHE", raising=False)
     monkeypatch.setenv("RATE", "0.9")  # samples 0-2: Paris, Paris, Lyon
     project(pytester, repeats=3, hybrid_inconclusive=inconclusive)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
@@ -89,8 +92,7 @@ def test_an_undecided_llm_test_skips_or_fails_as_the_ini_says(
     result.stdout.fnmatch_lines(["*inconclusive after 3 sample(s)*had not decided when the samples ran out*"])
 
 
-def test_a_wrong_backend_or_mode_is_a_usage_error(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HYBRID_CACHE", raising=False)
+def test_a_wrong_backend_or_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
     project(pytester, backend="factory:missing")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)

@@ -17,8 +17,7 @@ from hybrid.fingerprint import PART_NAMES, fingerprint, fingerprint_parts
 from hybrid.query import Query
 
 if TYPE_CHECKING:
-    from hybrid.store import Store
-    from hybrid.store.cache import Recorded
+    from hybrid.store import Recorded, Store
 
 #: How to make a recording, said in every miss (the environment variable works for notebooks and
 #: scripts alike; the pytest option is the same switch for a suite).

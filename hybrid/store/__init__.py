@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hybrid.store.cache import AnswerCache
+from hybrid.store.cache import AnswerCache, Recorded
 from hybrid.store.history import History
 from hybrid.store.prune import Pruned, Pruning
 from hybrid.store.record import RunRecord
@@ -41,7 +41,7 @@ from hybrid.store.remote_jobs import RemoteJobs
 from hybrid.store.schema import SCHEMA_VERSION
 from hybrid.store.scores import Scores
 
-__all__ = ["SCHEMA_VERSION", "Pruned", "RunRecord", "Store"]
+__all__ = ["SCHEMA_VERSION", "Pruned", "Recorded", "RunRecord", "Store"]
 
 
 class Store(History, Pruning, AnswerCache, RemoteJobs, Scores):
