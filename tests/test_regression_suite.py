@@ -38,3 +38,30 @@ async def test_the_committed_gemma_recording_replays_offline_to_its_verdicts(off
     assert replayed == recorded  # verdict, samples used and pass rate, case by case
     assert {outcome["verdict"] for outcome in recorded.values()} >= {"pass", "fail"}  # the suite tells them apart
     assert (RECORDING.stat().st_mtime_ns, RECORDING.stat().st_size) == before  # replayed from a copy
+
+
+async def test_the_committed_recording_under_a_new_fingerprint_version_is_refused_with_how_to_record_again(
+    offline: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A kit that changes what it hashes cannot replay an old recording: every row says so and
+    names the command that records it again, rather than passing or failing the gates silently."""
+    import shutil
+
+    import hybrid.fingerprint as fingerprint
+    from hybrid import Orchestrator, Store
+
+    copy = tmp_path / RECORDING.name
+    shutil.copy(RECORDING, copy)
+    monkeypatch.setattr(fingerprint, "FINGERPRINT_VERSION", fingerprint.FINGERPRINT_VERSION + 1)
+    fingerprint.fingerprint.cache_clear()
+    try:
+        with Store(copy) as store:
+            async with Orchestrator(regression_suite.replay_backend(), store=store, cache="replay") as orch:
+                run = await orch.run(
+                    [regression_suite.query(case) for case in regression_suite.CASES], raise_if_all_failed=False
+                )
+    finally:
+        fingerprint.fingerprint.cache_clear()
+    assert [r.error.kind if r.error else "ok" for r in run.results] == ["not_recorded"] * len(regression_suite.CASES)
+    for row in run.results:
+        assert "older fingerprint version" in str(row.error) and "HYBRID_CACHE=record" in str(row.error)
