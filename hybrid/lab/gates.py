@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from math import comb
 from statistics import NormalDist
@@ -147,7 +147,7 @@ def gate(
 
 
 # -- pass@k and pass^k ----------------------------------------------------------------------------
-def _per_case(scores: pd.DataFrame, k: int, estimate: Any, column: str) -> pd.DataFrame:
+def _per_case(scores: pd.DataFrame, k: int, estimate: Callable[[int, int, int], float], column: str) -> pd.DataFrame:
     import pandas as pd
 
     check_int("k", k, minimum=1)
