@@ -1,4 +1,4 @@
-"""The command line: ``hybrid demo``, ``hybrid bench``, ``hybrid sim``, ``hybrid runs``, ``hybrid real``.
+"""The command line: hybrid demo, bench, sim, runs, report, view and real.
 
 This module is an edge of the kit, so it may start event loops (``asyncio.run``); the library
 below it is async end to end.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -103,7 +104,7 @@ def bench_diff(args: argparse.Namespace) -> int:
     """``hybrid bench diff A B``: B against the baseline A; exit 1 when B is a regression."""
     from hybrid.bench.comparison import compare_runs
     from hybrid.errors import ConfigError
-    from hybrid.store import Store
+    from hybrid.store import open_existing
 
     if len(args.suite) != 3:
         print("hybrid bench diff: give two runs, A (the baseline) and B: saved files or store names.", file=sys.stderr)
@@ -111,7 +112,7 @@ def bench_diff(args: argparse.Namespace) -> int:
     _, a, b = args.suite
     try:
         with contextlib.ExitStack() as stack:
-            store = stack.enter_context(Store(args.store)) if args.store else None
+            store = stack.enter_context(open_existing(args.store)) if args.store else None
             comparison = compare_runs(a, b, store=store, metric=args.metric, tolerance=args.tolerance, level=args.level)
     except ConfigError as exc:
         print(f"hybrid bench diff: {exc}", file=sys.stderr)
@@ -140,12 +141,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from hybrid.errors import ConfigError
-    from hybrid.store import Store
+    from hybrid.store import open_existing
 
     try:
-        with Store(args.store) as store, pd.option_context("display.width", 200, "display.max_columns", 20):
+        with open_existing(args.store) as store, pd.option_context("display.width", 200, "display.max_columns", 20):
             if args.action == "list":
-                print(store.runs().drop(columns=["kit_version", "git_commit"]).to_string(index=False))
+                print(_runs_table(store))
             elif args.action == "show":
                 run = store.load(args.name)
                 print(run.summary())
@@ -158,30 +159,43 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 pruned = store.prune(args.keep, dry_run=args.dry_run)
                 print(("Would remove " if args.dry_run else "Removed ") + str(pruned))
             else:
+                if args.a == args.b:
+                    raise ConfigError(f"compare needs two different runs; both are {args.a!r}.")
                 print(store.compare(args.a, args.b).drop(columns=[f"text_{args.a}", f"text_{args.b}"]).to_string())
-    except ConfigError as exc:
+    except BrokenPipeError:
+        raise  # the reader stopped reading: main() ends quietly
+    except (ConfigError, OSError) as exc:
         print(f"hybrid runs: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _runs_table(store: Any) -> str:
+    """``hybrid runs list``: one line per run, times to the second, or a sentence when there is none."""
+    runs = store.runs().drop(columns=["kit_version", "git_commit"])
+    if runs.empty:
+        return f"No runs in {store.path} yet: a run appears here as soon as it starts."
+    for column in ("started_at", "ended_at"):
+        runs[column] = runs[column].dt.strftime("%Y-%m-%d %H:%M:%S").fillna("")
+    return str(runs.to_string(index=False, na_rep=""))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``hybrid report RUN [BASELINE]``: a run's report for a pull request, markdown or one html file."""
     from hybrid.errors import ConfigError
     from hybrid.lab.pull_request import PullRequestReport
-    from hybrid.store import Store
+    from hybrid.store import open_existing
 
     try:
-        if not Path(args.store).is_file():
-            raise ConfigError(f"No store file {args.store!r}: pass the one the runs were written to, --store F.")
-        with Store(args.store) as store:
+        with open_existing(args.store) as store:
             report = PullRequestReport(store, args.run, args.baseline, min_pass=args.min_pass)
             text = report.markdown() if args.format == "md" else report.html()
-    except ConfigError as exc:
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+    except (ConfigError, OSError) as exc:
         print(f"hybrid report: {exc}", file=sys.stderr)
         return 2
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
         print("Wrote", args.output)
     else:
         sys.stdout.write(text)
@@ -189,18 +203,47 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    """``hybrid view``: the run store in a browser, live while runs are going."""
+    """``hybrid view``: the run store in a browser, live while runs are going.  A busy port given
+    with ``--port`` is an error; the default port, when busy, gives way to the next free one."""
     from hybrid.errors import ConfigError
-    from hybrid.view.server import open_store, serve
+    from hybrid.store import open_existing
+    from hybrid.view.server import serve
 
     try:
-        store = open_store(args.store)
+        store = open_existing(args.store)
     except ConfigError as exc:
         print(f"hybrid view: {exc}", file=sys.stderr)
         return 2
+    ports = [args.port] if args.port is not None else list(range(VIEW_PORT, VIEW_PORT + 20))
     with store, contextlib.suppress(KeyboardInterrupt):
-        _run(serve(store, host=args.host, port=args.port, allow_hosts=args.allow_host), args)
+        for port in ports:
+            try:
+                _run(serve(store, host=args.host, port=port, allow_hosts=args.allow_host), args)
+                return 0
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and port != ports[-1]:
+                    continue
+                print(f"hybrid view: cannot listen on {args.host}:{port}: {_why(exc)}", file=sys.stderr)
+                return 2
     return 0
+
+
+def _why(exc: OSError) -> str:
+    """What an error from binding a socket means, and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        return "the port is in use; choose another with --port, or stop what holds it."
+    return f"{exc.strerror or exc}; check --host (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)."
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port (0 = any free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
 
 
 #: ``hybrid bench``'s suites and what each measures (here, so that ``hybrid --help`` and
@@ -211,6 +254,9 @@ BENCH_SUITES = {
     "peers": "the kit against raw aiohttp, the raw SDK and LangChain, at time scale 0: calls/s and CPU per call",
 }
 
+
+#: ``hybrid view``'s first choice of port.
+VIEW_PORT = 8765
 
 UVLOOP_HELP = "run on uvloop's event loop (needs the fast extra: pip install 'hybrid-llm-kit[fast]')"
 
@@ -283,18 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="the run store's history: list, show, export, compare or prune saved runs")
     runs.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")
+    store_after = argparse.ArgumentParser(add_help=False)  # --store after the action works too
+    store_after.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default runs.sqlite)")
     runs_sub = runs.add_subparsers(dest="action", required=True)
-    runs_sub.add_parser("list", help="one line per saved run")
-    runs_show = runs_sub.add_parser("show", help="one run's rows")
+    runs_sub.add_parser("list", help="one line per saved run", parents=[store_after])
+    runs_show = runs_sub.add_parser("show", help="one run's rows", parents=[store_after])
     runs_show.add_argument("name")
-    runs_export = runs_sub.add_parser("export", help="write one run's rows to .parquet, .csv or .jsonl")
+    runs_export = runs_sub.add_parser(
+        "export", help="write one run's rows to .parquet, .csv or .jsonl", parents=[store_after]
+    )
     runs_export.add_argument("name")
     runs_export.add_argument("path")
-    runs_compare = runs_sub.add_parser("compare", help="two runs side by side, per query")
+    runs_compare = runs_sub.add_parser("compare", help="two runs side by side, per query", parents=[store_after])
     runs_compare.add_argument("a")
     runs_compare.add_argument("b")
     runs_prune = runs_sub.add_parser(
-        "prune", help="keep only the runs named and the cached answers they use; delete the rest and compact"
+        "prune",
+        help="keep only the runs named and the cached answers they use; delete the rest and compact",
+        parents=[store_after],
     )
     runs_prune.add_argument("--keep", nargs="+", required=True, metavar="RUN", help="the runs to keep")
     runs_prune.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
@@ -314,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     view = sub.add_parser("view", help="the run store in a browser: runs, a page per run (live), comparisons")
     view.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")
     view.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    view.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    view.add_argument("--port", type=_port, help=f"port (default {VIEW_PORT}, or the next free one; 0 = any free port)")
     view.add_argument(
         "--allow-host",
         action="append",
@@ -336,7 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # piped into `head`, which has read enough: end quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     return code
 
 

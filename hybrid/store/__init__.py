@@ -31,8 +31,10 @@ API key or request headers: nothing here ever sees them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from hybrid.errors import ConfigError
 from hybrid.store.cache import AnswerCache, Recorded
 from hybrid.store.history import History
 from hybrid.store.prune import Pruned, Pruning
@@ -41,7 +43,7 @@ from hybrid.store.remote_jobs import RemoteJobs
 from hybrid.store.schema import SCHEMA_VERSION
 from hybrid.store.scores import Scores
 
-__all__ = ["SCHEMA_VERSION", "Pruned", "Recorded", "RunRecord", "Store"]
+__all__ = ["SCHEMA_VERSION", "Pruned", "Recorded", "RunRecord", "Store", "open_existing"]
 
 
 class Store(History, Pruning, AnswerCache, RemoteJobs, Scores):
@@ -53,3 +55,14 @@ class Store(History, Pruning, AnswerCache, RemoteJobs, Scores):
         """The record one run writes through (made before anything is sent; it writes nothing
         until the run opens its segment): how the engine reaches the store, never by its modules."""
         return RunRecord(self, name, mode=mode, settings=settings, default_model=default_model, resume=resume)
+
+
+def open_existing(path: str | Path) -> Store:
+    """The store at ``path``, which must exist: what only reads a store (the viewer, ``hybrid
+    runs``, ``hybrid report``, ``hybrid bench diff``) never creates one from a mistyped name."""
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"No run store at {str(path)!r}. Give the file your notebook writes to, e.g. "
+            "`--store runs.sqlite` next to `Orchestrator(..., store='runs.sqlite')`."
+        )
+    return Store(path)

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from hybrid.errors import ConfigError
-from hybrid.store import Store
+from hybrid.store import Store, open_existing
 from hybrid.view import pages
 
 #: How often an event stream looks for new rows in the store.
@@ -61,16 +61,6 @@ def _file_identity(path: Path) -> tuple[int, int]:
 
 
 _OPENED: web.AppKey[_Opened] = web.AppKey("opened", _Opened)
-
-
-def open_store(path: str | Path) -> Store:
-    """The store at ``path``; a :class:`ConfigError` if there is none (the viewer never creates one)."""
-    if not Path(path).is_file():
-        raise ConfigError(
-            f"No run store at {str(path)!r}. Give the file your notebook writes to, e.g. "
-            "`hybrid view --store runs.sqlite` next to `Orchestrator(..., store='runs.sqlite')`."
-        )
-    return Store(path)
 
 
 def make_app(store: Store, *, hosts: Iterable[str] = LOOPBACK, token: str | None = None) -> web.Application:
@@ -238,7 +228,7 @@ async def serve(
     Bound to loopback, it answers to loopback names only.  Bound beyond it, it also answers to
     ``host`` and ``allow_hosts`` (the names people will type), and every request needs the access
     token that the announced URL carries."""
-    opened = store if isinstance(store, Store) else open_store(store)
+    opened = store if isinstance(store, Store) else open_existing(store)
     token = None
     if host not in LOOPBACK:
         token = secrets.token_urlsafe(16)
