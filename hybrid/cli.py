@@ -1,4 +1,4 @@
-"""The command line: hybrid demo, bench, sim, runs, report, view and real.
+"""The command line: hybrid demo, bench, sim, runs, report, doctor, view and real.
 
 This module is an edge of the kit, so it may start event loops (``asyncio.run``); the library
 below it is async end to end.
@@ -202,6 +202,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``hybrid doctor``: one real call to the endpoint; exit 1 when something needs fixing."""
+    from hybrid.doctor import examine
+
+    findings = _run(examine(args.base_url, args.api_key, args.model), args)
+    print("\n".join(str(f) for f in findings))
+    return 0 if all(f.fix is None for f in findings) else 1
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """``hybrid view``: the run store in a browser, live while runs are going.  A busy port given
     with ``--port`` is an error; the default port, when busy, gives way to the next free one."""
@@ -362,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--min-pass", type=float, help="also gate each group at this pass rate (0-1)")
     report.add_argument("-o", "--output", help="write here instead of to standard output")
     report.set_defaults(func=cmd_report)
+
+    doctor = sub.add_parser(
+        "doctor", help="one real call to an endpoint: reachable, key (masked), model, latency, streaming, limits"
+    )
+    doctor.add_argument("--base-url", help="the endpoint (default: OPENAI_BASE_URL)")
+    doctor.add_argument("--api-key", help="the key (default: OPENAI_API_KEY)")
+    doctor.add_argument("--model", help="the model (default: OPENAI_MODEL)")
+    doctor.set_defaults(func=cmd_doctor)
 
     view = sub.add_parser("view", help="the run store in a browser: runs, a page per run (live), comparisons")
     view.add_argument("--store", default="runs.sqlite", help="the store file (default runs.sqlite)")

@@ -146,6 +146,15 @@ class Endpoint:
             "identity": self.identity,
         }
 
+    @property
+    def key_hint(self) -> str:
+        """The key as it may be shown (``hybrid doctor``): its first three and last four characters,
+        all stars when it is too short to show any, or "none"."""
+        key = self._api_key
+        if not key:
+            return "none"
+        return "*" * len(key) if len(key) < 12 else f"{key[:3]}...{key[-4:]}"
+
     def redact(self, text: str) -> str:
         """``text`` with this endpoint's API key replaced (servers may echo it in error messages)."""
         return text.replace(self._api_key, _REDACTED) if self._api_key and self._api_key in text else text
