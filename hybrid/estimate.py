@@ -53,24 +53,29 @@ class Estimate:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None
-    wall_s: float
+    #: None when a query's latency is not known; ``unknown`` then says which and why.
+    wall_s: float | None
     concurrency: int
+    unknown: str = ""
+
+    def _wall(self) -> str:
+        return f"unknown ({self.unknown})" if self.wall_s is None else f"{self.wall_s:.1f} s"
 
     def _repr_html_(self) -> str:
         cost = "unknown (no price)" if self.cost_usd is None else f"${self.cost_usd:.4f}"
-        wall = "unknown" if math.isnan(self.wall_s) else f"{self.wall_s:.1f} s"
+        wall = self._wall()
         head = (
             f"<p><b>Forecast</b>: {len(self.queries)} queries, {self.prompt_tokens:,} prompt + "
             f"{self.completion_tokens:,} completion tokens, cost {cost}, wall {wall} at concurrency "
             f"{self.concurrency}.</p>"
         )
-        return head + self.queries.to_html(index=False, max_rows=20)
+        return head + self.queries.to_html(index=False, max_rows=20, na_rep="")
 
     def __repr__(self) -> str:
         cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
         return (
             f"<Estimate {len(self.queries)} queries, {self.prompt_tokens + self.completion_tokens:,} tokens, "
-            f"cost {cost}, wall {self.wall_s:.1f} s>"
+            f"cost {cost}, wall {self._wall()}>"
         )
 
 
@@ -121,8 +126,15 @@ def estimate(
     frame = pd.DataFrame(rows)
     concurrency = min(max_concurrency, backend.slots) if isinstance(backend, SupportsForecast) else max_concurrency
     latencies = [x for x in frame["latency_s"] if not math.isnan(x)]
-    wall = ideal_wall(latencies, concurrency) if len(latencies) == len(frame) else math.nan
-    if not math.isnan(wall) and not frame[["low_s", "high_s"]].isna().any().any():
+    wall = ideal_wall(latencies, concurrency) if len(latencies) == len(frame) else None
+    unknown = ""
+    if wall is None:
+        models = ", ".join(repr(m) for m in dict.fromkeys(frame.loc[frame["latency_s"].isna(), "model"]))
+        unknown = (
+            f"no latency is known for {len(frame) - len(latencies)} of {len(frame)} queries: the backend cannot "
+            f"forecast and the store holds no answers of {models} yet; run a few first"
+        )
+    elif not frame[["low_s", "high_s"]].isna().any().any():
         together = min(len(frame), concurrency)  # answers running at once at the end of the run
         low, high, mean = frame["low_s"].mean(), frame["high_s"].mean(), frame["latency_s"].mean()
         wall += max(0.0, low + (high - low) * together / (together + 1) - mean)
@@ -134,4 +146,5 @@ def estimate(
         cost_usd=None if costs.isna().any() else float(costs.sum()),
         wall_s=wall,
         concurrency=concurrency,
+        unknown=unknown,
     )

@@ -61,4 +61,7 @@ def test_with_nothing_known_the_forecast_says_it_guessed() -> None:
     orch = Orchestrator(FakeBackend())
     forecast = orch.estimate([Query("q", "hello"), Query("r", "hi", max_tokens=5)])
     assert forecast.queries["source"].tolist() == ["guess", "max_tokens"]
-    assert forecast.cost_usd is None and "unknown" in repr(forecast)
+    assert forecast.cost_usd is None and forecast.wall_s is None
+    for shown in (repr(forecast), forecast._repr_html_()):
+        assert "nan" not in shown.lower()
+        assert "wall unknown (no latency is known for 2 of 2 queries" in shown and "answers of 'fake'" in shown
