@@ -158,6 +158,9 @@ async def test_scores_summaries_best_variant_and_matrix() -> None:
     view = lab.matrix(scores)
     assert view.frame.loc["long", "eiffel"].startswith("✓ ✓ Paris")
     assert "❌" not in view._repr_html_() and "✗" in view.frame.loc["short", "colosseum"]
+    scorer_names = list(dict.fromkeys(scores["scorer"]))
+    key = f"Marks, one per scorer in order ({', '.join(scorer_names)}): ✓ passed, ✗ failed, · measured only."
+    assert repr(view).endswith(key) and f"<caption>{key}" in view._repr_html_().replace("&#x27;", "'")
 
 
 async def test_a_rubric_whose_grades_fail_gives_failed_scores_not_an_exception() -> None:

@@ -112,7 +112,8 @@ def best(scores: pd.DataFrame, *, per: str = "model") -> pd.DataFrame:
 
 class Matrix:
     """Variants x test cases; each cell the first repeat's answer (shortened) with a mark per scorer.
-    Renders as an HTML table in JupyterLab; ``frame`` holds the same as plain text."""
+    Renders as an HTML table in JupyterLab, with a key to the marks; ``frame`` holds the same as
+    plain text."""
 
     def __init__(self, scores: pd.DataFrame, *, chars: int = 60) -> None:
         first = scores[scores["repeat"].fillna(0) == 0]
@@ -134,8 +135,13 @@ class Matrix:
 
         return pd.DataFrame({c: [cell((v, c)) for v in self.variants] for c in self.cases}, index=self.variants)
 
+    def key(self) -> str:
+        """What the marks mean: one per scorer, in this order."""
+        scorers = list(dict.fromkeys(name for _, marks in self.cells.values() for name, _, _ in marks))
+        return f"Marks, one per scorer in order ({', '.join(scorers)}): ✓ passed, ✗ failed, · measured only."
+
     def __repr__(self) -> str:
-        return self.frame.to_string()
+        return f"{self.frame.to_string()}\n{self.key()}"
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.cases)
@@ -149,7 +155,8 @@ class Matrix:
                 )
                 cells.append(f"<td>{badges}<br><small>{html.escape(text)}</small></td>")
             rows.append(f"<tr><th>{html.escape(str(variant))}</th>{''.join(cells)}</tr>")
-        return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+        caption = f"<caption>{html.escape(self.key())} Hover a mark for its reason.</caption>"
+        return f"<table>{caption}<tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
 def _mark(passed: bool | None) -> str:
