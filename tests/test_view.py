@@ -96,6 +96,16 @@ async def test_a_run_page_shows_every_row_and_the_plots(viewer: tuple[TestClient
     assert (await client.get("/static/viewer.js")).status == 200
 
 
+async def test_the_viewer_has_an_icon(viewer: tuple[TestClient, Path]) -> None:
+    client, _ = viewer
+    page = await (await client.get("/")).text()
+    assert "<link rel='icon' href='/static/favicon.svg'>" in page
+    for path in ("/favicon.ico", "/static/favicon.svg"):  # the path browsers ask for first, and the linked one
+        response = await client.get(path)
+        assert response.status == 200 and response.content_type == "image/svg+xml"
+        assert (await response.text()).startswith("<svg")
+
+
 async def test_a_run_page_says_where_the_mean_query_spent_its_time(viewer: tuple[TestClient, Path]) -> None:
     """The latency's parts as the store kept them: the simulator reports its queue and its work."""
     client, path = viewer

@@ -34,7 +34,7 @@ def page(title: str, body: str, *, script: bool = False, standalone: bool = Fals
     style = (
         f"<style>{STYLESHEET.read_text()}</style>"
         if standalone
-        else "<link rel='stylesheet' href='/static/viewer.css'>"
+        else "<link rel='stylesheet' href='/static/viewer.css'><link rel='icon' href='/static/favicon.svg'>"
     )
     home = "<span>hybrid report</span>" if standalone else "<a href='/'>hybrid view</a>"
     return (

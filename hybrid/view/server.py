@@ -79,6 +79,7 @@ def make_app(store: Store, *, hosts: Iterable[str] = LOOPBACK, token: str | None
     app.router.add_get("/runs/{name:[^/]+}/rows/{index:[0-9]+}", _answer)
     app.router.add_get("/compare", _compare)
     app.router.add_static("/static", _STATIC)
+    app.router.add_get("/favicon.ico", _favicon)  # what a browser asks for before it reads a page's icon link
     return app
 
 
@@ -125,6 +126,10 @@ async def _read(request: web.Request, call: Callable[..., Any], *args: Any, **kw
 
 def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html")
+
+
+async def _favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(_STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
 
 
 async def _runs(request: web.Request) -> web.Response:
