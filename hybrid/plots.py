@@ -56,6 +56,7 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
     rows = [(label, each.mode, r) for label, each in runs.items() for r in each.results]
     fig, ax = _figure(9.0, max(2.5, 0.38 * len(rows) + 1.2))
     legend_seen: set[str] = set()
+    waited = failed = False
     for y, (label, mode, r) in enumerate(reversed(rows)):
         if r.stage is None:  # a plain run: one colour for the whole run
             key, colour = _text(f"{label or 'run'} ({mode})"), _RUN_COLOUR
@@ -63,6 +64,8 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
             key, colour = f"stage {r.stage + 1}", _STAGE_COLOURS[r.stage % len(_STAGE_COLOURS)]
         if r.queue_s > 0.0005:
             ax.barh(y, r.queue_s, left=r.started_s - r.queue_s, color="lightgrey", height=0.6)
+            waited = True
+        failed = failed or not r.ok
         ax.barh(
             y,
             max(r.finished_s - r.started_s, 1e-4),
@@ -78,7 +81,9 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
     ax.set_yticklabels([_text(f"{label}: {r.name}" if label else r.name) for label, _, r in reversed(rows)])
     ax.set_xlabel("time since the run started (s)")
     ax.set_title(title or "Query timeline: one bar per query, start to finish")
-    _legend(ax, title="grey: waiting for a slot\nhatched: failed", fontsize="small")
+    # The legend's title explains only what is drawn.
+    notes = [note for note, drawn in (("grey: waiting for a slot", waited), ("hatched: failed", failed)) if drawn]
+    _legend(ax, title="\n".join(notes) or None, fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return fig
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 
-from hybrid import Orchestrator, Query, plots, sim
+from hybrid import Orchestrator, Query, Retry, plots, sim
 
 NAMES = ["$$", r"$\alert$", "grep 'foo$' | sed 's/^$//'", "costs $5 or $6"]
 
@@ -53,3 +54,25 @@ async def test_every_figure_draws_names_as_text() -> None:
     for figure in figures:
         renders(figure)
     assert drawn(figures[6].legends[0].get_texts()) == ["$x$", "$y$"]  # the latency figure's groups
+
+
+@pytest.mark.looptime
+async def test_the_timeline_legend_explains_only_what_is_drawn() -> None:
+    from hybrid import ServerError
+    from hybrid.testing import Answer, Fail, FakeBackend
+
+    def legend_title(run: object) -> str:
+        figure = plots.timeline(run)  # type: ignore[arg-type]
+        return str(figure.legends[0].get_title().get_text())
+
+    quick = [Query(f"q{i}", "x") for i in range(2)]
+    async with Orchestrator(FakeBackend(default=Answer("ok", delay=1.0)), max_concurrency=2) as orch:
+        side_by_side = await orch.run(quick)
+    async with Orchestrator(FakeBackend(default=Answer("ok", delay=1.0)), max_concurrency=1) as orch:
+        waiting = await orch.run(quick)
+    broken = FakeBackend({"q1": Fail(ServerError("down"))}, default=Answer("ok", delay=1.0))
+    async with Orchestrator(broken, max_concurrency=2, retry=Retry.never()) as orch:
+        failing = await orch.run(quick, raise_if_all_failed=False)
+    assert legend_title(side_by_side) == ""
+    assert legend_title(waiting) == "grey: waiting for a slot"
+    assert legend_title(failing) == "hatched: failed"
