@@ -92,23 +92,26 @@ def efficiency(frame: pd.DataFrame, *, x: str = "concurrency", title: str | None
     """Measured parallel efficiency against the ideal, by ``x`` (concurrency, or a label column).
 
     ``frame`` needs ``parallel_efficiency`` and ``ideal_efficiency`` columns (as :func:`hybrid.bench.sweep`
-    and :meth:`RunMetrics` give); efficiency 1.0 means no overlap at all.  With ``throughput_qps``
+    and :meth:`RunMetrics` give); it is drawn in percent, as the kit's summaries write it: 100% means
+    no overlap at all.  With ``throughput_qps``
     the throughput is drawn on a right axis, and levels a sweep flagged ``efficiency_misleading``
     (efficiency up, throughput flat: the server's queue counted as latency) are circled in red.
     """
     fig, ax = _figure()
     xs = frame[x]
+    # In percent, as the kit's text says it ("193%"), on an axis fitted to the data.
+    measured, ideal = frame["parallel_efficiency"] * 100, frame["ideal_efficiency"] * 100
     axes = [ax]
     if xs.dtype.kind in "iuf":
-        ax.plot(xs, frame["ideal_efficiency"], "--", color="grey", label="ideal (same latencies and limit)")
-        ax.plot(xs, frame["parallel_efficiency"], "o-", color=_STAGE_COLOURS[0], label="measured")
+        ax.plot(xs, ideal, "--", color="grey", label="ideal (same latencies and limit)")
+        ax.plot(xs, measured, "o-", color=_STAGE_COLOURS[0], label="measured")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("max concurrency (queries in flight)")
         if "efficiency_misleading" in frame and frame["efficiency_misleading"].any():
-            flagged = frame[frame["efficiency_misleading"].astype(bool)]
+            flagged = frame["efficiency_misleading"].astype(bool)
             ax.plot(
-                flagged[x],
-                flagged["parallel_efficiency"],
+                xs[flagged],
+                measured[flagged],
                 "o",
                 markersize=12,
                 markerfacecolor="none",
@@ -124,12 +127,15 @@ def efficiency(frame: pd.DataFrame, *, x: str = "concurrency", title: str | None
             axes.append(right)
     else:
         positions = range(len(xs))
-        ax.bar(positions, frame["ideal_efficiency"], color="lightgrey", label="ideal", width=0.6)
-        ax.bar(positions, frame["parallel_efficiency"], color=_STAGE_COLOURS[0], label="measured", width=0.35)
+        ax.bar(positions, ideal, color="lightgrey", label="ideal", width=0.6)
+        ax.bar(positions, measured, color=_STAGE_COLOURS[0], label="measured", width=0.35)
         ax.set_xticks(list(positions))
         ax.set_xticklabels([_text(v) for v in xs])
         ax.set_xlabel(_text(x))
-    ax.set_ylabel("parallel efficiency = sum of latencies / wall (x)")
+    ax.set_ylabel("parallel efficiency = sum of latencies / wall (%)")
+    top = max(measured.max(), ideal.max())
+    if top == top:  # not NaN: leave a tenth of head room above the highest point, no more
+        ax.set_ylim(0, top * 1.1)
     ax.set_title(title or "Parallel efficiency against the ideal")
     handles: list[Any] = []
     labels: list[str] = []

@@ -76,3 +76,13 @@ async def test_the_timeline_legend_explains_only_what_is_drawn() -> None:
     assert legend_title(side_by_side) == ""
     assert legend_title(waiting) == "grey: waiting for a slot"
     assert legend_title(failing) == "hatched: failed"
+
+
+def test_efficiency_is_drawn_in_percent_on_an_axis_fitted_to_the_data() -> None:
+    sweep = pd.DataFrame(
+        {"concurrency": [1, 2, 4], "parallel_efficiency": [0.98, 1.9, 3.6], "ideal_efficiency": [1.0, 1.95, 3.7]}
+    )
+    ax = plots.efficiency(sweep).axes[0]
+    measured = ax.get_lines()[1].get_ydata()
+    assert list(measured) == pytest.approx([98.0, 190.0, 360.0]) and "(%)" in ax.get_ylabel()
+    assert ax.get_ylim() == pytest.approx((0.0, 370.0 * 1.1))

@@ -135,7 +135,10 @@ async def test_every_plot_renders_with_title_and_axis_labels(tmp_path: Path) -> 
     for i, fig in enumerate(figures):
         labels = _labels(fig)
         assert all(ax.get_title() or fig.get_suptitle() for ax in fig.axes[:1]), i
-        assert any("(s)" in label or "tokens" in label or "(x" in label for label in labels), (i, labels)
+        assert any("(s)" in label or "tokens" in label or "(x" in label or "(%)" in label for label in labels), (
+            i,
+            labels,
+        )
         fig.savefig(tmp_path / f"{i}.png")
         assert (tmp_path / f"{i}.png").stat().st_size > 5000
         assert_legends_cover_no_data(fig, i)
