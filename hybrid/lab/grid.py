@@ -41,7 +41,8 @@ def grid(
             raise ConfigError(f"Variant {variant!r} uses {missing}, which test case {case!r} does not define.")
         filled = {key: str(value) for key, value in values.items()}
         coordinates = {"variant": variant, "case": case, "model": model, "temperature": temperature, "repeat": repeat}
-        name = "|".join(str(part) for part in (variant, case, model or "default", f"t{temperature}", f"r{repeat}"))
+        sampling = () if temperature is None else (f"t{temperature}",)  # the server's default: not named
+        name = "|".join(str(part) for part in (variant, case, model or "default", *sampling, f"r{repeat}"))
         queries.append(
             Query(
                 name,
