@@ -113,4 +113,4 @@ async def test_hybrid_report_from_a_terminal(store: Store, tmp_path: Path, capsy
     assert main(["report", "nope", "--store", path]) == 2
     assert "No run named 'nope'" in capsys.readouterr().err
     assert main(["report", "branch", "--store", str(tmp_path / "missing.sqlite")]) == 2
-    assert "No store file" in capsys.readouterr().err
+    assert "No run store at" in capsys.readouterr().err
