@@ -218,6 +218,13 @@ async def test_the_compare_page_puts_two_runs_side_by_side(viewer: tuple[TestCli
     await stored_run(path, "b", 3)
     page = await (await client.get("/compare?a=a&b=b")).text()
     assert "id='compare'" in page and "q2" in page
+    # compare_runs' verdicts first: the same seed answers the same, so there is no difference
+    assert "id='verdicts'" in page and page.index("id='verdicts'") < page.index("id='compare'")
+    assert "<td>p50_latency_s</td>" in page and "Per query: 0 changed first" in page
+    # runs are picked from lists, these two preselected
+    assert "<select name='a' required><option selected>a</option><option>b</option></select>" in page
+    runs = await (await client.get("/")).text()
+    assert "<select name='b' required><option>a</option><option selected>b</option></select>" in runs
 
 
 async def test_a_finished_run_replays_its_events_and_a_reconnect_loses_none(viewer: tuple[TestClient, Path]) -> None:

@@ -90,10 +90,7 @@ def runs_page(runs: pd.DataFrame) -> str:
             "cost ($)",
         )
     )
-    form = (
-        "<form action='/compare' class='compare'>Compare <input name='a' placeholder='run A' required> with "
-        "<input name='b' placeholder='run B' required> <button>compare</button></form>"
-    )
+    form = compare_form(list(runs["name"]))
     return page("Runs", f"<table id='runs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{form}")
 
 
@@ -218,9 +215,50 @@ def _svg(figure: Figure) -> str:
     return "<figure>" + text[text.index("<svg") :] + "</figure>"
 
 
-def compare_page(a: str, b: str, frame: pd.DataFrame) -> str:
-    table = frame.to_html(index=True, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
-    return page(f"{a} vs {b}", table.replace("<table", "<table id='compare'", 1))
+def compare_form(names: list[str], a: str | None = None, b: str | None = None) -> str:
+    """Two lists of the store's runs to compare (the newest preselected as B, the one before as A)."""
+
+    def choices(field: str, chosen: str | None) -> str:
+        options = "".join(f"<option{' selected' if name == chosen else ''}>{_escape(name)}</option>" for name in names)
+        return f"<select name='{field}' required>{options}</select>"
+
+    a = a if a is not None else (names[-2] if len(names) > 1 else None)
+    b = b if b is not None else (names[-1] if names else None)
+    return (
+        f"<form action='/compare' class='compare'>Compare {choices('a', a)} (baseline) with {choices('b', b)} "
+        "<button>compare</button></form>"
+    )
+
+
+def compare_page(a: str, b: str, frame: pd.DataFrame, verdicts: pd.DataFrame | None, names: list[str]) -> str:
+    """Run ``b`` against the baseline ``a``: :func:`~hybrid.bench.compare_runs`' verdicts first (ratio
+    B/A with its interval per metric), then the queries whose answer or outcome changed, then the
+    rest.  ``verdicts`` is None when the runs have too few answered queries to compare."""
+    if verdicts is None:
+        summary = "<p>Too few answered queries in these runs for a verdict with an interval.</p>"
+    else:
+        rows = "".join(
+            f"<tr class='{_escape(str(r['verdict']))}'><td>{_escape(str(r['metric']))}</td><td>{_cell(r['a'])}</td>"
+            f"<td>{_cell(r['b'])}</td><td>{_cell(r['ratio'])}</td><td>{_cell(r['ci_low'])}-{_cell(r['ci_high'])}</td>"
+            f"<td>{_escape(str(r['verdict']))}</td></tr>"
+            for r in verdicts.to_dict("records")
+        )
+        head = "".join(f"<th>{h}</th>" for h in ("metric", "A", "B", "B / A", "95% interval", "verdict"))
+        summary = f"<table id='verdicts'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    import pandas as pd
+
+    frame = frame.copy()
+    for column in (f"text_{a}", f"text_{b}"):  # the start of each answer: the run pages have them whole
+        frame[column] = frame[column].str[:80]
+    changed = frame["text_changed"] | (frame[f"ok_{a}"] != frame[f"ok_{b}"])
+    ordered = pd.concat([frame[changed].sort_values("tokens_delta", key=abs, ascending=False), frame[~changed]])
+    table = ordered.to_html(index=True, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
+    body = (
+        f"{compare_form(names, a, b)}<h2>Verdicts (B against the baseline A)</h2>{summary}"
+        f"<h2>Per query: {int(changed.sum())} changed first, then the rest</h2>"
+        + table.replace("<table", "<table id='compare'", 1)
+    )
+    return page(f"{a} vs {b}", body)
 
 
 def refused(why: str) -> str:

@@ -175,7 +175,20 @@ async def _compare(request: web.Request) -> web.Response:
         frame = await _read(request, Store.compare, a, b)
     except (ConfigError, KeyError) as exc:
         return _html(pages.not_found(f"Cannot compare {a!r} with {b!r}: {exc}"), status=404)
-    return _html(pages.compare_page(a, b, frame))
+    verdicts = await _read(request, _verdicts, a, b)
+    names = list((await _read(request, Store.runs))["name"])
+    return _html(await asyncio.to_thread(pages.compare_page, a, b, frame, verdicts, names))
+
+
+def _verdicts(store: Store, a: str, b: str) -> Any:
+    """:func:`~hybrid.bench.compare_runs`' table for ``b`` against ``a``, or None when the runs
+    cannot be compared with intervals (too few answered queries)."""
+    from hybrid.bench.comparison import compare_runs
+
+    try:
+        return compare_runs(a, b, store=store).table
+    except ConfigError:
+        return None
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
