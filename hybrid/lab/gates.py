@@ -17,11 +17,10 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from math import comb
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from hybrid.errors import ConfigError, check_int, check_number
-from hybrid.lab.report import wilson
+from hybrid.lab.report import wilson, z_for
 from hybrid.lab.scorers import Scorer
 from hybrid.query import Query, QueryResult
 
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from hybrid.orchestrator import Orchestrator
-
-VERDICTS = ("pass", "fail", "inconclusive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +69,13 @@ def _checked(min_pass: float, confidence: float) -> None:
     check_number("confidence", confidence, minimum=0.5, maximum=0.9999)
 
 
-def _z(confidence: float) -> float:
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
 def _percent(x: float) -> str:
     return f"{x:.0%}" if not math.isnan(x) else "n/a"
 
 
 def _verdict_of(passed: int, n: int, min_pass: float, confidence: float) -> Gate:
     """The fixed-sample gate on ``passed`` of ``n`` (see the module docstring)."""
-    low, high = wilson(passed, n, z=_z(confidence))
+    low, high = wilson(passed, n, z=z_for(confidence))
     if n == 0:
         verdict, because = "inconclusive", "nothing was scored"
     elif low >= min_pass:

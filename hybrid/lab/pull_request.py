@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hybrid.errors import ConfigError
 from hybrid.lab.gates import Gate, gate
-from hybrid.lab.report import wilson
+from hybrid.lab.report import wilson, z_for
 
 if TYPE_CHECKING:
     from hybrid.results import RunResult
@@ -95,8 +95,6 @@ class PullRequestReport:
         confidence: float = 0.95,
         min_pass: float | None = None,
     ) -> None:
-        from statistics import NormalDist
-
         known = set(store.runs()["name"])
         for run_name in (name, baseline):
             if run_name is not None and run_name not in known:
@@ -105,15 +103,16 @@ class PullRequestReport:
                 )
         self.store = store
         self.name, self.baseline, self.min_pass, self.confidence = name, baseline, min_pass, confidence
-        z = NormalDist().inv_cdf(0.5 + confidence / 2)
+        z = z_for(confidence)
         self.run, now = _outcomes(store, name)
         self.before_run: RunResult | None = None
         before: dict[str, list[bool]] = {}
         if baseline is not None:
             self.before_run, before = _outcomes(store, baseline)
-        self.overall = _rate([p for rows in now.values() for p in rows], z)
+        everything = [p for rows in now.values() for p in rows]
+        self.overall = _rate(everything, z)
         self.overall_before = _rate([p for rows in before.values() for p in rows], z) if baseline else None
-        self.gate = None if min_pass is None else gate([p for r in now.values() for p in r], min_pass=min_pass)
+        self.gate = None if min_pass is None else gate(everything, min_pass=min_pass, confidence=confidence)
         changes = [self._change(g, now.get(g), before.get(g), z) for g in dict.fromkeys([*now, *before])]
         self.changes = sorted(changes, key=lambda c: (ORDER.index(c.verdict), c.low))
 

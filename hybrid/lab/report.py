@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 COORDINATES = ("variant", "case", "model", "temperature", "repeat")
 
 
+def z_for(confidence: float) -> float:
+    """The normal quantile a two-sided interval at ``confidence`` reaches (1.96 at 0.95)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
 def wilson(passed: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
     """The Wilson score interval of ``passed`` successes in ``n`` trials (NaN, NaN for n = 0)."""
     if n == 0:
