@@ -42,16 +42,13 @@ class ReplayMisses:
         if not candidates:
             return f"{head} no query of that name was ever recorded there; {RECORD_HOW}."
         now = fingerprint_parts(query, self.default_model)
-
-        def differing(recorded: Recorded) -> list[str]:
-            then = fingerprint_parts(recorded.query, recorded.default_model)
-            return [part for part in PART_NAMES if then[part] != now[part]]
-
-        closest = min(candidates, key=lambda recorded: len(differing(recorded)))  # min keeps the newest of equals
+        # Each candidate's parts, once; the closest differs in the fewest (min keeps the newest of equals).
+        parts = [(recorded, fingerprint_parts(recorded.query, recorded.default_model)) for recorded in candidates]
+        closest, then = min(parts, key=lambda pair: sum(pair[1][part] != now[part] for part in PART_NAMES))
         where = f"run {closest.run!r}, row {closest.row}"
-        changed = differing(closest)
+        changed = [part for part in PART_NAMES if then[part] != now[part]]
         if changed:
-            what = ", ".join(_described(part, closest, query, self.default_model) for part in changed)
+            what = ", ".join(_described(part, then[part], now[part]) for part in changed)
             return f"{head} it differs from the closest recording ({where}) in {what}. Undo the change or {RECORD_HOW}."
         if closest.fingerprint != fingerprint(query, self.default_model):
             return (
@@ -69,10 +66,8 @@ class ReplayMisses:
         )
 
 
-def _described(part: str, recorded: Recorded, query: Query, default_model: str) -> str:
-    """``part`` as a person names it, with both values when they are short enough to read."""
-    then = fingerprint_parts(recorded.query, recorded.default_model)[part]
-    now = fingerprint_parts(query, default_model)[part]
+def _described(part: str, then: object, now: object) -> str:
+    """``part`` as a person names it, with both values (the messages are too long to show)."""
     if part == "messages":
         return PART_NAMES[part]
     return f"{PART_NAMES[part]} (recorded {then!r}, now {now!r})"
