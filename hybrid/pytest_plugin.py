@@ -179,7 +179,8 @@ def _sampled(
             except (pytest.skip.Exception, pytest.xfail.Exception, KeyboardInterrupt):
                 raise
             except BaseException as exc:  # the test body failed this sample (an assert, an error)
-                failures.append(f"sample {sample}: {type(exc).__name__}: {_first_lines(exc)}")
+                if len(failures) < 2:  # the message shows two
+                    failures.append(f"sample {sample}: {type(exc).__name__}: {_first_lines(exc)}")
                 test.add(False)
             else:
                 test.add(True)
@@ -188,7 +189,7 @@ def _sampled(
         gate = test.gate()
         if gate.verdict == "pass":
             return
-        shown = "\n".join(f"  {failure}" for failure in failures[:2])
+        shown = "\n".join(f"  {failure}" for failure in failures)
         message = f"{item.name}: {gate.why}.\nFailing samples:\n{shown}" if failures else f"{item.name}: {gate.why}."
         if gate.verdict == "inconclusive" and item.config.getini("hybrid_inconclusive") == "skip":
             pytest.skip(message)

@@ -80,12 +80,9 @@ async def keep_suite_run(orch: Orchestrator, store: Store, decided: dict[str, Ga
     cache): what ``hybrid report suite --store ...`` reads."""
     samples = [replace(query(case), sample=s) for case, g in decided.items() for s in range(g.n)]
     run = await orch.run(samples, name=name, raise_if_all_failed=False)
-    kept = []
-    for case, (_, scorer) in CASES.items():
-        rows = [r for r in run.results if r.name == case]
-        for row, verdict in zip(rows, await scorer.score_all(rows), strict=True):
-            kept.append((row.index, verdict.scorer, verdict.passed, verdict.value, verdict.reason))
-    store.save_scores(name, kept)
+    for case, (_, scorer) in CASES.items():  # each case's rows by its own scorer, kept with the run
+        rows = tuple(r for r in run.results if r.name == case)
+        await lab.score(replace(run, results=rows), [scorer], store=store, name=name)
 
 
 async def record_real(store_path: Path) -> dict[str, dict[str, object]]:
