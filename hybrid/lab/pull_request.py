@@ -228,34 +228,16 @@ class PullRequestReport:
         return pages.page(f"Report: {title}", body, standalone=True)
 
     def _run_section(self) -> str:
+        """The viewer's run page for the run, from the same reads the viewer makes (its first page
+        of rows, each answer's start), without links: the file opens from disk."""
         from hybrid.view import pages
+        from hybrid.view.server import run_info
 
-        info = {
-            "queries": self.run.metrics.queries,
-            "ok": self.run.metrics.succeeded,
-            "failed": self.run.metrics.failed,
-            "status": "cancelled" if self.run.cancelled else "finished",
-            "mode": self.run.mode,
-        }
-        texts = self.store.texts(self.name, 0, pages.PAGE_ROWS)
-        rows = {
-            r.index: {
-                "index": r.index,
-                "name": r.name,
-                "ok": r.ok,
-                "error_kind": r.error.kind if r.error else None,
-                "latency_s": r.latency_s,
-                "total_tokens": r.usage.total_tokens,
-                "cost_usd": r.cost_usd,
-                "text": _shortened(texts.get(r.index)),
-            }
-            for r in self.run.results[: pages.PAGE_ROWS]
-        }
+        info = run_info(self.store, self.name)
+        if info is None:  # pruned or replaced since the report read it
+            raise ConfigError(f"Run {self.name!r} is no longer in {self.store}: make the report again.")
+        rows = self.store.brief_rows(self.name, range(min(int(info["queries"]), pages.PAGE_ROWS)))
         return pages.run_body(self.name, info, rows, self.run, links=False)
-
-
-def _shortened(text: str | None, limit: int = 300) -> str | None:
-    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _points(now: Rate | None, before: Rate | None) -> str:

@@ -136,7 +136,8 @@ async def _runs(request: web.Request) -> web.Response:
     return _html(pages.runs_page(await _read(request, Store.runs)))
 
 
-def _run_info(store: Store, name: str) -> dict[str, Any] | None:
+def run_info(store: Store, name: str) -> dict[str, Any] | None:
+    """Run ``name``'s line of ``store.runs()`` (status, counts, mode) as a run page reads it; None if absent."""
     runs = store.runs()
     found = runs[runs["name"] == name]
     return None if found.empty else {str(k): v for k, v in found.iloc[0].items()}
@@ -144,7 +145,7 @@ def _run_info(store: Store, name: str) -> dict[str, Any] | None:
 
 async def _run(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    info = await _read(request, _run_info, name)
+    info = await _read(request, run_info, name)
     if info is None:
         return _html(pages.not_found(f"No run named {name!r} in this store."), status=404)
     given = request.query.get("page", "0")
@@ -194,7 +195,7 @@ def _verdicts(store: Store, a: str, b: str) -> Any:
 async def _events(request: web.Request) -> web.StreamResponse:
     """The run's events as ``text/event-stream``, from after ``Last-Event-ID`` (or ``?after=``)."""
     name = request.match_info["name"]
-    info = await _read(request, _run_info, name)
+    info = await _read(request, run_info, name)
     if info is None:
         return _html(pages.not_found(f"No run named {name!r} in this store."), status=404)
     given = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
@@ -215,7 +216,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
             elif kind == "query_completed" and idx in rows:
                 data.update(rows[idx])
             elif kind == "final_result":
-                final = await _read(request, _run_info, name)
+                final = await _read(request, run_info, name)
                 counts = {k: int(final[k] or 0) for k in ("queries", "ok", "failed")}
                 data.update(status=str(final["status"]), **counts)
             payload = orjson.dumps(data, default=str).decode()
