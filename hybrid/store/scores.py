@@ -25,7 +25,11 @@ class Scores(StoreFile):
                 for index, scorer, passed, value, reason in scores
             ]
             self._reader.execute("BEGIN IMMEDIATE")
-            self._reader.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", rows)
+            try:
+                self._reader.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                self._reader.execute("ROLLBACK")  # as begin_segment does: never leave the reader in a transaction
+                raise
             self._reader.execute("COMMIT")
 
     def scores(self, name: str) -> dict[int, list[tuple[str, bool | None, float | None, str]]]:
