@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,6 +31,9 @@ class RunResult:
     finished queries keep their answers, the others carry a :class:`~hybrid.errors.Cancelled` error.
     ``segments`` is how many runs of one name this result merges (``Store.load(name)`` of a run that
     was resumed: the first run and each resume); a live run, or one segment loaded, is 1.
+    ``diagnostics`` are notes measured in real time (the event loop was blocked for so long, there;
+    :mod:`hybrid.loop_watch`): kept and shown by the viewer, but never in ``warnings``, the summary or
+    a repr, so that a loaded machine cannot change a checked notebook cell.
     """
 
     results: tuple[QueryResult, ...]
@@ -39,6 +42,7 @@ class RunResult:
     warnings: tuple[str, ...] = ()
     cancelled: bool = False
     segments: int = 1
+    diagnostics: tuple[str, ...] = field(default=(), repr=False)
 
     def __len__(self) -> int:
         return len(self.results)
@@ -71,6 +75,7 @@ class RunResult:
             "cancelled": self.cancelled,
             "segments": self.segments,
             "warnings": list(self.warnings),
+            "diagnostics": list(self.diagnostics),
             "metrics": metrics,
             "results": [{k: _finite(v) for k, v in r.as_row().items()} for r in self.results],
         }

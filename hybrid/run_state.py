@@ -22,6 +22,7 @@ from typing import Any
 from hybrid import progress
 from hybrid.errors import Cancelled
 from hybrid.events import Event, QueryFinished, QueryProgress, QueryStarted
+from hybrid.loop_watch import LoopWatch
 from hybrid.metrics import BudgetState, RunMetrics
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
@@ -73,6 +74,8 @@ class RunState:
         self._reported: dict[int, float] = {}
         #: What the run's warnings must say about how it was measured (:meth:`restart_clock`).
         self._notes: list[str] = []
+        #: Real-time notes of a blocked loop, for ``RunResult.diagnostics`` (never its warnings).
+        self._watch = LoopWatch(asyncio.get_running_loop()).start()
 
     def restart_clock(self, note: str) -> None:
         """Start the run's clock (wall, CPU, queue times) now: for a strategy that must set up
@@ -154,7 +157,12 @@ class RunState:
         if cancelled or stopped_by is not None:
             warnings.append(f"The run {why}; {finished} of {len(results)} queries had finished.")
         return RunResult(
-            results=results, metrics=metrics, mode=self.mode, warnings=tuple(warnings), cancelled=cancelled
+            results=results,
+            metrics=metrics,
+            mode=self.mode,
+            warnings=tuple(warnings),
+            cancelled=cancelled,
+            diagnostics=self._watch.stop(),
         )
 
     def _run_trace(self) -> list[tuple[float, int]]:

@@ -88,6 +88,7 @@ PARTS = {
         "progress",
         "events",
         "estimate",
+        "loop_watch",
     },
     "store": {"store"},
     "model": {"query", "results", "metrics", "fingerprint"},

@@ -458,6 +458,7 @@ async def test_a_schema_5_store_gains_leases_and_budgets_in_place(tmp_path: Path
     with sqlite3.connect(path) as db:  # as schema 5 left it: no leases, no budgets, no stamp
         db.execute("DROP TABLE leases")
         db.execute("ALTER TABLE segments DROP COLUMN budget")
+        db.execute("ALTER TABLE segments DROP COLUMN diagnostics")
         db.execute("PRAGMA application_id = 0")
         db.execute("PRAGMA user_version = 5")
     prices = {"fake": Price(prompt_per_mtok=1.0, completion_per_mtok=1.0)}
@@ -471,3 +472,20 @@ async def test_a_schema_5_store_gains_leases_and_budgets_in_place(tmp_path: Path
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+async def test_a_schema_7_store_gains_diagnostics_in_place(tmp_path: Path) -> None:
+    """A store of the kit before diagnostics were kept loads its runs with none, and keeps them from then on."""
+    path = tmp_path / "v7.sqlite"
+    with Store(path) as store:
+        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=store) as orch:
+            first = await orch.run(grid(2), name="before")
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE segments DROP COLUMN diagnostics")
+        db.execute("PRAGMA user_version = 7")
+    with Store(path) as upgraded:
+        assert upgraded.load("before").diagnostics == () and upgraded.load("before").summary() == first.summary()
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            db.execute("UPDATE segments SET diagnostics = '[\"the loop was blocked\"]'")
+        assert upgraded.load("before").diagnostics == ("the loop was blocked",)

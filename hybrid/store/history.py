@@ -149,7 +149,12 @@ class History(StoreFile):
             budget=BudgetState(*orjson.loads(info["budget"])) if info.get("budget") else None,
         )
         run = RunResult(
-            results=tuple(results), metrics=metrics, mode=info["mode"], warnings=warnings, cancelled=cancelled
+            results=tuple(results),
+            metrics=metrics,
+            mode=info["mode"],
+            warnings=warnings,
+            cancelled=cancelled,
+            diagnostics=tuple(orjson.loads(info.get("diagnostics") or "[]")),
         )
         return run, prints
 

@@ -143,13 +143,13 @@ class RunLog(StoreFile):
 
     def end_segment(self, run_id: int, segment: int, status: str, run: RunResult) -> None:
         """Queue a segment's end: ``finished``, ``cancelled`` or ``failed``, and what the run measured
-        beyond its rows (wall, CPU, warnings, the adaptive limit's trace, the budget), so that loading it
+        beyond its rows (wall, CPU, warnings, the adaptive limit's trace, the budget, diagnostics), so that loading it
         computes the same metrics with the same code (``RunMetrics.compute``)."""
         now = time.time()
         m = run.metrics
         self._enqueue(
             "UPDATE segments SET status = ?, ended_at = ?, wall_s = ?, cpu_s = ?, cancelled = ?, warnings = ?, "
-            "concurrency_trace = ?, budget = ? WHERE run_id = ? AND segment = ?",
+            "concurrency_trace = ?, budget = ?, diagnostics = ? WHERE run_id = ? AND segment = ?",
             (
                 status,
                 now,
@@ -159,6 +159,7 @@ class RunLog(StoreFile):
                 orjson.dumps(run.warnings).decode(),
                 orjson.dumps(m.concurrency_trace).decode(),
                 None if m.budget is None else orjson.dumps(dataclasses.astuple(m.budget)).decode(),
+                orjson.dumps(run.diagnostics).decode(),
                 run_id,
                 segment,
             ),

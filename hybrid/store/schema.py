@@ -21,8 +21,9 @@ from hybrid.query import Query, QueryResult, Usage
 #: 2: remote_jobs (batch ids); 3: events (what a live viewer follows); 4: latency parts;
 #: 5: segments (a run and each resume, with what the run measured beyond its rows) and cached prompt tokens;
 #: 6: leases (which process is writing a run) and each segment's budget as it ended; 7: scores (what
-#: scorers said of a run's answers, so a report reads the same verdicts the notebook saw).
-SCHEMA_VERSION = 7
+#: scorers said of a run's answers, so a report reads the same verdicts the notebook saw); 8: each
+#: segment's diagnostics (real-time notes such as a blocked event loop).
+SCHEMA_VERSION = 8
 #: Stamped in every store (``PRAGMA application_id``, "HYBR"): a file without it is not the kit's.
 APPLICATION_ID = 0x48594252
 #: The tables every store of the kit has had since its first schema.
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS segments (
     warnings TEXT,
     concurrency_trace TEXT,
     budget TEXT,
+    diagnostics TEXT,
     PRIMARY KEY (run_id, segment)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -226,8 +228,9 @@ def prepare(connection: sqlite3.Connection, path: Path) -> None:
         return
     if version == 0:
         script = SCHEMA
-    elif version in (5, 6):  # schema 6: a new table (leases) and the segments' budget; 7: a new table (scores)
-        script = SCHEMA + ("ALTER TABLE segments ADD COLUMN budget TEXT;" if version == 5 else "")
+    elif version in (5, 6, 7):  # 6: a table (leases), segments' budget; 7: a table (scores); 8: diagnostics
+        columns = ("budget", "diagnostics") if version == 5 else ("diagnostics",)
+        script = SCHEMA + "".join(f"ALTER TABLE segments ADD COLUMN {column} TEXT;" for column in columns)
     else:  # schema 4 added the latency decomposition's columns, schema 5 the segments
         added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in LATENCY_PARTS)
         script = (added if version < 4 else "") + TO_SEGMENTS

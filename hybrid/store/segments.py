@@ -86,6 +86,7 @@ def merge(segments: Sequence[Segment]) -> RunResult:
         warnings=(*warnings, *latest.warnings),
         cancelled=latest.cancelled,
         segments=len(runs),
+        diagnostics=tuple(note for run in runs for note in run.diagnostics),
     )
 
 
