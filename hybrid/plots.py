@@ -8,6 +8,7 @@ displays a returned figure by itself, a script saves it with ``fig.savefig(path)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+from hybrid.query import QueryResult
 from hybrid.results import RunResult
 
 _STAGE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
@@ -46,43 +48,91 @@ def _legend(ax: Any, handles: list[Any] | None = None, labels: list[str] | None 
     ax.figure.legend(handles, labels, loc="outside right upper", **options)
 
 
+#: A per-query plot draws at most this many bars (or timeline lanes); a bigger run is drawn in
+#: groups of consecutive queries, so its axes stay readable and its height bounded at any size.
+MAX_BARS = 30
+
+
+def groups(count: int, most: int = MAX_BARS) -> list[range]:
+    """``count`` rows, in order, as at most ``most`` groups of consecutive rows (equal but the last)."""
+    size = max(1, math.ceil(count / max(1, most)))
+    return [range(first, min(count, first + size)) for first in range(0, count, size)]
+
+
+def _spans(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Intervals ``(start, end)`` merged where they overlap, as ``(start, width)`` for ``broken_barh``."""
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, max(end - start, 1e-4)) for start, end in merged]
+
+
 def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = None) -> Figure:
     """One bar per query from its start to its finish, coloured by stage; failures hatched.
 
     Pass one run, or several by label (e.g. ``{"legacy": legacy, "hybrid": hybrid}``) to stack
-    them on a shared time axis — the picture that shows parallelism at a glance.
+    them on a shared time axis — the picture that shows parallelism at a glance.  Beyond
+    :data:`MAX_BARS` queries, each lane is a group of consecutive queries (``#0-249``) drawn where
+    any of them was in flight, so a run of 10,000 is as tall as one of 30.
     """
     runs = {"": run} if isinstance(run, RunResult) else dict(run)
-    rows = [(label, each.mode, r) for label, each in runs.items() for r in each.results]
-    fig, ax = _figure(9.0, max(2.5, 0.38 * len(rows) + 1.2))
+    total = sum(len(each.results) for each in runs.values())
+    lanes: list[tuple[str, str, str, Sequence[QueryResult]]] = []  # (tick label, run label, mode, queries)
+    for label, each in runs.items():
+        share = MAX_BARS if total <= MAX_BARS else max(1, MAX_BARS * len(each.results) // total)
+        for group in groups(len(each.results), share):
+            rows = each.results[group.start : group.stop]
+            name = rows[0].name if len(rows) == 1 else f"#{group.start}-{group.stop - 1}"
+            lanes.append((_text(f"{label}: {name}" if label else name), label, each.mode, rows))
+    grouped = len(lanes) < total
+    fig, ax = _figure(9.0, max(2.5, 0.22 * len(lanes) + 1.4))
     legend_seen: set[str] = set()
     waited = failed = False
-    for y, (label, mode, r) in enumerate(reversed(rows)):
-        if r.stage is None:  # a plain run: one colour for the whole run
-            key, colour = _text(f"{label or 'run'} ({mode})"), _RUN_COLOUR
+    colours = {label: _RUN_COLOUR if len(runs) == 1 else _STAGE_COLOURS[i % len(_STAGE_COLOURS)]
+               for i, label in enumerate(runs)}  # fmt: skip
+    for y, (_, label, mode, lane) in enumerate(reversed(lanes)):
+        first = lane[0]
+        if first.stage is None:  # a plain run: one colour for the whole run
+            key, colour = _text(f"{label or 'run'} ({mode})"), colours[label]
         else:
-            key, colour = f"stage {r.stage + 1}", _STAGE_COLOURS[r.stage % len(_STAGE_COLOURS)]
-        if r.queue_s > 0.0005:
-            ax.barh(y, r.queue_s, left=r.started_s - r.queue_s, color="lightgrey", height=0.6)
+            key, colour = f"stage {first.stage + 1}", _STAGE_COLOURS[first.stage % len(_STAGE_COLOURS)]
+        queued = [(r.started_s - r.queue_s, r.started_s) for r in lane if r.queue_s > 0.0005]
+        if queued:
+            ax.broken_barh(_spans(queued), (y - 0.3, 0.6), color="lightgrey")
             waited = True
-        failed = failed or not r.ok
-        ax.barh(
-            y,
-            max(r.finished_s - r.started_s, 1e-4),
-            left=r.started_s,
+        lane_failed = not all(r.ok for r in lane)
+        failed = failed or lane_failed
+        ax.broken_barh(
+            _spans([(r.started_s, r.finished_s) for r in lane]),
+            (y - 0.3, 0.6),
             color=colour,
-            height=0.6,
-            hatch=None if r.ok else "//",
-            edgecolor="black" if not r.ok else colour,
+            hatch="//" if lane_failed else None,
+            edgecolor="black" if lane_failed else colour,
             label=None if key in legend_seen else key,
         )
         legend_seen.add(key)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([_text(f"{label}: {r.name}" if label else r.name) for label, _, r in reversed(rows)])
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels([tick for tick, _, _, _ in reversed(lanes)])
+    ax.set_ylim(-0.6, len(lanes) - 0.4)
     ax.set_xlabel("time since the run started (s)")
-    ax.set_title(title or "Query timeline: one bar per query, start to finish")
+    if grouped:
+        ax.set_ylabel("groups of consecutive queries, drawn where any was in flight", fontsize="small")
+    ax.set_title(
+        title
+        or ("Query timeline: one bar per query, start to finish" if not grouped else f"Query timeline: {total} queries")
+    )
     # The legend's title explains only what is drawn.
-    notes = [note for note, drawn in (("grey: waiting for a slot", waited), ("hatched: failed", failed)) if drawn]
+    notes = [
+        note
+        for note, drawn in (
+            ("grey: waiting for a slot", waited),
+            ("hatched: failed" if not grouped else "hatched: a query failed", failed),
+        )
+        if drawn
+    ]
     _legend(ax, title="\n".join(notes) or None, fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -177,18 +227,22 @@ def tokens(runs: RunResult | Mapping[str, RunResult], *, title: str | None = Non
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     per_query, totals = fig.subplots(1, 2, width_ratios=[3, 1])
     names, prompt, completion = [], [], []
+    total = sum(len(run.results) for run in runs.values())
     for label, run in runs.items():
-        for r in run.results:
-            names.append(_text(f"{label}: {r.name}" if len(runs) > 1 else r.name))
-            prompt.append(r.usage.prompt_tokens)
-            completion.append(r.usage.completion_tokens)
+        share = MAX_BARS if total <= MAX_BARS else max(1, MAX_BARS * len(run.results) // total)
+        for group in groups(len(run.results), share):
+            rows = run.results[group.start : group.stop]
+            name = rows[0].name if len(rows) == 1 else f"#{group.start}-{group.stop - 1}"
+            names.append(_text(f"{label}: {name}" if len(runs) > 1 else name))
+            prompt.append(sum(r.usage.prompt_tokens for r in rows) / len(rows))
+            completion.append(sum(r.usage.completion_tokens for r in rows) / len(rows))
     positions = range(len(names))
     per_query.bar(positions, prompt, label="prompt", color=_STAGE_COLOURS[0])
     per_query.bar(positions, completion, bottom=prompt, label="completion", color=_STAGE_COLOURS[1])
     per_query.set_xticks(list(positions))
-    per_query.set_xticklabels(names, rotation=45, ha="right")
-    per_query.set_ylabel("tokens")
-    per_query.set_title("per query")
+    per_query.set_xticklabels(names, rotation=90, fontsize="small")  # upright labels cannot run into each other
+    per_query.set_ylabel("tokens per query")
+    per_query.set_title("per query" if len(names) == total else "per query, mean of each group of consecutive ones")
     labels = [_text(label) for label in runs]
     totals.bar(labels, [r.metrics.prompt_tokens for r in runs.values()], color=_STAGE_COLOURS[0], label="prompt")
     totals.bar(
@@ -261,6 +315,11 @@ def decomposition(
     if isinstance(data, RunResult):
         rows = _answered_over_the_wire(data)
         labels, xlabel = [_text(name) for name in rows["name"]], "query"
+        if len(rows) > MAX_BARS:
+            parts = [rows[columns].iloc[group.start : group.stop] for group in groups(len(rows))]
+            labels = [f"#{part.index[0]}-{part.index[-1]}" for part in parts]
+            rows = pd.DataFrame([part.astype(float).mean() for part in parts])
+            xlabel = "queries, in groups of consecutive ones (the mean query of each)"
     elif isinstance(data, Mapping):
         rows = pd.DataFrame([_answered_over_the_wire(run)[columns].astype(float).mean() for run in data.values()])
         labels, xlabel = [_text(label) for label in data], "run (mean query)"
@@ -282,7 +341,7 @@ def decomposition(
         ax.bar(positions, values, bottom=bottom, color=colour, label=label, width=0.7)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xticks(positions)
-    ax.set_xticklabels(labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
+    ax.set_xticklabels(labels, rotation=90, fontsize="small")  # upright labels cannot run into each other
     ax.set_xlabel(xlabel)
     ax.set_ylabel("time per query (s)")
     ax.set_title(title or "Where each query's time went")
@@ -353,7 +412,7 @@ def wall(runs: Mapping[str, RunResult], *, title: str | None = None) -> Figure:
         ax.text(
             m.sum_latency_s,
             y - 0.2,
-            f"  efficiency {m.parallel_efficiency:.1f}x (ideal {m.ideal_efficiency:.1f}x)",
+            f"  efficiency {m.parallel_efficiency:.0%} (ideal {m.ideal_efficiency:.0%})",
             va="center",
             fontsize="small",
         )

@@ -23,7 +23,7 @@ from hybrid.view import make_app
 pytestmark = pytest.mark.heavy  # writes a few hundred MB
 
 TEXT_BYTES = 50_000
-SIZES = (2_100, 4_200)  # above the viewer's MAX_PLOTTED_ROWS, so both pages draw the same
+SIZES = (2_100, 4_200)  # both beyond plots.MAX_BARS, so both pages draw their plots in as many groups
 
 
 async def peak(work: Callable[[], Awaitable[object]]) -> int:

@@ -127,6 +127,66 @@ async def test_the_viewer_follows_a_run_in_another_process_live(browser: Browser
     store.close()
 
 
+#: Overlapping text boxes in every figure of a page, as the browser lays them out ([(figure, a, b),
+#: ...]), and the smallest scale a figure is shown at (its drawn width over its own): below 3/4, the
+#: kit's smallest text (8 pt) would be shown under 8 px, too small to read.
+OVERLAPPING_TEXT = """() => {
+  const found = [];
+  let scale = Infinity;
+  for (const [f, figure] of [...document.querySelectorAll('figure svg')].entries()) {
+    const boxes = [...figure.querySelectorAll("g[id^='text_']")]
+      .map(g => ({id: g.id, r: g.getBoundingClientRect()})).filter(b => b.r.width > 0 && b.r.height > 0);
+    scale = Math.min(scale, figure.getBoundingClientRect().width / figure.width.baseVal.value);
+    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+      const a = boxes[i].r, b = boxes[j].r;
+      const x = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const y = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (x > 1 && y > 1) found.push([f, boxes[i].id, boxes[j].id]);
+    }
+  }
+  return {overlaps: found, scale: scale};
+}"""
+
+
+@pytest.mark.parametrize("queries", [10, 120, 10_000])
+async def test_a_run_page_reads_well_at_any_size(browser: Browser, tmp_path: Path, queries: int) -> None:
+    """Its figures draw a big run in groups: no text overlaps and the page above the table stays as
+    tall at 10,000 queries as at 10."""
+    from hybrid import Orchestrator, Query, simulate
+
+    async def study() -> None:
+        for name, seed in (("big", 5), ("again", 6)):
+            async with Orchestrator(sim.backend(sim.SimConfig(seed=seed)), store=tmp_path / "runs.sqlite") as orch:
+                await orch.run([Query(f"question-{i}", f"question {i}") for i in range(queries)], name=name)
+
+    await simulate(study)
+    store = Store(tmp_path / "runs.sqlite")
+    urls: list[str] = []
+    served = asyncio.ensure_future(view.serve(store, port=0, announce=urls.append))
+    try:
+        while not urls:
+            await asyncio.sleep(0.05)
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(urls[0] + "runs/big")
+        figures = await page.locator("figure svg").count()
+        text = await page.evaluate(OVERLAPPING_TEXT)
+        above_table = await page.evaluate("document.getElementById('rows').getBoundingClientRect().top + scrollY")
+        top = {"x": 0, "y": 0, "width": 1280, "height": above_table + 300}  # a whole page of 1,000 rows is too tall
+        await page.screenshot(path=str(SHOTS / f"viewer-{queries}-queries.png"), full_page=True, clip=top)
+        compare = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await compare.goto(urls[0] + "compare?a=big&b=again")
+        await compare.screenshot(path=str(SHOTS / f"compare-{queries}-queries.png"), full_page=True, clip=top)
+        compared = await compare.evaluate(OVERLAPPING_TEXT)
+    finally:
+        served.cancel()
+        await asyncio.gather(served, return_exceptions=True)
+        store.close()
+    assert figures == 3
+    assert text["overlaps"] == [] and compared["overlaps"] == [], (text, compared)
+    assert text["scale"] >= 0.75 and compared["scale"] >= 0.75, (text, compared)
+    assert above_table < 2_000, above_table  # the summary and three figures; the table pages itself
+
+
 # -- (2) and (3): JupyterLab --------------------------------------------------------------------
 NOTEBOOKS = ("01_quickstart.ipynb", "02_benchmark_speedups.ipynb", "03_prompt_lab.ipynb", "04_regression_tests.ipynb")
 #: The notebooks that draw figures (the others show tables and text).

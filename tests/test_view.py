@@ -96,6 +96,18 @@ async def test_a_run_page_shows_every_row_and_the_plots(viewer: tuple[TestClient
     assert (await client.get("/static/viewer.js")).status == 200
 
 
+async def test_a_run_page_shows_what_was_measured_in_real_time(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    await stored_run(path, "grid", 3)
+    assert "id='diagnostics'" not in await (await client.get("/runs/grid")).text()
+    with sqlite3.connect(path) as db:
+        db.execute("""UPDATE segments SET diagnostics = '["The event loop was blocked for at least 0.30 s <here>"]'""")
+    page = await (await client.get("/runs/grid")).text()
+    shown = page[page.index("id='diagnostics'") :].split("</details>")[0]
+    assert "The event loop was blocked for at least 0.30 s &lt;here&gt;" in shown
+    assert "blocked" not in page[: page.index("id='diagnostics'")]  # not in the summary line
+
+
 async def test_the_viewer_has_an_icon(viewer: tuple[TestClient, Path]) -> None:
     client, _ = viewer
     page = await (await client.get("/")).text()
@@ -221,8 +233,13 @@ async def test_the_compare_page_puts_two_runs_side_by_side(viewer: tuple[TestCli
     # compare_runs' verdicts first: the same seed answers the same, so there is no difference
     assert "id='verdicts'" in page and page.index("id='verdicts'") < page.index("id='compare'")
     assert "<td>p50_latency_s</td>" in page and "Per query: 0 changed first" in page
+    # both timelines on one time axis, between the verdicts and the table
+    timelines = page.index("Both timelines, on one time axis")
+    assert page.index("id='verdicts'") < timelines < page.index("<svg", timelines) < page.index("id='compare'")
     # runs are picked from lists, these two preselected
     assert "<select name='a' required><option selected>a</option><option>b</option></select>" in page
+    same = await client.get("/compare?a=a&b=a")
+    assert same.status == 400 and "Pick two different runs" in await same.text()
     runs = await (await client.get("/")).text()
     assert "<select name='b' required><option>a</option><option selected>b</option></select>" in runs
 

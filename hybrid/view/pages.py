@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pandas as pd
     from matplotlib.figure import Figure
 
     from hybrid.results import RunResult
 
 _EMPTY = "<td></td>"
-#: Above this many rows a run page skips its plots (SVGs of tens of thousands of bars are no help).
-MAX_PLOTTED_ROWS = 2000
 #: Rows of a run's table on one page (``?page=k``): what one view reads and renders.
 PAGE_ROWS = 1000
 
@@ -179,11 +179,19 @@ def _figures(run: RunResult) -> str:
     m = run.metrics
     # The line the notebook printed for this run, from the same code (RunResult.summary).
     numbers = f"<p class='metrics'><b>{_escape(run.summary())}</b> · p95 latency {_duration(m.p95_latency_s)}</p>"
-    numbers += _where_the_time_went(run)
-    if len(run.results) > MAX_PLOTTED_ROWS:
-        return numbers + f"<p>Plots are left out above {MAX_PLOTTED_ROWS} queries.</p>"
+    numbers += _where_the_time_went(run) + _diagnostics(run)
+    # Each plot draws a big run in groups of consecutive queries (plots.MAX_BARS): bounded at any size.
     figures = (plots.timeline(run), plots.decomposition(run), plots.tokens(run))
     return numbers + "<div class='figures'>" + "".join(_svg(f) for f in figures) + "</div>"
+
+
+def _diagnostics(run: RunResult) -> str:
+    """What was measured in real time while the run ran (a blocked event loop): shown here, never
+    in the run's warnings or summary line."""
+    if not run.diagnostics:
+        return ""
+    items = "".join(f"<li>{_escape(note)}</li>" for note in run.diagnostics)
+    return f"<details id='diagnostics' open><summary>Diagnostics (real time)</summary><ul>{items}</ul></details>"
 
 
 def _where_the_time_went(run: RunResult) -> str:
@@ -202,9 +210,12 @@ def _where_the_time_went(run: RunResult) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    """Milliseconds below a second, seconds above: ``272 ms``, ``1.36 s``."""
+    """Milliseconds below a second, seconds above: ``272 ms``, ``1.36 s``; float dust (a part that is a
+    difference of sums, under a microsecond) is ``0 ms``."""
     if seconds is None or math.isnan(seconds):
         return "not reported"
+    if abs(seconds) < 1e-6:
+        return "0 ms"
     return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
 
 
@@ -230,10 +241,20 @@ def compare_form(names: list[str], a: str | None = None, b: str | None = None) -
     )
 
 
-def compare_page(a: str, b: str, frame: pd.DataFrame, verdicts: pd.DataFrame | None, names: list[str]) -> str:
+def compare_page(
+    a: str,
+    b: str,
+    frame: pd.DataFrame,
+    verdicts: pd.DataFrame | None,
+    names: list[str],
+    runs: Mapping[str, RunResult],
+) -> str:
     """Run ``b`` against the baseline ``a``: :func:`~hybrid.bench.compare_runs`' verdicts first (ratio
-    B/A with its interval per metric), then the queries whose answer or outcome changed, then the
-    rest.  ``verdicts`` is None when the runs have too few answered queries to compare."""
+    B/A with its interval per metric), both runs' timelines on one time axis, then the queries whose
+    answer or outcome changed, then the rest.  ``verdicts`` is None when the runs have too few
+    answered queries to compare."""
+    from hybrid import plots
+
     if verdicts is None:
         summary = "<p>Too few answered queries in these runs for a verdict with an interval.</p>"
     else:
@@ -252,10 +273,12 @@ def compare_page(a: str, b: str, frame: pd.DataFrame, verdicts: pd.DataFrame | N
         frame[column] = frame[column].str[:80]
     changed = frame["text_changed"] | (frame[f"ok_{a}"] != frame[f"ok_{b}"])
     ordered = pd.concat([frame[changed].sort_values("tokens_delta", key=abs, ascending=False), frame[~changed]])
-    table = ordered.to_html(index=True, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
+    shown = "" if len(ordered) <= PAGE_ROWS else f" (the first {PAGE_ROWS} of {len(ordered)})"
+    table = ordered.head(PAGE_ROWS).to_html(index=True, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
     body = (
         f"{compare_form(names, a, b)}<h2>Verdicts (B against the baseline A)</h2>{summary}"
-        f"<h2>Per query: {int(changed.sum())} changed first, then the rest</h2>"
+        f"<h2>Both timelines, on one time axis</h2><div class='figures'>{_svg(plots.timeline(runs))}</div>"
+        f"<h2>Per query: {int(changed.sum())} changed first, then the rest{shown}</h2>"
         + table.replace("<table", "<table id='compare'", 1)
     )
     return page(f"{a} vs {b}", body)

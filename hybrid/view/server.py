@@ -172,13 +172,16 @@ async def _answer(request: web.Request) -> web.Response:
 
 async def _compare(request: web.Request) -> web.Response:
     a, b = request.query.get("a", ""), request.query.get("b", "")
+    if a == b:
+        return _html(pages.refused(f"Pick two different runs to compare (both were {a!r})."), status=400)
     try:
         frame = await _read(request, Store.compare, a, b)
     except (ConfigError, KeyError) as exc:
         return _html(pages.not_found(f"Cannot compare {a!r} with {b!r}: {exc}"), status=404)
     verdicts = await _read(request, _verdicts, a, b)
     names = list((await _read(request, Store.runs))["name"])
-    return _html(await asyncio.to_thread(pages.compare_page, a, b, frame, verdicts, names))
+    runs = {a: await _read(request, Store.load, a, texts=False), b: await _read(request, Store.load, b, texts=False)}
+    return _html(await asyncio.to_thread(pages.compare_page, a, b, frame, verdicts, names, runs))
 
 
 def _verdicts(store: Store, a: str, b: str) -> Any:
