@@ -23,6 +23,8 @@ from hybrid.results import RunResult
 
 _STAGE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 _RUN_COLOUR = "#8172B3"
+#: Plain (unstaged) runs side by side: colours apart from the stages' first ones.
+_RUN_COLOURS = (_RUN_COLOUR, "#64B5CD", "#DA8BC3", "#CCB974")
 
 
 def _figure(width: float = 8.0, height: float = 4.0) -> tuple[Figure, matplotlib.axes.Axes]:
@@ -91,15 +93,16 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
     fig, ax = _figure(9.0, max(2.5, 0.22 * len(lanes) + 1.4))
     legend_seen: set[str] = set()
     waited = failed = False
-    colours = {label: _RUN_COLOUR if len(runs) == 1 else _STAGE_COLOURS[i % len(_STAGE_COLOURS)]
-               for i, label in enumerate(runs)}  # fmt: skip
+    colours = {label: _RUN_COLOURS[i % len(_RUN_COLOURS)] for i, label in enumerate(runs)}
+    # A wait too short to see at this scale is not drawn, so the legend never names what is not there.
+    visible = 0.005 * max((r.finished_s for _, _, _, lane in lanes for r in lane), default=0.0)
     for y, (_, label, mode, lane) in enumerate(reversed(lanes)):
         first = lane[0]
         if first.stage is None:  # a plain run: one colour for the whole run
             key, colour = _text(f"{label or 'run'} ({mode})"), colours[label]
         else:
             key, colour = f"stage {first.stage + 1}", _STAGE_COLOURS[first.stage % len(_STAGE_COLOURS)]
-        queued = [(r.started_s - r.queue_s, r.started_s) for r in lane if r.queue_s > 0.0005]
+        queued = [(r.started_s - r.queue_s, r.started_s) for r in lane if r.queue_s > max(visible, 0.0005)]
         if queued:
             ax.broken_barh(_spans(queued), (y - 0.3, 0.6), color="lightgrey")
             waited = True
@@ -133,7 +136,8 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
         )
         if drawn
     ]
-    _legend(ax, title="\n".join(notes) or None, fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()  # drawn bottom up: listed top down, as the lanes read
+    _legend(ax, handles[::-1], labels[::-1], title="\n".join(notes) or None, fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return fig
 

@@ -96,6 +96,17 @@ def test_demo_writes_the_summary_and_plots(tmp_path: Path) -> None:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_demo_timeline_names_its_clock() -> None:
+    from hybrid.demo import clock_note
+
+    assert (
+        clock_note({"time_scale": 0.1, "virtual": False})
+        == "real time, compressed 10x: divide by 0.1 for the model's pace"
+    )
+    assert clock_note({"time_scale": 1.0, "virtual": True}) == "virtual clock, the model's full pace"
+    assert clock_note({"time_scale": 1.0, "virtual": False}) == "real time, the model's full pace"
+
+
 def _labels(fig: matplotlib.figure.Figure) -> list[str]:
     return [ax.get_xlabel() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes]
 
