@@ -210,6 +210,21 @@ async def test_peers_run_the_same_workload_and_report_ratios() -> None:
 
 
 @pytest.mark.heavy
+def test_the_peers_table_says_what_its_calls_per_second_mean(tmp_path: Path) -> None:
+    """A thread pool can out-run the kit's event loop in calls/s on a busy machine (the OS shares CPU
+    per thread) while spending more CPU per call: the table says so where the numbers are shown."""
+    from hybrid.bench.suites import PEERS_NOTE
+
+    done = subprocess.run(
+        [sys.executable, "-m", "hybrid", "bench", "peers", "--quick"], capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = done.stdout[done.stdout.index("calls_per_s") :]
+    assert "threads + sync OpenAI" in table and PEERS_NOTE in table
+
+
+@pytest.mark.heavy
 def test_hybrid_bench_writes_results_with_machine_info_to_out_bench(tmp_path: Path) -> None:
     """By default results go to ./out/bench (never over the committed benchmarks/results)."""
     done = subprocess.run(

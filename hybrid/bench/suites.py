@@ -20,6 +20,13 @@ from hybrid.provenance import machine_info
 SUITES = ("scenario", "sweep", "peers")
 
 
+#: What the peers' calls/s mean on a shared machine (benchmarks/README.md has the measurements).
+PEERS_NOTE = (
+    "calls/s is what this process got of the CPU; on a busy machine the OS shares CPU per thread, so a thread "
+    "pool can out-run one event loop while spending more per call. CPU per call is the fair comparison."
+)
+
+
 async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False, uvloop: bool = False) -> int:
     """``hybrid bench``: run the named suites against a simulator process (on uvloop with ``uvloop``,
     as the client then is too); write results and plots."""
@@ -93,5 +100,6 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         save("peers", frame, {"workload": "time scale 0, concurrency 64, server in its own process"})
         table = frame.groupby("peer", sort=False)[["calls_per_s", "cpu_per_call_ms", "ratio_to_kit"]].median()
         print(table.round(3).to_string())
+        print(PEERS_NOTE)
     print("Wrote:", *(f"  {p}" for p in written), sep="\n")
     return 0
