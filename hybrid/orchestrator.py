@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from hybrid import progress
 from hybrid.backends.openai_wire import STREAM_LISTENER
@@ -431,7 +432,7 @@ class Orchestrator:
         resumed = [] if record is None else record.resumed(queries, stage_of)
         if record is not None and len(resumed) < len(queries):  # a resume with nothing to send writes nothing
             record.open(len(queries), concurrency)
-        with progress.bar(len(queries), f"hybrid {label}", requested=progress.wanted(setting)) as bar:
+        with progress.bar(len(queries), f"hybrid {label}", requested=progress.wanted(setting), live=True) as bar:
             state = RunState(
                 queries,
                 stage_of,
@@ -470,6 +471,14 @@ class Orchestrator:
             closing = asyncio.timeout(None)  # closing the orchestrator cancels the run through it
             ended = asyncio.Event()
             self._runs[closing] = (asyncio.current_task(), ended)
+            from_widget: list[bool] = []
+
+            def cancel_from_widget() -> None:
+                """The live widget's cancel button: this run only, ending as closing would end it."""
+                from_widget.append(True)
+                closing.reschedule(asyncio.get_running_loop().time())
+
+            progress.connect(bar, cancel=cancel_from_widget, measures=self._measures)
             try:
                 async with closing:
                     if body is not None:
@@ -489,17 +498,23 @@ class Orchestrator:
                 if not closing.expired():
                     raise
                 partial = state.build(cancelled=True)
-                note = "The orchestrator was closed while this run was in flight, which cancelled it."
+                note = (
+                    "The run was cancelled from its widget."
+                    if from_widget
+                    else "The orchestrator was closed while this run was in flight, which cancelled it."
+                )
                 closed = replace(partial, warnings=(*partial.warnings, note))
-                self.last_run = closed = self._ended(closed, record, "cancelled")
+                self.last_run = closed = self._ended(closed, record, "cancelled", bar)
+                if from_widget:
+                    _announce_interrupt(closed, record, how="cancelled from its widget")
                 return closed
             except (asyncio.CancelledError, KeyboardInterrupt) as stop:
-                self.last_run = partial = self._ended(state.build(cancelled=True), record, "cancelled")
+                self.last_run = partial = self._ended(state.build(cancelled=True), record, "cancelled", bar)
                 if announce_interrupt:
                     _announce_interrupt(partial, record)
                 raise type(stop)() from None  # the kit's line above says it all; no internal frames
             except BaseException as exc:
-                self.last_run = self._ended(state.build(stopped_by=exc), record, "failed")
+                self.last_run = self._ended(state.build(stopped_by=exc), record, "failed", bar)
                 raise
             finally:
                 del self._runs[closing]
@@ -508,12 +523,21 @@ class Orchestrator:
             if record is not None:
                 # When run() returns, its rows are on disk, and a store that failed is known.
                 await asyncio.to_thread(record.store.flush)
-        self.last_run = run = self._ended(built, record, "finished")
+        self.last_run = run = self._ended(built, record, "finished", bar)
         return run
 
-    def _ended(self, run: RunResult, record: RunRecord | None, status: str) -> RunResult:
+    def _measures(self) -> tuple[int | None, float | None]:
+        """For a live widget: the concurrency limit now (the adaptive one's, when it adapts) and the
+        budget left (None without a budget)."""
+        limit = self.adaptive.limit if self.adaptive is not None else self.max_concurrency
+        if self.budget is None:
+            return limit, None
+        state = self.budget.state()
+        return limit, state.limit_usd - state.spent_usd - state.reserved_usd
+
+    def _ended(self, run: RunResult, record: RunRecord | None, status: str, bar: Any) -> RunResult:
         """The run with what its end must say (a budget that stopped queries), written to the store
-        as it is returned, plus a note if the store failed."""
+        as it is returned, plus a note if the store failed; a live widget shows it as it ended."""
         refused = sum(r.error is not None and r.error.kind == "budget" for r in run.results)
         if self.budget is not None and refused:
             note = (
@@ -521,7 +545,9 @@ class Orchestrator:
                 f"they were sent; ${self.budget.spent_usd:.6f} spent so far by this orchestrator."
             )
             run = replace(run, warnings=(*run.warnings, note))
-        return _with_store_warning(run, record, status)
+        run = _with_store_warning(run, record, status)
+        progress.ended(bar, run)
+        return run
 
     def _check_budget(self, queries: Sequence[Query]) -> None:
         """Under a budget every query needs a bounded worst case: ``max_tokens`` and a price."""
@@ -813,15 +839,15 @@ def _give_up_if_told_to_wait_too_long(error: QueryError, delay: float, scope: as
         )
 
 
-def _announce_interrupt(partial: RunResult, record: RunRecord | None) -> None:
-    """The kit's one line about an interrupted run, on stderr before the cell's short traceback:
-    what finished and where it is kept (the orchestrator's ``last_run``, and the store)."""
+def _announce_interrupt(partial: RunResult, record: RunRecord | None, how: str = "interrupted") -> None:
+    """The kit's one line about an interrupted (or cancelled) run, on stderr (before the cell's short
+    traceback, for an interrupt): what finished and where it is kept (``last_run``, and the store)."""
     done = sum(not isinstance(r.error, Cancelled) for r in partial.results)
     where = "the orchestrator's last_run"
     if record is not None:
         where += f" and in {record.store} as run {record.name!r} (resume=True sends only the rest)"
     print(
-        f"hybrid: the run was interrupted; {done} of {len(partial.results)} queries had finished. Their results are "
+        f"hybrid: the run was {how}; {done} of {len(partial.results)} queries had finished. Their results are "
         f"on {where}.",
         file=sys.stderr,
         flush=True,

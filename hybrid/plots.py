@@ -61,6 +61,11 @@ def groups(count: int, most: int = MAX_BARS) -> list[range]:
     return [range(first, min(count, first + size)) for first in range(0, count, size)]
 
 
+def _span_label(group: range) -> str:
+    """A group of consecutive queries by their indices: ``#0-333``, or ``#30`` for one."""
+    return f"#{group.start}" + (f"-{group.stop - 1}" if len(group) > 1 else "")
+
+
 def _spans(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """Intervals ``(start, end)`` merged where they overlap, as ``(start, width)`` for ``broken_barh``."""
     merged: list[list[float]] = []
@@ -87,7 +92,7 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
         share = MAX_BARS if total <= MAX_BARS else max(1, MAX_BARS * len(each.results) // total)
         for group in groups(len(each.results), share):
             rows = each.results[group.start : group.stop]
-            name = rows[0].name if len(rows) == 1 else f"#{group.start}-{group.stop - 1}"
+            name = rows[0].name if total <= MAX_BARS else _span_label(group)
             lanes.append((_text(f"{label}: {name}" if label else name), label, each.mode, rows))
     grouped = len(lanes) < total
     fig, ax = _figure(9.0, max(2.5, 0.22 * len(lanes) + 1.4))
@@ -236,7 +241,7 @@ def tokens(runs: RunResult | Mapping[str, RunResult], *, title: str | None = Non
         share = MAX_BARS if total <= MAX_BARS else max(1, MAX_BARS * len(run.results) // total)
         for group in groups(len(run.results), share):
             rows = run.results[group.start : group.stop]
-            name = rows[0].name if len(rows) == 1 else f"#{group.start}-{group.stop - 1}"
+            name = rows[0].name if total <= MAX_BARS else _span_label(group)
             names.append(_text(f"{label}: {name}" if len(runs) > 1 else name))
             prompt.append(sum(r.usage.prompt_tokens for r in rows) / len(rows))
             completion.append(sum(r.usage.completion_tokens for r in rows) / len(rows))
@@ -321,7 +326,7 @@ def decomposition(
         labels, xlabel = [_text(name) for name in rows["name"]], "query"
         if len(rows) > MAX_BARS:
             parts = [rows[columns].iloc[group.start : group.stop] for group in groups(len(rows))]
-            labels = [f"#{part.index[0]}-{part.index[-1]}" for part in parts]
+            labels = [f"#{part.index[0]}" + (f"-{part.index[-1]}" if len(part) > 1 else "") for part in parts]
             rows = pd.DataFrame([part.astype(float).mean() for part in parts])
             xlabel = "queries, in groups of consecutive ones (the mean query of each)"
     elif isinstance(data, Mapping):
@@ -349,6 +354,11 @@ def decomposition(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("time per query (s)")
     ax.set_title(title or "Where each query's time went")
+    if not len(rows):  # every answer came from the cache, a resume or a batch: none has a latency
+        ax.text(0.5, 0.5, "No query was answered over the wire\n(cache, resume or batch): no latency to split",
+                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+        ax.set_yticks([])
+        return fig
     _legend(ax, fontsize="small")
     ax.grid(axis="y", alpha=0.3)
     return fig

@@ -1,9 +1,10 @@
-"""Progress bars for long runs: a widget in a notebook someone is looking at, nothing elsewhere.
+"""Progress for long runs: a live widget in a notebook someone is looking at, nothing elsewhere.
 
 ``progress="auto"`` (the orchestrator's default) decides by where the run happens:
 
 * a Jupyter kernel driven by a front end a person uses (JupyterLab, Notebook 7, VS Code) shows the
-  ipywidgets bar (``tqdm.auto``);
+  live run widget (:mod:`hybrid.live_run`, with anywidget from the ``notebook`` extra; without it,
+  the ipywidgets bar of ``tqdm.auto``);
 * a kernel driven headless (nbval, nbclient, papermill) shows none, so a checked cell's saved
   output never holds a bar's text and ``pytest --nbval-lax`` needs no setting;
 * a script shows none unless asked (``progress=True``: a text bar on stderr);
@@ -21,8 +22,12 @@ import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hybrid.query import QueryResult
+    from hybrid.results import RunResult
 
 
 def silenced() -> bool:
@@ -53,10 +58,20 @@ def wanted(setting: bool | str) -> bool:
 
 
 @contextlib.contextmanager
-def bar(total: int, description: str, *, requested: bool) -> Iterator[Any]:
-    """A tqdm bar over ``total`` queries when ``requested`` and not silenced; else ``None``."""
+def bar(total: int, description: str, *, requested: bool, live: bool = False) -> Iterator[Any]:
+    """When ``requested`` and not silenced: with ``live`` (a run of the orchestrator), the live run
+    widget in a watched kernel that has anywidget; else a tqdm bar over ``total``; else ``None``."""
     if not requested or silenced():
         yield None
+        return
+    from hybrid import live_run
+
+    if live and watched_kernel() and live_run.available():
+        widget = live_run.LiveRun(total, description)
+        try:
+            yield widget
+        finally:
+            widget.close()
         return
     from tqdm.auto import tqdm
 
@@ -64,7 +79,38 @@ def bar(total: int, description: str, *, requested: bool) -> Iterator[Any]:
         yield progress
 
 
-def tick(progress: Any) -> None:
-    """Advance ``progress`` by one query (no-op without a bar)."""
-    if progress is not None:
+def connect(
+    progress: Any, *, cancel: Callable[[], None], measures: Callable[[], tuple[int | None, float | None]]
+) -> None:
+    """Give a live widget what only the orchestrator knows: how to cancel this run, and the
+    concurrency limit and budget left (read at each update).  A bar, or none, needs neither."""
+    from hybrid.live_run import LiveRun
+
+    if isinstance(progress, LiveRun):
+        progress.cancel, progress.measures = cancel, measures
+
+
+def started(progress: Any, index: int) -> None:
+    """Query ``index`` sent its first request (a live widget counts it in flight)."""
+    if progress is not None and hasattr(progress, "started"):
+        progress.started(index)
+
+
+def tick(progress: Any, result: QueryResult) -> None:
+    """Advance ``progress`` by one finished query (no-op without a bar)."""
+    if progress is None:
+        return
+    if hasattr(progress, "finished"):
+        progress.finished(result)
+    else:
         progress.update(1)
+
+
+def ended(progress: Any, run: RunResult) -> None:
+    """The run is over: a live widget's display becomes the run's summary, the same HTML as
+    ``RunResult._repr_html_``, so a saved notebook shows it without a kernel."""
+    from hybrid.live_run import LiveRun
+
+    if isinstance(progress, LiveRun):
+        progress.close()
+        progress.show(run._repr_html_())

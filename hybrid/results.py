@@ -118,9 +118,13 @@ class RunResult:
         return (
             f"<div><p><b>{html.escape(self.summary())}</b></p>"
             + (f"<ul>{warnings}</ul>" if warnings else "")
-            + frame.to_html(index=False, float_format=lambda x: f"{x:.3f}")
+            + frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", max_rows=HTML_ROWS)
             + "</div>"
         )
+
+
+#: Rows a run's HTML shows (the first and last half, as pandas does): the whole run is ``to_frame()``.
+HTML_ROWS = 60
 
 
 def _finite(value: Any) -> Any:

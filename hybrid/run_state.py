@@ -95,6 +95,7 @@ class RunState:
         """The first request of query ``index`` left at loop time ``at``."""
         if self._on_start is not None:
             self._on_start(index)
+        progress.started(self._bar, index)
         if self._emit is not None:
             self._emit(QueryStarted(index, self.queries[index].name, at - self.t0))
 
@@ -121,7 +122,7 @@ class RunState:
         self.results[result.index] = result
         if self._on_finish is not None:
             self._on_finish(result)
-        progress.tick(self._bar)
+        progress.tick(self._bar, result)
         if self._emit is not None:
             self._emit(QueryFinished(result))
 

@@ -218,6 +218,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Pa
     port, token = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("HYBRID_PROGRESS", "CI")}  # bars on, as for a user
     env["JUPYTERLAB_SETTINGS_DIR"] = str(folder / ".settings")
+    env["HYBRID_STORE"] = str(folder / "runs.sqlite")  # what the launcher's "hybrid view" serves
+    shutil.copy(ROOT / "notebooks" / "recordings" / "gemma_suite.sqlite", folder / "runs.sqlite")
     command = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", f"--ServerApp.port={port}"]
     command += ["--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}"]
     if os.geteuid() == 0:
@@ -288,10 +290,91 @@ async def test_a_notebook_runs_all_cells_in_jupyterlab(browser: Browser, lab: tu
     assert await page.locator(".jp-RenderedHTMLCommon table").count() > 0  # DataFrames render as tables
     if name in WITH_FIGURES:
         assert await page.locator(".jp-RenderedImage img").count() > 0  # figures render as images
-    # A progress bar widget rendered and reached 100% (progress="auto" in a kernel with widgets).
-    bars = page.locator(".jp-OutputArea-output .widget-hprogress")
-    assert await bars.count() > 0
-    assert "100%" in " ".join(await page.locator(".jp-OutputArea-output .widget-html-content").all_inner_texts())
+    # Every run's live widget (progress="auto" in a kernel with widgets) ended and gave way to its
+    # summary; a tqdm bar (an open-loop or batch run's) reached 100%.
+    assert await page.locator(".hybrid-run").count() == 0
+    bars = await page.locator(".jp-OutputArea-output .widget-html-content").all_inner_texts()
+    assert all("100%" in bar for bar in bars if "%" in bar), bars
+    await page.close()
+
+
+async def test_the_viewer_opens_inside_jupyterlab(browser: Browser, lab: tuple[str, str, Path]) -> None:
+    """The launcher's item (jupyter-server-proxy, at <lab>/hybrid-view/) and a viewer a kernel started
+    (store.view()'s link, at <lab>/proxy/<port>/): pages, styles and links work under the prefix."""
+    base, token, folder = lab
+    page = await open_notebook(browser, lab, "01_quickstart.ipynb")
+    await page.get_by_role("button", name="New Launcher").first.click()  # "+" in the file browser
+    item = page.locator(".jp-LauncherCard[title='hybrid view'], .jp-LauncherCard:has-text('hybrid view')").first
+    await item.wait_for(timeout=30_000)
+    await page.close()
+    urls: list[str] = []
+    served = asyncio.ensure_future(view.serve(folder / "runs.sqlite", port=0, announce=urls.append))
+    try:
+        while not urls:
+            await asyncio.sleep(0.05)
+        port = urls[0].rstrip("/").rsplit(":", 1)[1]
+        for prefix in (f"{base}/hybrid-view/", f"{base}/proxy/{port}/"):
+            viewer = await browser.new_page()
+            await viewer.goto(f"{prefix}?token={token}")
+            await viewer.locator("#runs a", has_text="suite").first.click()  # a link relative to the prefix
+            await viewer.wait_for_selector("#summary", timeout=30_000)
+            assert viewer.url.startswith(prefix) and "/runs/suite" in viewer.url
+            assert await viewer.locator("figure svg").count() == 3
+            background = "getComputedStyle(document.querySelector('header')).backgroundColor"
+            assert await viewer.evaluate(background) == "rgb(45, 62, 80)"  # its stylesheet, under the prefix
+            await viewer.screenshot(path=str(SHOTS / f"viewer-in-lab-{prefix.split('/')[-2]}.png"), full_page=True)
+            await viewer.close()
+    finally:
+        served.cancel()
+        await asyncio.gather(served, return_exceptions=True)
+
+
+WIDGET = [
+    SETUP.replace('os.environ["HYBRID_PROGRESS"] = "0"\n', "").replace("max_concurrency=8", "max_concurrency=2"),
+    "queries = [Query(f'q{i}', f'question {i}') for i in range(2000)]\nrun = await orch.run(queries)",
+    "await asyncio.sleep(0.2)\n"
+    "print('after', run.cancelled, len(run.results), 0 < sum(r.ok for r in run.results) < 2000, "
+    "server.stats()['in_flight'])",
+]
+
+
+async def test_a_run_shows_a_live_widget_that_cancels_it_and_ends_as_its_summary(
+    browser: Browser, lab: tuple[str, str, Path]
+) -> None:
+    _, _, folder = lab
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in WIDGET])
+    notebook.metadata["kernelspec"] = KERNELSPEC
+    nbformat.write(notebook, folder / "widget.ipynb")
+    page = await open_notebook(browser, lab, "widget.ipynb")
+    await run_menu(page, "Run All Cells")
+    widget = page.locator(".jp-CodeCell").nth(1).locator(".hybrid-run")
+    await widget.wait_for(timeout=120_000)
+    counts = []
+    for shot in (1, 2):  # the widget updates while the run goes on
+        await page.wait_for_function(
+            f"(() => {{ const w = document.querySelector('.hybrid-run'); return w && Number(w.dataset.done) > "
+            f"{counts[-1] if counts else 0}; }})()",
+            timeout=60_000,
+        )
+        counts.append(int(await widget.get_attribute("data-done") or 0))
+        await widget.screenshot(path=str(SHOTS / f"widget-{shot}.png"))
+        await asyncio.sleep(1.0)
+    assert counts[0] < counts[1] < 2000
+    button = widget.get_by_role("button", name="cancel run")
+    await button.wait_for(state="visible", timeout=30_000)  # shown: the kernel hears it during the run
+    await button.click()
+    await kernel_idle(page, timeout_ms=60_000)
+    await all_code_cells_ran(page, timeout_ms=60_000)
+    await page.screenshot(path=str(SHOTS / "widget-cancelled.png"), full_page=True)
+    run_cell, last_cell = page.locator(".jp-CodeCell").nth(1), page.locator(".jp-CodeCell").nth(2)
+    assert await run_cell.locator(".hybrid-run").count() == 0  # replaced by the run's summary
+    shown = " ".join(await run_cell.locator(".jp-OutputArea-output").all_inner_texts())
+    assert "hybrid: the run was cancelled from its widget" in shown and "ok in" in shown, shown
+    assert await run_cell.locator(".jp-RenderedHTMLCommon table").count() == 1
+    assert "Traceback" not in shown
+    # the next cell ran on the same kernel: the partial run, nothing left in flight at the server
+    after = " ".join(await last_cell.locator(".jp-OutputArea-output").all_inner_texts())
+    assert "after True 2000 True 0" in after, after
     await page.close()
 
 

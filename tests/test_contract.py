@@ -89,6 +89,7 @@ PARTS = {
         "events",
         "estimate",
         "loop_watch",
+        "live_run",
     },
     "store": {"store"},
     "model": {"query", "results", "metrics", "fingerprint"},

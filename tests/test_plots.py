@@ -4,6 +4,7 @@ would read as math (two ``$``) is drawn as typed, and never makes a figure (or a
 from __future__ import annotations
 
 import io
+import itertools
 
 import pandas as pd
 import pytest
@@ -86,3 +87,40 @@ def test_efficiency_is_drawn_in_percent_on_an_axis_fitted_to_the_data() -> None:
     measured = ax.get_lines()[1].get_ydata()
     assert list(measured) == pytest.approx([98.0, 190.0, 360.0]) and "(%)" in ax.get_ylabel()
     assert ax.get_ylim() == pytest.approx((0.0, 370.0 * 1.1))
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("size", [10, 120, 2_000])
+async def test_per_query_figures_stay_readable_at_any_size(size: int) -> None:
+    """At most plots.MAX_BARS bars or lanes, named by query up to that many and by index span after."""
+    from hybrid.testing import Answer, FakeBackend
+
+    async with Orchestrator(FakeBackend(default=Answer("ok", delay=1.0)), max_concurrency=50) as orch:
+        run = await orch.run([Query(f"q{i}", "x") for i in range(size)])
+    timeline, decomposition, tokens = plots.timeline(run), plots.decomposition(run), plots.tokens(run)
+    lanes = [label.get_text() for label in timeline.axes[0].get_yticklabels()][::-1]
+    bars = [label.get_text() for label in decomposition.axes[0].get_xticklabels()]
+    columns = [label.get_text() for label in tokens.axes[0].get_xticklabels()]
+    for labels in (lanes, bars, columns):
+        assert len(labels) == min(size, plots.MAX_BARS)
+        if size <= plots.MAX_BARS:
+            assert labels == [f"q{i}" for i in range(size)]
+        else:  # consecutive spans that cover every query once
+            spans = [label[1:].split("-") for label in labels]
+            assert spans[0][0] == "0" and spans[-1][-1] == str(size - 1)
+            assert all(int(a[-1]) + 1 == int(b[0]) for a, b in itertools.pairwise(spans))
+    assert timeline.get_size_inches()[1] <= 0.22 * plots.MAX_BARS + 1.4  # bounded height
+
+
+@pytest.mark.looptime
+async def test_a_run_answered_from_the_cache_says_it_has_no_latency_to_split(tmp_path: object) -> None:
+    from hybrid import Store
+    from hybrid.testing import Answer, FakeBackend
+
+    queries = [Query(f"q{i}", "x") for i in range(3)]
+    store = Store(tmp_path / "runs.sqlite")  # type: ignore[operator]
+    async with Orchestrator(FakeBackend(default=Answer("ok", delay=1.0)), store=store, cache=True) as orch:
+        await orch.run(queries)
+        cached = await orch.run(queries)
+    figure = plots.decomposition(cached)
+    assert "No query was answered over the wire" in figure.axes[0].texts[0].get_text() and not figure.legends

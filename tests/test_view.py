@@ -7,8 +7,10 @@ this process, or, for the live case, by a child process playing the notebook ker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -75,8 +77,8 @@ async def test_the_runs_page_lists_runs_with_their_counts(viewer: tuple[TestClie
     await stored_run(path, "clean", 4)
     await stored_run(path, "faulty", 6, sim.Faults(fail_first=5, fail_first_status=500))
     page = await (await client.get("/")).text()
-    assert "<a href='/runs/clean'>clean</a>" in page and "<a href='/runs/faulty'>faulty</a>" in page
-    row = page[page.index("/runs/faulty") :].split("</tr>")[0]
+    assert "<a href='runs/clean'>clean</a>" in page and "<a href='runs/faulty'>faulty</a>" in page
+    row = page[page.index("runs/faulty") :].split("</tr>")[0]
     assert (
         "<td>finished</td>" in row and "<td>1</td><td>6</td><td>0</td><td>6</td>" in row
     )  # segments, queries, ok, failed
@@ -111,7 +113,7 @@ async def test_a_run_page_shows_what_was_measured_in_real_time(viewer: tuple[Tes
 async def test_the_viewer_has_an_icon(viewer: tuple[TestClient, Path]) -> None:
     client, _ = viewer
     page = await (await client.get("/")).text()
-    assert "<link rel='icon' href='/static/favicon.svg'>" in page
+    assert "<link rel='icon' href='static/favicon.svg'>" in page
     for path in ("/favicon.ico", "/static/favicon.svg"):  # the path browsers ask for first, and the linked one
         response = await client.get(path)
         assert response.status == 200 and response.content_type == "image/svg+xml"
@@ -211,10 +213,30 @@ async def test_a_big_run_is_shown_a_page_of_rows_at_a_time_with_whole_answers_li
     assert "id='q24'" in last and "id='q0'" not in last and "previous</a>" in last and "next</a>" not in last
     assert (await client.get("/runs/big?page=3")).status == 404
     assert (await client.get("/runs/big?page=-1")).status == 404
-    assert "/runs/big/rows/3'>(whole answer)</a>" in first  # 400 characters: the table shows 300
+    assert "'runs/big/rows/3'>(whole answer)</a>" in first  # 400 characters: the table shows 300
     whole = await client.get("/runs/big/rows/3")
     assert whole.status == 200 and "answer 3 " + "x" * 391 in await whole.text()
     assert (await client.get("/runs/big/rows/500")).status == 404
+
+
+async def test_every_page_links_relative_to_the_root_it_names(viewer: tuple[TestClient, Path]) -> None:
+    """Under a proxy's prefix (jupyter-server-proxy's /proxy/<port>/) the viewer never sees, a page
+    may link nowhere absolute: each names the root relative to itself, and links from there."""
+    client, path = viewer
+    await stored_run(path, "a/b", 2)
+    await stored_run(path, "c", 2)
+    bases = {
+        "/": "./",
+        "/runs/a%2Fb": "../",
+        "/runs/a%2Fb/rows/0": "../../../",
+        "/compare?a=a%2Fb&b=c": "./",
+        "/runs/nope": "../",
+    }
+    for url, base in bases.items():
+        page = await (await client.get(url)).text()
+        assert f"<head><base href='{base}'>" in page, url
+        assert not re.search(r"""(href|src|action)=['"]/""", page), url
+    assert "<a href='runs/a%2Fb'>a/b</a>" in await (await client.get("/")).text()
 
 
 async def test_unknown_runs_are_404_pages(viewer: tuple[TestClient, Path]) -> None:
@@ -313,3 +335,35 @@ async def test_streamed_queries_report_their_tokens_so_far(viewer: tuple[TestCli
     for i in range(3):  # progress comes between a query's start and its completion
         kinds = [e["event"] for e in events if e["data"].get("index") == i]
         assert kinds[0] == "query_started" and kinds[-1] == "query_completed" and "query_progress" in kinds
+
+
+async def test_store_view_serves_the_store_from_the_kernel_and_links_the_latest_run(tmp_path: Path) -> None:
+    import aiohttp
+
+    from hybrid.view import in_notebook
+    from hybrid.view.in_notebook import ViewerLink
+
+    path = tmp_path / "runs.sqlite"
+    await stored_run(path, "first", 2)
+    await stored_run(path, "latest", 3)
+    with Store(path) as store:
+        link = store.view()
+        assert isinstance(link, ViewerLink) and link.run == "latest" and link.url.endswith("/runs/latest")
+        assert store.view("first").url.rsplit("/", 2)[0] == link.url.rsplit("/", 2)[0]  # one viewer per store
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):  # the viewer starts on the loop, after this cell's code
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with session.get(link.url) as response:
+                        page = await response.text()
+                        break
+                await asyncio.sleep(0.05)
+        assert response.status == 200 and "3</span> of 3 finished" in page
+        assert f"src='{link.proxied or link.url}'" in link._repr_html_()
+    for _, task in in_notebook._SERVED.values():  # the kernel would keep it; this test's loop ends here
+        task.cancel()
+    await asyncio.gather(*(task for _, task in in_notebook._SERVED.values()), return_exceptions=True)
+
+
+def test_store_view_in_a_script_says_which_command_serves_it(tmp_path: Path) -> None:
+    with Store(tmp_path / "runs.sqlite") as store:
+        assert store.view() == f"Serve this store with: hybrid view --store {store.path}"

@@ -90,8 +90,8 @@ async def open_loop(
         await asyncio.sleep(max(0.0, at - (clock() - start)))
         arrived = clock() - start
         run = await orch.run([query], raise_if_all_failed=False, progress=False)  # one bar for all, below
-        progress.tick(bar)
         r = run.results[0]
+        progress.tick(bar, r)
         return {
             "name": r.name,
             "arrival_s": arrived,

@@ -49,6 +49,20 @@ __all__ = ["SCHEMA_VERSION", "Pruned", "Recorded", "RunRecord", "Store", "open_e
 class Store(History, Pruning, AnswerCache, RemoteJobs, Scores):
     """A SQLite run store at ``path`` (created if missing).  See the module docstring."""
 
+    def view(self, run: str | None = None) -> Any:
+        """In a notebook cell: serve this store's viewer from the kernel (once) and show the page
+        of ``run`` (default: the latest), linked and in a frame (:mod:`hybrid.view.in_notebook`).
+
+        The store knows that there is a viewer, not which: the viewer registers itself under the
+        entry point group ``hybrid.viewer`` (the kit's own ``pyproject.toml``), so the store, which
+        the viewer reads, never imports it."""
+        from importlib.metadata import entry_points
+
+        found = entry_points(group="hybrid.viewer", name="notebook")
+        if not found:
+            raise ConfigError("No viewer is installed with this kit: reinstall it (pip install hybrid-llm-kit).")
+        return next(iter(found)).load()(self, run)
+
     def run_record(
         self, name: str, *, mode: str, settings: dict[str, Any], default_model: str, resume: bool
     ) -> RunRecord:

@@ -30,13 +30,13 @@ STYLESHEET = Path(__file__).with_name("static") / "viewer.css"
 def page(title: str, body: str, *, script: bool = False, standalone: bool = False) -> str:
     """A whole page.  ``standalone`` inlines the stylesheet and links nowhere, so the file reads the
     same opened from disk, with no server and no request leaving it."""
-    scripts = '<script src="/static/viewer.js" defer></script>' if script else ""
+    scripts = '<script src="static/viewer.js" defer></script>' if script else ""
     style = (
         f"<style>{STYLESHEET.read_text()}</style>"
         if standalone
-        else "<link rel='stylesheet' href='/static/viewer.css'><link rel='icon' href='/static/favicon.svg'>"
+        else "<link rel='stylesheet' href='static/viewer.css'><link rel='icon' href='static/favicon.svg'>"
     )
-    home = "<span>hybrid report</span>" if standalone else "<a href='/'>hybrid view</a>"
+    home = "<span>hybrid report</span>" if standalone else "<a href='./'>hybrid view</a>"
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_escape(title)} · hybrid {'report' if standalone else 'view'}</title>"
@@ -51,8 +51,10 @@ def _escape(text: str) -> str:
 
 
 def _run_url(name: str) -> str:
-    """The path of run ``name``'s page (any name: it is quoted whole, slashes and braces too)."""
-    return f"/runs/{quote(name, safe='')}"
+    """The path of run ``name``'s page from the viewer's root (any name: it is quoted whole, slashes
+    and braces too).  Every link is relative to the root, which each page names in its ``<base>``
+    (:func:`hybrid.view.server.make_app`), so the viewer works under a proxy's prefix too."""
+    return f"runs/{quote(name, safe='')}"
 
 
 def _cell(value: Any) -> str:
@@ -142,7 +144,7 @@ def run_body(
         f"<th>{h}</th>" for h in ("#", "name", "state", "error", "latency (s)", "tokens", "cost ($)", "text")
     )
     table_html = f"<table id='rows'><thead><tr>{head}</tr></thead><tbody>{''.join(table)}</tbody></table>"
-    pager = _pager(queries, page_number) if links else ""
+    pager = _pager(name, queries, page_number) if links else ""
     return f"{summary}{figures}{pager}{table_html}"
 
 
@@ -153,7 +155,7 @@ def _whole(name: str, row: dict[str, Any]) -> str:
     return f" <a href='{_run_url(name)}/rows/{row['index']}'>(whole answer)</a>"
 
 
-def _pager(queries: int, page_number: int) -> str:
+def _pager(name: str, queries: int, page_number: int) -> str:
     """Which rows the table shows, and links to the pages before and after (a big run's table is
     shown :data:`PAGE_ROWS` rows at a time)."""
     if queries <= PAGE_ROWS:
@@ -161,9 +163,9 @@ def _pager(queries: int, page_number: int) -> str:
     first, last = page_number * PAGE_ROWS, min(queries, (page_number + 1) * PAGE_ROWS) - 1
     links = [f"rows {first}-{last} of {queries}"]
     if page_number > 0:
-        links.append(f"<a href='?page={page_number - 1}'>previous</a>")
+        links.append(f"<a href='{_run_url(name)}?page={page_number - 1}'>previous</a>")
     if last < queries - 1:
-        links.append(f"<a href='?page={page_number + 1}'>next</a>")
+        links.append(f"<a href='{_run_url(name)}?page={page_number + 1}'>next</a>")
     return f"<nav class='pager'>{' · '.join(links)}</nav>"
 
 
@@ -236,7 +238,7 @@ def compare_form(names: list[str], a: str | None = None, b: str | None = None) -
     a = a if a is not None else (names[-2] if len(names) > 1 else None)
     b = b if b is not None else (names[-1] if names else None)
     return (
-        f"<form action='/compare' class='compare'>Compare {choices('a', a)} (baseline) with {choices('b', b)} "
+        f"<form action='compare' class='compare'>Compare {choices('a', a)} (baseline) with {choices('b', b)} "
         "<button>compare</button></form>"
     )
 
@@ -290,4 +292,4 @@ def refused(why: str) -> str:
 
 
 def not_found(what: str) -> str:
-    return page("Not found", f"<p>{_escape(what)}</p><p><a href='/'>All runs</a></p>")
+    return page("Not found", f"<p>{_escape(what)}</p><p><a href='./'>All runs</a></p>")

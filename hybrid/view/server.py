@@ -37,22 +37,32 @@ _STATIC = Path(__file__).with_name("static")
 
 
 class _Opened:
-    """The store a viewer reads, reopened when its file is replaced (and missing while it is deleted)."""
+    """The store a viewer reads, reopened when its file is replaced (and missing while it is deleted,
+    or, for a viewer started before its store, until a run makes it)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._file = _file_identity(store.path)
+    def __init__(self, store: Store | Path) -> None:
+        self.path = store.path if isinstance(store, Store) else Path(store)
+        self._store = store if isinstance(store, Store) else None
+        self._file = _file_identity(self.path) if self._store is not None else None
+
+    @property
+    def store(self) -> Store:
+        """The open store (the guard asks :meth:`current` first, and answers 503 while it is None)."""
+        if self._store is None:
+            raise ConfigError(f"There is no run store at {self.path} yet.")
+        return self._store
 
     def current(self) -> Store | None:
-        """The store as its file stands now: None when the file is gone."""
+        """The store as its file stands now: None when the file is gone (or not made yet)."""
         try:
-            identity = _file_identity(self.store.path)
+            identity = _file_identity(self.path)
         except FileNotFoundError:
             return None
-        if identity != self._file:  # another file at the same path (a new store copied over it)
-            old, self.store, self._file = self.store, Store(self.store.path), identity
-            old.close()
-        return self.store
+        if identity != self._file:  # the file appeared, or another file is at the same path
+            old, self._store, self._file = self._store, open_existing(self.path), identity
+            if old is not None:
+                old.close()
+        return self._store
 
 
 def _file_identity(path: Path) -> tuple[int, int]:
@@ -63,14 +73,15 @@ def _file_identity(path: Path) -> tuple[int, int]:
 _OPENED: web.AppKey[_Opened] = web.AppKey("opened", _Opened)
 
 
-def make_app(store: Store, *, hosts: Iterable[str] = LOOPBACK, token: str | None = None) -> web.Application:
-    """The viewer for ``store`` (a :class:`~hybrid.store.Store`), as an aiohttp application.
+def make_app(store: Store | Path, *, hosts: Iterable[str] = LOOPBACK, token: str | None = None) -> web.Application:
+    """The viewer for ``store`` (a :class:`~hybrid.store.Store`, or the path of one a run will make),
+    as an aiohttp application.
 
     It answers only requests whose ``Host`` is one of ``hosts`` (by default loopback names), so a
     web page elsewhere cannot read it through DNS rebinding; with ``token``, every request must
     also carry it (``?token=`` once, then a cookie), which :func:`serve` requires when bound beyond
     loopback."""
-    app = web.Application(middlewares=[_guard(frozenset(h.lower().strip("[]") for h in hosts), token)])
+    app = web.Application(middlewares=[_relative, _guard(frozenset(h.lower().strip("[]") for h in hosts), token)])
     app[_OPENED] = _Opened(store)
     app.router.add_get("/", _runs)
     # Any name but a slash: aiohttp's default pattern for a path part leaves out { and }.
@@ -81,6 +92,19 @@ def make_app(store: Store, *, hosts: Iterable[str] = LOOPBACK, token: str | None
     app.router.add_static("/static", _STATIC)
     app.router.add_get("/favicon.ico", _favicon)  # what a browser asks for before it reads a page's icon link
     return app
+
+
+@web.middleware
+async def _relative(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """Name the viewer's root in every page's ``<base>``, relative to the page (``./`` for ``/``,
+    ``../`` for ``/runs/x``): the pages link relative to it, so they work at any prefix, such as
+    jupyter-server-proxy's ``/proxy/<port>/``, which the viewer never sees."""
+    response: web.StreamResponse = await handler(request)
+    if isinstance(response, web.Response) and response.content_type == "text/html" and response.text:
+        depth = request.rel_url.raw_path.count("/") - 1  # encoded: a quoted slash in a run name is no level
+        base = "../" * depth if depth else "./"
+        response.text = response.text.replace("<head>", f"<head><base href='{base}'>", 1)
+    return response
 
 
 def _guard(hosts: frozenset[str], token: str | None) -> Any:
@@ -94,8 +118,12 @@ def _guard(hosts: frozenset[str], token: str | None) -> Any:
         if token is not None and token not in (given, request.cookies.get(TOKEN_COOKIE)):
             return _html(pages.refused("Open the link `hybrid view` printed: it carries the access token."), 403)
         if await asyncio.to_thread(request.app[_OPENED].current) is None:
-            gone = f"The run store {request.app[_OPENED].store.path} is gone (deleted or moved)."
-            return _html(pages.refused(f"{gone} Restart `hybrid view` with a store that exists."), status=503)
+            path = request.app[_OPENED].path
+            gone = (
+                f"There is no run store at {path}: it was deleted or moved, or no run has made it yet "
+                f"(Orchestrator(..., store={str(path)!r}) does). Reload this page once it exists."
+            )
+            return _html(pages.refused(gone), status=503)
         response: web.StreamResponse = await handler(request)
         if token is not None and given == token:
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
@@ -243,14 +271,20 @@ async def serve(
     port: int = 8765,
     announce: Callable[[str], None] | None = None,
     allow_hosts: Iterable[str] = (),
+    missing_ok: bool = False,
 ) -> None:
     """Serve the viewer for ``store`` until cancelled; ``announce`` gets the URL once it listens
     (default: print it).  From a terminal: ``hybrid view --store runs.sqlite``.
 
     Bound to loopback, it answers to loopback names only.  Bound beyond it, it also answers to
     ``host`` and ``allow_hosts`` (the names people will type), and every request needs the access
-    token that the announced URL carries."""
-    opened = store if isinstance(store, Store) else open_existing(store)
+    token that the announced URL carries.  With ``missing_ok`` (the viewer inside JupyterLab, started
+    before any run), a store file that does not exist yet is a page saying so until a run makes it."""
+    if isinstance(store, Store):
+        opened: Store | Path = store
+    else:
+        missing = missing_ok and not await asyncio.to_thread(Path(store).exists)
+        opened = Path(store) if missing else open_existing(store)
     token = None
     if host not in LOOPBACK:
         token = secrets.token_urlsafe(16)

@@ -31,7 +31,7 @@
   }
 
   const source = new EventSource(
-    "/runs/" + encodeURIComponent(name) + "/events?after=" + encodeURIComponent(summary.dataset.after || "0"));
+    "runs/" + encodeURIComponent(name) + "/events?after=" + encodeURIComponent(summary.dataset.after || "0"));
   source.addEventListener("query_started", (event) => {
     const data = JSON.parse(event.data);
     const row = document.getElementById("q" + data.index);
