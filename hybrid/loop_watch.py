@@ -78,8 +78,7 @@ class LoopWatch:
                 except RuntimeError:  # the loop closed under a run that never ended
                     return
             elif self._where is None and time.perf_counter() - sent > self._threshold:
-                frame = sys._current_frames().get(self._loop_thread)
-                self._where = "an unknown place" if frame is None else _describe(frame)
+                self._where = _where(sys._current_frames().get(self._loop_thread))
 
     def _answer(self) -> None:
         """Runs on the loop: the ping got through; a late one was a stall."""
@@ -109,6 +108,17 @@ def notes(stalls: list[Stall]) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def _where(frame: FrameType | None) -> str:
+    """Where the loop's thread is (:func:`_describe`); a frame caught mid-change (it is another
+    thread's, read while it runs) is "an unknown place", never an error in the watching thread."""
+    if frame is None:
+        return "an unknown place"
+    try:
+        return _describe(frame)
+    except Exception:
+        return "an unknown place"
+
+
 def _describe(frame: FrameType) -> str:
     """Where the loop is stuck: the innermost frame of the caller's own code (not the kit, the
     standard library or an installed package), which is the line to change, and the innermost frame
@@ -126,7 +136,7 @@ def _describe(frame: FrameType) -> str:
 
 def _line(frame: FrameType) -> str:
     code, line = frame.f_code, frame.f_lineno
-    source = linecache.getline(code.co_filename, line).strip()
+    source = linecache.getline(code.co_filename, line).strip() if line is not None else ""
     return f"{code.co_filename}:{line} in {code.co_name}" + (f" ({source})" if source else "")
 
 

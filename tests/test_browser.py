@@ -378,6 +378,50 @@ async def test_a_run_shows_a_live_widget_that_cancels_it_and_ends_as_its_summary
     await page.close()
 
 
+BIG_RUN = [
+    "import os\nos.environ.pop('HYBRID_PROGRESS', None)\nfrom hybrid import Orchestrator, Query, sim\n"
+    "stack = __import__('contextlib').AsyncExitStack()\n"
+    "server = await stack.enter_async_context(sim.serve(sim.SimConfig(seed=1, time_scale=0.0)))\n"
+    "orch = await stack.enter_async_context(Orchestrator(sim.backend(sim.SimConfig(seed=1, time_scale=0.0)), "
+    "max_concurrency=64))",
+    "run = await orch.run([Query(f'q{i}', f'question {i}') for i in range(10_000)])\nprint(run.summary())",
+]
+#: Long tasks (over 200 ms) the page ran while a live widget showed a running run: [[start, ms], ...].
+WATCH_LONG_TASKS = """() => {
+  window.hybridLong = []; window.hybridRunning = [];
+  new PerformanceObserver(list => list.getEntries().forEach(e => window.hybridLong.push([e.startTime, e.duration])))
+    .observe({type: 'longtask', buffered: false});
+  setInterval(() => {
+    if (document.querySelector(".hybrid-run[data-state='running']")) window.hybridRunning.push(performance.now());
+  }, 20);
+}"""
+
+
+async def test_ten_thousand_queries_update_the_widget_without_stalling_the_page(
+    browser: Browser, lab: tuple[str, str, Path]
+) -> None:
+    _, _, folder = lab
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in BIG_RUN])
+    notebook.metadata["kernelspec"] = KERNELSPEC
+    nbformat.write(notebook, folder / "big_run.ipynb")
+    page = await open_notebook(browser, lab, "big_run.ipynb")
+    assert await page.evaluate("PerformanceObserver.supportedEntryTypes.includes('longtask')")
+    await page.evaluate(WATCH_LONG_TASKS)
+    await run_menu(page, "Run All Cells")
+    await all_code_cells_ran(page)
+    await kernel_idle(page)
+    await page.screenshot(path=str(SHOTS / "big-run.png"), full_page=True)
+    running = await page.evaluate("window.hybridRunning")
+    long_tasks = await page.evaluate("window.hybridLong")
+    assert len(running) > 10, "the widget never showed the run going on"
+    during = [task for task in long_tasks if running[0] <= task[0] <= running[-1]]
+    assert not [t for t in during if t[1] > 200], during
+    print(f"{len(running)} samples of a running widget, {len(during)} long tasks meanwhile: {during}")
+    shown = " ".join(await page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output").all_inner_texts())
+    assert "10000/10000 ok" in shown
+    await page.close()
+
+
 INTERRUPT = [
     SETUP,
     "run = await orch.run(queries)",

@@ -85,6 +85,7 @@ def test_every_page_has_runnable_blocks_and_every_skip_says_why() -> None:
     assert blocks(ROOT / "README.md", "python") and blocks(ROOT / "README.md", "bash")
 
 
+@pytest.mark.timeout(600)  # a kernel and every block of a page: longer than a unit test on a busy machine
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python")], ids=lambda p: p.name)
 def test_a_page_s_python_blocks_run_in_order_in_one_fresh_kernel(page: Path, tmp_path: Path) -> None:
     runnable = blocks(page, "python")
@@ -115,6 +116,7 @@ def test_a_shell_block_runs_as_typed(page: Path, line: int, block: str) -> None:
         assert '"object":"chat.completion"' in done.stdout.replace(" ", "")
 
 
+@pytest.mark.timeout(900)  # a virtualenv and an install from the package index: minutes on a busy machine
 def test_the_install_section_and_hello_world_work_in_a_clean_environment(tmp_path: Path) -> None:
     """The README's install block, as typed, in a home folder of its own (so ``~/...`` and the
     ``--user`` kernel land there), then its hello world in the environment it made."""

@@ -141,3 +141,25 @@ async def test_no_widget_in_a_headless_kernel_or_a_script(monkeypatch: pytest.Mo
         assert (await orch.run(QUERIES)).metrics.queries == 6
     with progress.bar(6, "a script", requested=progress.wanted("auto"), live=True) as shown:
         assert shown is None
+
+
+async def test_the_button_cancels_a_stream_and_a_pipeline_the_same_way(widgets: list[live_run.LiveRun]) -> None:
+    from hybrid.events import RunFinished
+
+    async def click_at(at: float, which: int) -> None:
+        await asyncio.sleep(at - asyncio.get_running_loop().time())
+        widgets[which]._message(None, {"type": "cancel"}, [])
+
+    async with Orchestrator(backend(), max_concurrency=6, progress="auto") as orch:
+        start = asyncio.get_running_loop().time()
+        clicking = asyncio.create_task(click_at(start + 2.5, 0))
+        events = [event async for event in orch.stream(QUERIES)]
+        await clicking
+        clicking = asyncio.create_task(click_at(asyncio.get_running_loop().time() + 1.5, 1))
+        staged = await orch.pipeline([QUERIES[:3], QUERIES[3:]])
+        await clicking
+    streamed = events[-1]
+    assert isinstance(streamed, RunFinished) and streamed.run.cancelled
+    assert [r.ok for r in streamed.run.results] == [True, True, False, False, False, False]
+    assert staged.cancelled and [r.ok for r in staged.results[:2]] == [True, False]  # q1 takes 2 s: cut at 1.5
+    assert all(w.widget.snapshot["state"] == "cancelled" for w in widgets)

@@ -61,3 +61,16 @@ def test_many_stalls_name_the_longest_in_order_and_sum_up_the_rest() -> None:
     assert shown == stalls[3:]  # the five longest, in the order they happened
     assert lines[-1] == "... and 3 shorter stalls, 0.33 s in all."
     assert notes([]) == ()
+
+
+def test_a_frame_caught_mid_change_is_an_unknown_place_not_an_error() -> None:
+    """The watch reads another thread's frame while that thread runs: it may be half made (its line
+    None, as seen under load), which must never raise in the watching thread."""
+    from types import SimpleNamespace
+
+    from hybrid.loop_watch import _where
+
+    half_made = SimpleNamespace(f_back=None, f_code=SimpleNamespace(co_filename="cell.py", co_name="f"), f_lineno=None)
+    assert _where(None) == "an unknown place"
+    assert _where(half_made) == "cell.py:None in f"  # type: ignore[arg-type]
+    assert _where(SimpleNamespace()) == "an unknown place"  # type: ignore[arg-type]
