@@ -8,7 +8,8 @@ run ends, the widget's display is replaced (a ``display_id`` update) by ``RunRes
 so a saved notebook shows the result without a live kernel.
 
 How it stays cheap: every start and finish updates a :class:`Tally` in O(1) on the loop, and a task
-sends one snapshot of it (a few hundred bytes, whatever the run's size) every :data:`EVERY_S`.
+sends one snapshot of it (a few hundred bytes, whatever the run's size) about every :data:`EVERY_S`
+of real time.
 
 The cancel button, and why it is hidden until proven to work: while a cell runs, ipykernel 6 queues
 a widget's messages from the front end until the cell ends, so a button would do nothing.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,9 +149,17 @@ class LiveRun:
         )
 
     async def _tick(self) -> None:
+        """A snapshot about every :data:`EVERY_S` of real time.  The wait is on the loop's clock, which
+        on a virtual clock (``hybrid.simulate``) runs hours of model time per real second: each wait
+        is stretched by how fast the loop's clock ran during the last one, so a virtual day costs a
+        few ticks, not one per quarter of a model second."""
+        step = EVERY_S
         while True:
             self.send()
-            await asyncio.sleep(EVERY_S)
+            real, clock = time.monotonic(), self._loop.time()
+            await asyncio.sleep(step)
+            pace = (self._loop.time() - clock) / max(time.monotonic() - real, 1e-6)  # loop s per real s
+            step = EVERY_S * max(1.0, pace)
 
     def close(self) -> None:
         """The run ended: stop sending, after one last snapshot (once, however often called)."""

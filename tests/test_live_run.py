@@ -163,3 +163,16 @@ async def test_the_button_cancels_a_stream_and_a_pipeline_the_same_way(widgets: 
     assert [r.ok for r in streamed.run.results] == [True, True, False, False, False, False]
     assert staged.cancelled and [r.ok for r in staged.results[:2]] == [True, False]  # q1 takes 2 s: cut at 1.5
     assert all(w.widget.snapshot["state"] == "cancelled" for w in widgets)
+
+
+async def test_a_long_run_on_a_virtual_clock_sends_snapshots_by_real_time(widgets: list[live_run.LiveRun]) -> None:
+    """An hour of model time passes in milliseconds here: a snapshot per quarter of a model second
+    would be 14,400 messages to the front end; by real time it is a few."""
+    sent: list[object] = []
+    hour = FakeBackend(default=Answer("fine", delay=3600.0))
+    async with Orchestrator(hour, max_concurrency=6, progress="auto", timeout=None) as orch:
+        task = asyncio.create_task(orch.run(QUERIES))
+        await asyncio.sleep(0)
+        widgets[0].widget.observe(sent.append, names="snapshot")
+        run = await task
+    assert run.metrics.wall_s == 3600.0 and 1 <= len(sent) <= 10
