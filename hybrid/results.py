@@ -110,15 +110,30 @@ class RunResult:
         return f"<RunResult {self.summary()}>"
 
     def _repr_html_(self) -> str:
-        frame = self.to_frame()[
-            ["name", "ok", "text", "error", "total_tokens", "latency_s", "queue_s", "attempts"]
-        ].copy()
+        """The summary line, the warnings and a table of the rows: the first and last
+        :data:`HTML_ROWS` halves of a big run with a row of dots between, as pandas shows a long
+        frame, built from those rows alone, so a run of any size displays at once."""
+        import pandas as pd
+
+        columns = ["name", "ok", "text", "error", "total_tokens", "latency_s", "queue_s", "attempts"]
+        half = HTML_ROWS // 2
+        shown = self.results if len(self.results) <= HTML_ROWS else (*self.results[:half], *self.results[-half:])
+        frame = pd.DataFrame([{c: r.as_row()[c] for c in columns} for r in shown], columns=columns)
         frame["text"] = frame["text"].map(lambda t: t[:117] + "..." if isinstance(t, str) and len(t) > 120 else t)
+        if len(shown) < len(self.results):
+            dots = pd.DataFrame([dict.fromkeys(columns, "...")])
+            frame = pd.concat([frame.iloc[:half].astype(object), dots, frame.iloc[half:].astype(object)])
         warnings = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+        more = (
+            f"<p>{len(self.results) - len(shown)} more rows: run.to_frame() has them all.</p>"
+            if len(shown) < len(self.results)
+            else ""
+        )
         return (
             f"<div><p><b>{html.escape(self.summary())}</b></p>"
             + (f"<ul>{warnings}</ul>" if warnings else "")
-            + frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", max_rows=HTML_ROWS)
+            + frame.to_html(index=False, float_format=lambda x: f"{x:.3f}")
+            + more
             + "</div>"
         )
 

@@ -176,3 +176,16 @@ async def test_a_long_run_on_a_virtual_clock_sends_snapshots_by_real_time(widget
         widgets[0].widget.observe(sent.append, names="snapshot")
         run = await task
     assert run.metrics.wall_s == 3600.0 and 1 <= len(sent) <= 10
+
+
+async def test_a_big_run_s_summary_shows_its_first_and_last_rows_at_once() -> None:
+    """What the widget becomes (and what displaying a run shows) is built from 60 rows, whatever the run's size."""
+    from hybrid.results import HTML_ROWS
+
+    async with Orchestrator(FakeBackend(default=Answer("fine", delay=1.0)), max_concurrency=100) as orch:
+        small = await orch.run(QUERIES)
+        big = await orch.run([Query(f"q{i}", "x") for i in range(5_000)])
+    page = big._repr_html_()
+    assert "q0<" in page and "q29<" in page and "q30<" not in page and "q4970<" in page and "q4999<" in page
+    assert page.count("<td>...</td>") == 8 and f"{5_000 - HTML_ROWS} more rows: run.to_frame()" in page
+    assert "more rows" not in small._repr_html_() and small._repr_html_().count("<tr>") == len(QUERIES)
