@@ -193,9 +193,20 @@ async def test_a_deleted_store_is_a_503_and_a_replaced_one_is_reopened(tmp_path:
         async with TestClient(TestServer(make_app(store))) as client:
             path.rename(tmp_path / "moved.sqlite")
             gone = await client.get("/")
-            assert gone.status == 503 and "gone" in await gone.text()
+            assert gone.status == 503 and "deleted or moved" in await gone.text()
             other.rename(path)
             assert (await client.get("/runs/second")).status == 200
+
+
+async def test_a_viewer_started_before_its_store_says_so_until_a_run_makes_it(tmp_path: Path) -> None:
+    """JupyterLab's launcher item starts the viewer before any run: its page says what to do."""
+    path = tmp_path / "runs.sqlite"
+    async with TestClient(TestServer(make_app(path))) as client:
+        waiting = await client.get("/")
+        assert waiting.status == 503 and f"store={str(path)!r}" in html.unescape(await waiting.text())
+        assert not path.exists()  # the viewer never makes it
+        await stored_run(path, "first", 1)
+        assert (await client.get("/runs/first")).status == 200
 
 
 async def test_a_big_run_is_shown_a_page_of_rows_at_a_time_with_whole_answers_linked(
