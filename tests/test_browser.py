@@ -252,6 +252,14 @@ async def open_notebook(browser: Browser, lab: tuple[str, str, Path], name: str)
     return page
 
 
+async def notebook_of(browser: Browser, lab: tuple[str, str, Path], name: str, cells: list[str]) -> Page:
+    """A notebook of ``cells`` in the lab's folder, opened in JupyterLab, its kernel idle."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    notebook.metadata["kernelspec"] = KERNELSPEC
+    nbformat.write(notebook, lab[2] / name)
+    return await open_notebook(browser, lab, name)
+
+
 async def kernel_idle(page: Page, timeout_ms: int = 300_000) -> None:
     idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle'] >> visible=true")
     await idle.first.wait_for(timeout=timeout_ms)
@@ -341,11 +349,7 @@ WIDGET = [
 async def test_a_run_shows_a_live_widget_that_cancels_it_and_ends_as_its_summary(
     browser: Browser, lab: tuple[str, str, Path]
 ) -> None:
-    _, _, folder = lab
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in WIDGET])
-    notebook.metadata["kernelspec"] = KERNELSPEC
-    nbformat.write(notebook, folder / "widget.ipynb")
-    page = await open_notebook(browser, lab, "widget.ipynb")
+    page = await notebook_of(browser, lab, "widget.ipynb", WIDGET)
     await run_menu(page, "Run All Cells")
     widget = page.locator(".jp-CodeCell").nth(1).locator(".hybrid-run")
     await widget.wait_for(timeout=120_000)
@@ -400,11 +404,7 @@ WATCH_LONG_TASKS = """() => {
 async def test_ten_thousand_queries_update_the_widget_without_stalling_the_page(
     browser: Browser, lab: tuple[str, str, Path]
 ) -> None:
-    _, _, folder = lab
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in BIG_RUN])
-    notebook.metadata["kernelspec"] = KERNELSPEC
-    nbformat.write(notebook, folder / "big_run.ipynb")
-    page = await open_notebook(browser, lab, "big_run.ipynb")
+    page = await notebook_of(browser, lab, "big_run.ipynb", BIG_RUN)
     assert await page.evaluate("PerformanceObserver.supportedEntryTypes.includes('longtask')")
     await page.evaluate(WATCH_LONG_TASKS)
     await run_menu(page, "Run All Cells")
@@ -433,11 +433,7 @@ INTERRUPT = [
 async def test_interrupting_a_run_from_the_toolbar_keeps_the_kernel_and_the_results(
     browser: Browser, lab: tuple[str, str, Path]
 ) -> None:
-    _, _, folder = lab
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in INTERRUPT])
-    notebook.metadata["kernelspec"] = KERNELSPEC
-    nbformat.write(notebook, folder / "interrupt.ipynb")
-    page = await open_notebook(browser, lab, "interrupt.ipynb")
+    page = await notebook_of(browser, lab, "interrupt.ipynb", INTERRUPT)
     await run_menu(page, "Run All Cells")
     # The fast queries finish, the slow ones would take ten minutes: interrupt from the toolbar.
     await page.wait_for_function(
