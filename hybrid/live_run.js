@@ -71,7 +71,7 @@ function render({ model, el }) {
       `<span><b>${s.in_flight ?? 0}</b> in flight${s.limit != null ? ` (limit ${s.limit})` : ""}</span>`,
       `<span><b>${s.per_s ?? "–"}</b>/s</span>`,
       `<span><b>${s.tokens ?? 0}</b> tokens</span>`,
-      `<span>${money(s.cost_usd)}</span>`,
+      `<span>cost ${money(s.cost_usd)}</span>`,
       s.budget_left_usd != null ? `<span>budget left ${money(s.budget_left_usd)}</span>` : "",
       `<span>${(s.elapsed_s ?? 0).toFixed(1)} s</span>`,
     ];
