@@ -96,11 +96,12 @@ def started(progress: Any, index: int) -> None:
         progress.started(index)
 
 
-def tick(progress: Any, result: QueryResult) -> None:
-    """Advance ``progress`` by one finished query (no-op without a bar)."""
+def tick(progress: Any, result: QueryResult | None = None) -> None:
+    """Advance ``progress`` by one finished query (no-op without a bar); a live widget also counts
+    ``result`` (its kind, tokens and cost), which a plain bar does not need."""
     if progress is None:
         return
-    if hasattr(progress, "finished"):
+    if result is not None and hasattr(progress, "finished"):
         progress.finished(result)
     else:
         progress.update(1)

@@ -75,10 +75,13 @@ async def test_cancellation_storm_100_trials(backend_kind: str, way: str) -> Non
 @pytest.mark.heavy
 async def test_threads_mode_cannot_stop_its_in_flight_calls() -> None:
     """The seeds' reason for going fully async: a cancelled thread-pool run keeps calling the server."""
-    profiles = {"sim-small": ModelProfile(ttft_s=0.5, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
+    profiles = {"sim-small": ModelProfile(ttft_s=2.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
     async with orchestrated("openai", config=SimConfig(time_scale=1.0, profiles=profiles)) as (orch, server):
         task = asyncio.create_task(orch.run(QUERIES[:4], mode="threads"))
-        await asyncio.sleep(0.2)
+        for _ in range(500):  # until all four calls are at the server (a busy machine starts threads late)
+            if server.stats()["in_flight"] == 4:
+                break
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
