@@ -138,8 +138,10 @@ def clock_note(summary: dict[str, Any]) -> str:
     """Which clock the demo's times are on, for a plot's title: a real-time run is compressed by its
     time scale, and a reader comparing with the table's full-pace numbers must know by how much."""
     scale = summary["time_scale"]
-    if summary.get("virtual") or scale == 1:
-        return "virtual clock, the model's full pace" if summary.get("virtual") else "real time, the model's full pace"
+    if summary.get("virtual"):
+        return "virtual clock, the model's full pace"
+    if scale == 1:
+        return "real time, the model's full pace"
     return f"real time, compressed {1 / scale:g}x: divide by {scale:g} for the model's pace"
 
 

@@ -123,7 +123,6 @@ class LiveRun:
         from IPython.display import display
 
         self.tally = Tally(total)
-        self.description = description
         self.cancel: Callable[[], None] | None = None
         self.measures: Callable[[], tuple[int | None, float | None]] = lambda: (None, None)
         self.state = "running"

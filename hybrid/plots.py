@@ -9,7 +9,7 @@ displays a returned figure by itself, a script saves it with ``fig.savefig(path)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -61,9 +61,21 @@ def groups(count: int, most: int = MAX_BARS) -> list[range]:
     return [range(first, min(count, first + size)) for first in range(0, count, size)]
 
 
-def _span_label(group: range) -> str:
-    """A group of consecutive queries by their indices: ``#0-333``, or ``#30`` for one."""
-    return f"#{group.start}" + (f"-{group.stop - 1}" if len(group) > 1 else "")
+def _span_label(first: int, last: int) -> str:
+    """A group of queries by the indices of its first and last: ``#0-333``, or ``#30`` for one."""
+    return f"#{first}" + (f"-{last}" if last != first else "")
+
+
+def _per_query(runs: Mapping[str, RunResult]) -> Iterator[tuple[str, str, Sequence[QueryResult]]]:
+    """Each run's queries as the per-query figures draw them: (run label, name, queries), one per
+    query up to :data:`MAX_BARS` in all, else groups of consecutive ones (each run its share of the
+    bars) named by their span."""
+    total = sum(len(run.results) for run in runs.values())
+    for label, run in runs.items():
+        share = MAX_BARS if total <= MAX_BARS else max(1, MAX_BARS * len(run.results) // total)
+        for group in groups(len(run.results), share):
+            rows = run.results[group.start : group.stop]
+            yield label, rows[0].name if total <= MAX_BARS else _span_label(group.start, group.stop - 1), rows
 
 
 def _spans(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -87,13 +99,10 @@ def timeline(run: RunResult | Mapping[str, RunResult], *, title: str | None = No
     """
     runs = {"": run} if isinstance(run, RunResult) else dict(run)
     total = sum(len(each.results) for each in runs.values())
-    lanes: list[tuple[str, str, str, Sequence[QueryResult]]] = []  # (tick label, run label, mode, queries)
-    for label, each in runs.items():
-        share = MAX_BARS if total <= MAX_BARS else max(1, MAX_BARS * len(each.results) // total)
-        for group in groups(len(each.results), share):
-            rows = each.results[group.start : group.stop]
-            name = rows[0].name if total <= MAX_BARS else _span_label(group)
-            lanes.append((_text(f"{label}: {name}" if label else name), label, each.mode, rows))
+    lanes = [  # (tick label, run label, mode, queries)
+        (_text(f"{label}: {name}" if label else name), label, runs[label].mode, rows)
+        for label, name, rows in _per_query(runs)
+    ]
     grouped = len(lanes) < total
     fig, ax = _figure(9.0, max(2.5, 0.22 * len(lanes) + 1.4))
     legend_seen: set[str] = set()
@@ -237,14 +246,10 @@ def tokens(runs: RunResult | Mapping[str, RunResult], *, title: str | None = Non
     per_query, totals = fig.subplots(1, 2, width_ratios=[3, 1])
     names, prompt, completion = [], [], []
     total = sum(len(run.results) for run in runs.values())
-    for label, run in runs.items():
-        share = MAX_BARS if total <= MAX_BARS else max(1, MAX_BARS * len(run.results) // total)
-        for group in groups(len(run.results), share):
-            rows = run.results[group.start : group.stop]
-            name = rows[0].name if total <= MAX_BARS else _span_label(group)
-            names.append(_text(f"{label}: {name}" if len(runs) > 1 else name))
-            prompt.append(sum(r.usage.prompt_tokens for r in rows) / len(rows))
-            completion.append(sum(r.usage.completion_tokens for r in rows) / len(rows))
+    for label, name, rows in _per_query(runs):
+        names.append(_text(f"{label}: {name}" if len(runs) > 1 else name))
+        prompt.append(sum(r.usage.prompt_tokens for r in rows) / len(rows))
+        completion.append(sum(r.usage.completion_tokens for r in rows) / len(rows))
     positions = range(len(names))
     per_query.bar(positions, prompt, label="prompt", color=_STAGE_COLOURS[0])
     per_query.bar(positions, completion, bottom=prompt, label="completion", color=_STAGE_COLOURS[1])
@@ -326,7 +331,7 @@ def decomposition(
         labels, xlabel = [_text(name) for name in rows["name"]], "query"
         if len(rows) > MAX_BARS:
             parts = [rows[columns].iloc[group.start : group.stop] for group in groups(len(rows))]
-            labels = [f"#{part.index[0]}" + (f"-{part.index[-1]}" if len(part) > 1 else "") for part in parts]
+            labels = [_span_label(part.index[0], part.index[-1]) for part in parts]
             rows = pd.DataFrame([part.astype(float).mean() for part in parts])
             xlabel = "queries, in groups of consecutive ones (the mean query of each)"
     elif isinstance(data, Mapping):

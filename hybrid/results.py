@@ -118,7 +118,7 @@ class RunResult:
         columns = ["name", "ok", "text", "error", "total_tokens", "latency_s", "queue_s", "attempts"]
         half = HTML_ROWS // 2
         shown = self.results if len(self.results) <= HTML_ROWS else (*self.results[:half], *self.results[-half:])
-        frame = pd.DataFrame([{c: r.as_row()[c] for c in columns} for r in shown], columns=columns)
+        frame = pd.DataFrame([r.as_row() for r in shown], columns=columns)  # each row made once
         frame["text"] = frame["text"].map(lambda t: t[:117] + "..." if isinstance(t, str) and len(t) > 120 else t)
         if len(shown) < len(self.results):
             dots = pd.DataFrame([dict.fromkeys(columns, "...")])
