@@ -62,6 +62,7 @@ from hybrid.errors import (
 )
 from hybrid.estimate import Estimate, estimate
 from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
+from hybrid.process import IN_PROCESS_URLS
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
 from hybrid.retry import Retry
@@ -445,6 +446,7 @@ class Orchestrator:
                 on_progress=None if record is None else record.progressed,
                 limit_trace=None if self.adaptive is None else self.adaptive.trace,
                 budget=None if self.budget is None else self.budget.state,
+                server_in_process=getattr(self.backend, "base_url", None) in IN_PROCESS_URLS,
             )
             for result in resumed:
                 state.finish(result)
@@ -606,7 +608,8 @@ class Orchestrator:
         Queue time counts from the start of the run (every query of a batch is submitted at once)
         or of its pipeline stage.
         """
-        submitted = state.stage_started
+        due = state.scheduled.get(index)
+        submitted = state.stage_started if due is None else state.t0 + due
         async with slots or contextlib.nullcontext():
             attempts = 0
             first_sent: float | None = None
@@ -713,6 +716,7 @@ class Orchestrator:
                 finished_s=finished - state.t0,
                 cost_usd=cost,
                 origin=origin,
+                scheduled_s=state.scheduled.get(index),
                 **parts,
             )
         )

@@ -1,10 +1,15 @@
-"""Child server processes (the simulator's, llama-server, a benchmark's bare server): a port to
-give them, and stopping them for sure."""
+"""Servers the kit starts: a port to give a child server process (the simulator's, llama-server, a
+benchmark's bare server), stopping one for sure, and which servers run in this very process."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+
+#: Base URLs of servers answering from this very process right now (``sim.serve``,
+#: ``sim.serve_in_thread`` register theirs): a run against one of them charges the server's CPU to the
+#: client, which the run's ``server_in_process`` flag and the benchmarks' warning say.
+IN_PROCESS_URLS: set[str] = set()
 
 
 def free_port() -> int:

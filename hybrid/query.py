@@ -33,6 +33,9 @@ class Query:
     sample: int = 0
     #: Free-form labels carried to the result row; not part of the hash (values need not be hashable).
     metadata: Mapping[str, Any] | None = field(default=None, hash=False)
+    #: Earlier turns of a conversation, sent before ``prompt``: ``(role, content)`` pairs, role
+    #: ``"user"`` or ``"assistant"``.  A multi-turn session's next turn carries the real answers so far.
+    history: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         name = self.name if isinstance(self.name, str) and self.name.strip() else None
@@ -55,6 +58,8 @@ class Query:
         for flag in ("stream", "json_mode"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"Query {name!r}: {flag} must be True or False, got {getattr(self, flag)!r}.")
+        if self.history or not isinstance(self.history, tuple):
+            object.__setattr__(self, "history", _checked_history(name, self.history))
         if self.metadata is not None:
             if not isinstance(self.metadata, Mapping):
                 raise ConfigError(f"Query {name!r}: metadata must be a mapping (a dict) or None.")
@@ -64,8 +69,28 @@ class Query:
     def messages(self) -> list[dict[str, str]]:
         """The chat messages this query sends."""
         messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        messages.extend({"role": role, "content": content} for role, content in self.history)
         messages.append({"role": "user", "content": self.prompt})
         return messages
+
+
+ROLES = ("user", "assistant")
+
+
+def _checked_history(name: str, history: Any) -> tuple[tuple[str, str], ...]:
+    """``history`` as a tuple of ``(role, content)`` pairs (a list of lists, as JSON gives it back,
+    is accepted), or a :class:`ConfigError` that says which turn is wrong."""
+    if isinstance(history, str | bytes) or not hasattr(history, "__iter__"):
+        raise ConfigError(f"Query {name!r}: history must be a sequence of (role, content) pairs.")
+    turns = []
+    for i, turn in enumerate(history):
+        if not (isinstance(turn, tuple | list) and len(turn) == 2 and turn[0] in ROLES and isinstance(turn[1], str)):
+            raise ConfigError(
+                f"Query {name!r}: history[{i}] must be a (role, content) pair with role 'user' or 'assistant' "
+                f"and text content, got {turn!r}."
+            )
+        turns.append((turn[0], turn[1]))
+    return tuple(turns)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,6 +216,11 @@ class QueryResult:
     ``server_s`` (the server's queue and work, when it reports them; None otherwise) and
     ``network_s`` (the rest: the network, reading the answer, and server time it did not report).
     The wait before the first attempt is ``queue_s``, the client's queue.
+
+    ``scheduled_s`` is when an open-loop run (a trace replay) meant to send the query, as an offset
+    from the run's start; None in a closed run, where every query is due at the start.  Its
+    ``queue_s`` then counts from that moment, so ``started_s - scheduled_s`` is how late the client
+    sent it: the lag that coordinated omission hides.
     """
 
     query: Query
@@ -219,6 +249,7 @@ class QueryResult:
     server_queue_s: float | None = None
     server_s: float | None = None
     network_s: float | None = None
+    scheduled_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -262,4 +293,6 @@ class QueryResult:
             "server_queue_s": self.server_queue_s,
             "server_s": self.server_s,
             "network_s": self.network_s,
+            "scheduled_s": self.scheduled_s,
+            "cached_prompt_tokens": self.usage.cached_prompt_tokens,
         }

@@ -34,6 +34,9 @@ class RunResult:
     ``diagnostics`` are notes measured in real time (the event loop was blocked for so long, there;
     :mod:`hybrid.loop_watch`): kept and shown by the viewer, but never in ``warnings``, the summary or
     a repr, so that a loaded machine cannot change a checked notebook cell.
+    ``flags`` name what may make the run's numbers mislead as a benchmark (a warm prefix cache, a
+    client-bound run, coordinated omission, a saturated server, a server in the client's process:
+    :mod:`hybrid.validity` says each rule, ``validity.FLAGS`` what each means).
     """
 
     results: tuple[QueryResult, ...]
@@ -43,6 +46,7 @@ class RunResult:
     cancelled: bool = False
     segments: int = 1
     diagnostics: tuple[str, ...] = field(default=(), repr=False)
+    flags: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.results)
@@ -76,6 +80,7 @@ class RunResult:
             "segments": self.segments,
             "warnings": list(self.warnings),
             "diagnostics": list(self.diagnostics),
+            "flags": list(self.flags),
             "metrics": metrics,
             "results": [{k: _finite(v) for k, v in r.as_row().items()} for r in self.results],
         }

@@ -27,6 +27,7 @@ from hybrid.metrics import BudgetState, RunMetrics
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
 from hybrid.tokens import count_tokens
+from hybrid.validity import flags_of
 
 log = logging.getLogger("hybrid")
 
@@ -53,6 +54,7 @@ class RunState:
         on_progress: Callable[[int, int], None] | None = None,
         limit_trace: Sequence[tuple[float, int]] | None = None,
         budget: Callable[[], BudgetState] | None = None,
+        server_in_process: bool = False,
     ) -> None:
         self.queries = list(queries)
         #: ``max_concurrency="auto"``: the adaptive limit's changes (loop times), shared and growing.
@@ -63,7 +65,13 @@ class RunState:
         self.mode = mode
         self.concurrency = concurrency
         self.results: list[QueryResult | None] = [None] * len(self.queries)
-        self.clock = asyncio.get_running_loop().time
+        #: When an open-loop strategy meant to send query ``index`` (seconds since the start; :meth:`schedule`).
+        self.scheduled: dict[int, float] = {}
+        self.server_in_process = server_in_process
+        loop = asyncio.get_running_loop()
+        #: A virtual clock (``looptime``, as ``hybrid.simulate`` and the tests use) times a model, not the machine.
+        self.real_clock = not getattr(loop, "looptime_enabled", False)
+        self.clock = loop.time
         self.t0 = self.stage_started = self.clock()
         self.cpu0 = time.process_time()
         self._emit = emit
@@ -86,6 +94,11 @@ class RunState:
         self._notes.append(note.format(seconds=now - self.t0))
         self.t0 = self.stage_started = now
         self.cpu0 = time.process_time()
+
+    def schedule(self, index: int, at_s: float) -> None:
+        """Query ``index`` is due ``at_s`` seconds after the start (an open-loop replay): its queue
+        time counts from then, and its row keeps it as ``scheduled_s``.  Call it before ``run_one``."""
+        self.scheduled[index] = at_s
 
     def now(self) -> float:
         """Seconds since the run started, on the loop's clock."""
@@ -157,6 +170,7 @@ class RunState:
             )
         if cancelled or stopped_by is not None:
             warnings.append(f"The run {why}; {finished} of {len(results)} queries had finished.")
+        flags = flags_of(results, metrics, real_clock=self.real_clock, server_in_process=self.server_in_process)
         return RunResult(
             results=results,
             metrics=metrics,
@@ -164,6 +178,7 @@ class RunState:
             warnings=tuple(warnings),
             cancelled=cancelled,
             diagnostics=self._watch.stop(),
+            flags=flags,
         )
 
     def _run_trace(self) -> list[tuple[float, int]]:

@@ -92,7 +92,7 @@ PARTS = {
         "live_run",
     },
     "store": {"store"},
-    "model": {"query", "results", "metrics", "fingerprint"},
+    "model": {"query", "results", "metrics", "fingerprint", "validity"},
     "backends": {"backends"},
     "sim": {"sim"},
     "base": {"errors", "tokens", "process", "provenance", "answer_sink"},

@@ -459,6 +459,7 @@ async def test_a_schema_5_store_gains_leases_and_budgets_in_place(tmp_path: Path
         db.execute("DROP TABLE leases")
         db.execute("ALTER TABLE segments DROP COLUMN budget")
         db.execute("ALTER TABLE segments DROP COLUMN diagnostics")
+        _drop_schema_9_columns(db)
         db.execute("PRAGMA application_id = 0")
         db.execute("PRAGMA user_version = 5")
     prices = {"fake": Price(prompt_per_mtok=1.0, completion_per_mtok=1.0)}
@@ -474,6 +475,33 @@ async def test_a_schema_5_store_gains_leases_and_budgets_in_place(tmp_path: Path
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
 
 
+def _drop_schema_9_columns(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE segments DROP COLUMN flags")
+    db.execute("ALTER TABLE results DROP COLUMN scheduled_s")
+
+
+async def test_a_schema_8_store_gains_flags_and_scheduled_times_in_place(tmp_path: Path) -> None:
+    """A store from before validity flags and replays loads its runs with no flags and no scheduled
+    times, then keeps both for new runs."""
+    path = tmp_path / "v8.sqlite"
+    with Store(path) as store:
+        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=store) as orch:
+            first = await orch.run(grid(2), name="before")
+    with sqlite3.connect(path) as db:
+        _drop_schema_9_columns(db)
+        db.execute("PRAGMA user_version = 8")
+    with Store(path) as upgraded:
+        before = upgraded.load("before")
+        assert before.flags == () and before.summary() == first.summary()
+        assert [r.scheduled_s for r in before.results] == [None, None]
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            db.execute("UPDATE segments SET flags = '[\"saturated\"]'")
+            db.execute("UPDATE results SET scheduled_s = 0.5")
+        again = upgraded.load("before")
+        assert again.flags == ("saturated",) and {r.scheduled_s for r in again.results} == {0.5}
+
+
 async def test_a_schema_7_store_gains_diagnostics_in_place(tmp_path: Path) -> None:
     """A store of the kit before diagnostics were kept loads its runs with none, and keeps them from then on."""
     path = tmp_path / "v7.sqlite"
@@ -482,6 +510,7 @@ async def test_a_schema_7_store_gains_diagnostics_in_place(tmp_path: Path) -> No
             first = await orch.run(grid(2), name="before")
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE segments DROP COLUMN diagnostics")
+        _drop_schema_9_columns(db)
         db.execute("PRAGMA user_version = 7")
     with Store(path) as upgraded:
         assert upgraded.load("before").diagnostics == () and upgraded.load("before").summary() == first.summary()

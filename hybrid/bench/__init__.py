@@ -82,7 +82,7 @@ def warn_if_server_shares_process(backend: Backend) -> None:
     """Warn when ``backend`` talks to a simulator served in this very process (``sim.serve``,
     ``sim.serve_in_thread``): a benchmark then measures client and server on the same CPU time,
     which flatters whichever client leaves the loop idle (a thread pool) and penalises ``gather``."""
-    from hybrid.sim.serve import IN_PROCESS_URLS
+    from hybrid.process import IN_PROCESS_URLS
 
     url = getattr(backend, "base_url", None)
     if url in IN_PROCESS_URLS:

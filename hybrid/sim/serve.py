@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from hybrid.errors import HybridError
-from hybrid.process import stop
+from hybrid.process import IN_PROCESS_URLS, stop
 from hybrid.sim.batch_protocol import BatchService
 from hybrid.sim.config import SimConfig
 from hybrid.sim.lean_http import LeanConnection, close_all
@@ -83,11 +83,6 @@ def _warn_if_exposed(host: str) -> None:
             "bind 127.0.0.1 unless you mean it, and set an api_key.",
             stacklevel=3,
         )
-
-
-#: URLs of simulators serving in this process right now (``serve``, ``serve_in_thread``): a benchmark
-#: against one of them charges the server's CPU to the client (``hybrid.bench`` warns).
-IN_PROCESS_URLS: set[str] = set()
 
 
 @contextlib.asynccontextmanager

@@ -155,6 +155,7 @@ class History(StoreFile):
             warnings=warnings,
             cancelled=cancelled,
             diagnostics=tuple(orjson.loads(info.get("diagnostics") or "[]")),
+            flags=tuple(orjson.loads(info.get("flags") or "[]")),
         )
         return run, prints
 

@@ -143,13 +143,13 @@ class RunLog(StoreFile):
 
     def end_segment(self, run_id: int, segment: int, status: str, run: RunResult) -> None:
         """Queue a segment's end: ``finished``, ``cancelled`` or ``failed``, and what the run measured
-        beyond its rows (wall, CPU, warnings, the adaptive limit's trace, the budget, diagnostics), so that loading it
-        computes the same metrics with the same code (``RunMetrics.compute``)."""
+        beyond its rows (wall, CPU, warnings, the adaptive limit's trace, the budget, diagnostics, flags), so
+        that loading it computes the same metrics with the same code (``RunMetrics.compute``)."""
         now = time.time()
         m = run.metrics
         self._enqueue(
             "UPDATE segments SET status = ?, ended_at = ?, wall_s = ?, cpu_s = ?, cancelled = ?, warnings = ?, "
-            "concurrency_trace = ?, budget = ?, diagnostics = ? WHERE run_id = ? AND segment = ?",
+            "concurrency_trace = ?, budget = ?, diagnostics = ?, flags = ? WHERE run_id = ? AND segment = ?",
             (
                 status,
                 now,
@@ -160,6 +160,7 @@ class RunLog(StoreFile):
                 orjson.dumps(m.concurrency_trace).decode(),
                 None if m.budget is None else orjson.dumps(dataclasses.astuple(m.budget)).decode(),
                 orjson.dumps(run.diagnostics).decode(),
+                orjson.dumps(run.flags).decode(),
                 run_id,
                 segment,
             ),

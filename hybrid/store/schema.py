@@ -22,8 +22,9 @@ from hybrid.query import Query, QueryResult, Usage
 #: 5: segments (a run and each resume, with what the run measured beyond its rows) and cached prompt tokens;
 #: 6: leases (which process is writing a run) and each segment's budget as it ended; 7: scores (what
 #: scorers said of a run's answers, so a report reads the same verdicts the notebook saw); 8: each
-#: segment's diagnostics (real-time notes such as a blocked event loop).
-SCHEMA_VERSION = 8
+#: segment's diagnostics (real-time notes such as a blocked event loop); 9: each segment's validity flags
+#: and each row's scheduled send time (an open-loop replay).
+SCHEMA_VERSION = 9
 #: Stamped in every store (``PRAGMA application_id``, "HYBR"): a file without it is not the kit's.
 APPLICATION_ID = 0x48594252
 #: The tables every store of the kit has had since its first schema.
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS segments (
     concurrency_trace TEXT,
     budget TEXT,
     diagnostics TEXT,
+    flags TEXT,
     PRIMARY KEY (run_id, segment)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -94,6 +96,7 @@ CREATE TABLE IF NOT EXISTS results (
     server_queue_s REAL,
     server_s REAL,
     network_s REAL,
+    scheduled_s REAL,
     PRIMARY KEY (run_id, segment, idx)
 );
 CREATE TABLE IF NOT EXISTS remote_jobs (
@@ -149,6 +152,7 @@ RESULT_COLUMNS = (
     "model, finish_reason, prompt_tokens, completion_tokens, tokens_estimated, cached_prompt_tokens, cost_usd, "
     "latency_s, queue_s, ttft_s, attempts, started_s, finished_s, stage, origin, recorded_at, "
     + ", ".join(LATENCY_PARTS)
+    + ", scheduled_s"
 )
 #: Schema 5 keys results by segment: a file written before gets each run as its one segment 0.
 TO_SEGMENTS = (
@@ -159,7 +163,9 @@ TO_SEGMENTS = (
     "SELECT id, 0, mode, queries, started_at, ended_at, status FROM runs;"
 ).format(
     columns=RESULT_COLUMNS,
-    old=RESULT_COLUMNS.replace("segment,", "0,", 1).replace("cached_prompt_tokens,", "0,", 1),
+    old=RESULT_COLUMNS.replace("segment,", "0,", 1)
+    .replace("cached_prompt_tokens,", "0,", 1)
+    .replace("scheduled_s", "NULL"),
 )
 _QUERY_FIELDS = ("prompt", "system", "model", "max_tokens", "temperature", "stream", "json_mode", "sample")
 #: How long a writer waits for another process's write lock (two notebooks on one store).
@@ -213,6 +219,12 @@ def check_owned(path: Path) -> None:
         )
 
 
+#: Columns later schemas added to ``segments`` (6: budget, 8: diagnostics, 9: flags), and where in
+#: that list a store of each schema since 5 starts missing them.
+SEGMENT_COLUMNS = ("budget", "diagnostics", "flags")
+SEGMENT_COLUMNS_SINCE = {5: 0, 6: 1, 7: 1, 8: 2}
+
+
 def prepare(connection: sqlite3.Connection, path: Path) -> None:
     """Create the tables of a new file, or upgrade an older file in place; refuse a newer one."""
     version = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -228,9 +240,13 @@ def prepare(connection: sqlite3.Connection, path: Path) -> None:
         return
     if version == 0:
         script = SCHEMA
-    elif version in (5, 6, 7):  # 6: a table (leases), segments' budget; 7: a table (scores); 8: diagnostics
-        columns = ("budget", "diagnostics") if version == 5 else ("diagnostics",)
-        script = SCHEMA + "".join(f"ALTER TABLE segments ADD COLUMN {column} TEXT;" for column in columns)
+    elif version in SEGMENT_COLUMNS_SINCE:  # 6: a table (leases); 7: a table (scores); the columns below
+        columns = SEGMENT_COLUMNS[SEGMENT_COLUMNS_SINCE[version] :]
+        script = (
+            SCHEMA
+            + "".join(f"ALTER TABLE segments ADD COLUMN {column} TEXT;" for column in columns)
+            + "ALTER TABLE results ADD COLUMN scheduled_s REAL;"
+        )
     else:  # schema 4 added the latency decomposition's columns, schema 5 the segments
         added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in LATENCY_PARTS)
         script = (added if version < 4 else "") + TO_SEGMENTS
@@ -282,6 +298,7 @@ def result_row(
         result.origin,
         recorded_at,
         *(getattr(result, part) for part in LATENCY_PARTS),
+        result.scheduled_s,
     )
 
 
@@ -290,6 +307,8 @@ def _query_json(query: Query) -> str:
     """The query's fields as JSON (memoised: a grid re-run records the same queries again)."""
     fields: dict[str, Any] = {f: getattr(query, f) for f in _QUERY_FIELDS}
     fields["metadata"] = None if query.metadata is None else dict(query.metadata)
+    if query.history:  # only a conversation's turn has one: other rows stay as they were
+        fields["history"] = query.history
     return orjson.dumps(fields, default=str).decode()
 
 
@@ -331,5 +350,6 @@ def result_from(row: dict[str, Any]) -> QueryResult:
         stage=row["stage"],
         cost_usd=row["cost_usd"],
         origin=row["origin"],
+        scheduled_s=row["scheduled_s"],
         **{part: row[part] for part in LATENCY_PARTS},
     )

@@ -87,6 +87,7 @@ def merge(segments: Sequence[Segment]) -> RunResult:
         cancelled=latest.cancelled,
         segments=len(runs),
         diagnostics=tuple(note for run in runs for note in run.diagnostics),
+        flags=tuple(dict.fromkeys(flag for run in runs for flag in run.flags)),  # any segment's, once each
     )
 
 
