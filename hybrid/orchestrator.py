@@ -709,7 +709,7 @@ class Orchestrator:
                 model=completion.model if completion else (query.model or self.backend.model),
                 finish_reason=completion.finish_reason if completion else None,
                 latency_s=finished - started,
-                queue_s=started - (state.t0 if submitted is None else submitted),
+                queue_s=max(0.0, started - (state.t0 if submitted is None else submitted)),
                 ttft_s=completion.ttft_s if completion else None,
                 attempts=attempts,
                 started_s=started - state.t0,

@@ -101,8 +101,9 @@ class RunResult:
                 f"{m.succeeded}/{m.queries} ok in {m.wall_s:.2f}s ({how}); {m.batched} through the "
                 f"Batch API{cost}; {m.total_tokens} tokens; {m.attempts} lines submitted{_budget(m)}"
             )
+        unknown = "open-loop arrivals" if self.mode == "replay" else "no single concurrency limit"
         ideal = (
-            "ideal unknown: no single concurrency limit"
+            f"ideal unknown: {unknown}"
             if math.isnan(m.ideal_efficiency)
             else f"{m.percent_of_ideal:.0%} of ideal {m.ideal_efficiency:.0%}"
         )

@@ -46,7 +46,7 @@ class RunState:
         stages: Sequence[int | None],
         *,
         mode: str,
-        concurrency: int,
+        concurrency: int | None,
         emit: Callable[[Event], None] | None,
         bar: Any,
         on_finish: Callable[[QueryResult], None] | None = None,

@@ -149,8 +149,9 @@ class Strategy:
         """Answer every query of ``run.todo``; by default, ``run_one`` each on :meth:`fan_out`'s schedule."""
         await self.fan_out(run.todo, run.run_one, run.limit)
 
-    def concurrency(self, limit: int) -> int:
-        """Queries in flight at once under an orchestrator limit of ``limit``."""
+    def concurrency(self, limit: int) -> int | None:
+        """Queries in flight at once under an orchestrator limit of ``limit``, as the run's ideal
+        efficiency assumes it (every query ready at the start); None when no ideal applies."""
         return limit
 
     def sender(self, backend: Backend, pool: Callable[[], ThreadPoolExecutor]) -> Send:

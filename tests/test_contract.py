@@ -76,7 +76,19 @@ def test_the_bridging_check_would_catch_a_violation() -> None:
 # The parts ARCHITECTURE.md draws, and what each may import (type-only imports aside: they never run).
 PARTS = {
     "face": {"cli", "__main__", "notebook", "virtual_time", "pytest_plugin"},
-    "tools": {"bench", "plots", "demo", "calibrate", "real", "scenarios", "lab", "view", "testing", "doctor"},
+    "tools": {
+        "bench",
+        "plots",
+        "demo",
+        "calibrate",
+        "real",
+        "scenarios",
+        "lab",
+        "view",
+        "testing",
+        "doctor",
+        "workload",
+    },
     "scale": {"batch", "ray_shards"},
     "engine": {
         "orchestrator",

@@ -10,6 +10,9 @@ measured alternately within each repeat, so drift on a shared machine hits them 
   It reports speedup and throughput next to efficiency, flags levels where efficiency rose while
   throughput did not (``efficiency_misleading``: the server's queue counted as latency), and with
   ``stop_when_saturated`` stops once throughput stops rising and latency climbs.
+* :func:`replay` (:mod:`hybrid.bench.replay`) — a workload (:mod:`hybrid.workload`: a trace, OpenTelemetry
+  spans, a stored run) open-loop on its own clock, multi-turn sessions with their real answers;
+  :func:`sessions` and :func:`turns` summarise what it measured.
 * :func:`open_loop` — arrivals at a request rate (Poisson, bursty gamma, constant; optionally a
   linear ramp: :mod:`hybrid.bench.arrivals`), as real traffic arrives; queue time grows as the
   rate nears capacity.
@@ -41,6 +44,7 @@ import pandas as pd
 from hybrid.backends import Backend
 from hybrid.bench.arrivals import arrival_times, open_loop
 from hybrid.bench.comparison import Comparison, compare_runs
+from hybrid.bench.replay import Replay, replay, sessions, turns
 from hybrid.bench.slo import SLO, goodput, sla_search
 from hybrid.errors import ConfigError
 from hybrid.metrics import ratio
@@ -51,6 +55,7 @@ from hybrid.results import RunResult
 __all__ = [
     "SLO",
     "Comparison",
+    "Replay",
     "SharedProcessWarning",
     "arrival_times",
     "compare",
@@ -58,10 +63,13 @@ __all__ = [
     "goodput",
     "make_queries",
     "open_loop",
+    "replay",
     "run_row",
+    "sessions",
     "sla_search",
     "summarize",
     "sweep",
+    "turns",
 ]
 
 #: Throughput must rise by more than this fraction from one level to the next, or the server is saturated.

@@ -16,17 +16,16 @@ run.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 
-from hybrid import progress
+from hybrid.bench.replay import Replay
 from hybrid.errors import check_choice, check_int, check_number
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Query
+from hybrid.workload import Request, Workload
 
 ARRIVALS = ("poisson", "gamma", "constant")
 
@@ -77,38 +76,36 @@ async def open_loop(
     ramping linearly to ``ramp_to_qps`` if given); one row per query.
 
     Unlike ``run`` (a closed batch), arrivals do not wait for earlier answers, so queue time shows
-    what real traffic at that rate would see.  Rows carry ``ttft_s`` and ``completion_tokens`` for
-    :func:`goodput`; ``attrs`` hold the rate and the wall.
+    what real traffic at that rate would see.  It is one run, replayed on the arrivals' clock
+    (:func:`hybrid.bench.replay`): ``queue_s`` counts from each arrival.  Rows carry ``ttft_s`` and
+    ``completion_tokens`` for :func:`goodput`; ``attrs`` hold the rate, the wall and the run's flags.
     """
     times = arrival_times(
         len(queries), rate_qps, arrival=arrival, burstiness=burstiness, ramp_to_qps=ramp_to_qps, seed=seed
     )
-    clock = asyncio.get_running_loop().time
-    start = clock()
-
-    async def arrive(query: Query, at: float) -> dict[str, Any]:
-        await asyncio.sleep(max(0.0, at - (clock() - start)))
-        arrived = clock() - start
-        run = await orch.run([query], raise_if_all_failed=False, progress=False)  # one bar for all, below
-        r = run.results[0]
-        progress.tick(bar, r)
-        return {
-            "name": r.name,
-            "arrival_s": arrived,
-            "scheduled_s": at,
-            "ok": r.ok,
-            "latency_s": r.latency_s,
-            "queue_s": r.queue_s,
-            "ttft_s": r.ttft_s,
-            "completion_tokens": r.usage.completion_tokens,
-            "server_queue_s": r.server_queue_s,
-            "attempts": r.attempts,
-            "error_kind": None if r.error is None else r.error.kind,
-        }
-
-    description = f"hybrid open loop at {rate_qps:g}/s"
-    with progress.bar(len(queries), description, requested=progress.wanted(orch.progress)) as bar:
-        rows = await asyncio.gather(*(arrive(q, at) for q, at in zip(queries, times, strict=True)))
-    frame = pd.DataFrame(rows)
-    frame.attrs.update(rate_qps=rate_qps, arrival=arrival, ramp_to_qps=ramp_to_qps, wall_s=clock() - start)
+    schedule = Workload(
+        tuple(Request(t=at, name=q.name, prompt=q.prompt) for q, at in zip(queries, times, strict=True))
+    )
+    run = await orch.run(queries, mode=Replay(schedule), raise_if_all_failed=False)
+    frame = pd.DataFrame(
+        [
+            {
+                "name": r.name,
+                "arrival_s": r.scheduled_s,
+                "scheduled_s": r.scheduled_s,
+                "ok": r.ok,
+                "latency_s": r.latency_s,
+                "queue_s": r.queue_s,
+                "ttft_s": r.ttft_s,
+                "completion_tokens": r.usage.completion_tokens,
+                "server_queue_s": r.server_queue_s,
+                "attempts": r.attempts,
+                "error_kind": None if r.error is None else r.error.kind,
+            }
+            for r in run.results
+        ]
+    )
+    frame.attrs.update(
+        rate_qps=rate_qps, arrival=arrival, ramp_to_qps=ramp_to_qps, wall_s=run.metrics.wall_s, flags=run.flags
+    )
     return frame

@@ -26,6 +26,11 @@ class ModelProfile:
     log-normal jitter of spread ``jitter``.  ``contention`` slows decoding when requests share the
     server: while ``k`` requests hold slots, each decodes at ``completion_tps / (1 + contention
     * (k - 1))`` (0 = perfectly parallel server, 1 = one shared decoder).
+
+    ``prefix_cache_tokens`` gives the server a prefix (KV) cache of that many tokens, least recently
+    used evicted (:mod:`hybrid.sim.prefix_cache`): a request whose leading tokens are cached skips
+    their prefill and reports them as ``usage.prompt_tokens_details.cached_tokens``.  0 (the
+    default) has no cache.
     """
 
     ttft_s: float
@@ -35,6 +40,7 @@ class ModelProfile:
     contention: float = 0.0
     min_completion_tokens: int = 24
     max_completion_tokens: int = 96
+    prefix_cache_tokens: int = 0
 
     def __post_init__(self) -> None:
         check_number("ModelProfile(ttft_s=...)", self.ttft_s, minimum=0.0, unit="seconds")
@@ -44,6 +50,7 @@ class ModelProfile:
         check_number("ModelProfile(contention=...)", self.contention, minimum=0.0)
         check_int("ModelProfile(min_completion_tokens=...)", self.min_completion_tokens, minimum=1)
         check_int("ModelProfile(max_completion_tokens=...)", self.max_completion_tokens, minimum=1)
+        check_int("ModelProfile(prefix_cache_tokens=...) (0 = no cache)", self.prefix_cache_tokens, minimum=0)
         if not self.min_completion_tokens <= self.max_completion_tokens:
             raise ConfigError("ModelProfile needs 1 <= min_completion_tokens <= max_completion_tokens.")
 

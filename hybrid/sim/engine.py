@@ -20,6 +20,7 @@ from typing import Any
 
 from hybrid.sim.config import ModelProfile, SimConfig
 from hybrid.sim.model import FaultPlan, Pace, Reply, ReplyModel, pace
+from hybrid.sim.prefix_cache import PrefixCache
 
 
 class Rejected(Exception):
@@ -92,6 +93,13 @@ class Engine:
         self.by_status: Counter[int] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0
+        #: Each model's prefix cache, for the models whose profile has one.
+        self.prefix_caches = {
+            name: PrefixCache(profile.prefix_cache_tokens)
+            for name, profile in config.profiles.items()
+            if profile.prefix_cache_tokens
+        }
         self._in_flight = _InFlight(self)
         #: Set by the runner: how many client connections the server holds open now.
         self.open_connections: Callable[[], int] = lambda: 0
@@ -110,6 +118,7 @@ class Engine:
             "faults": dict(sorted(self.faults.injected.items())),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
         }
 
     def tracked(self) -> _InFlight:
@@ -195,9 +204,13 @@ class Engine:
         if fault == "drop":
             raise Drop
 
-    async def take_slot(self, reply: Reply, profile: ModelProfile, clock: Callable[[], float]) -> tuple[Pace, float]:
+    async def take_slot(
+        self, reply: Reply, model: str, profile: ModelProfile, clock: Callable[[], float]
+    ) -> tuple[Pace, float, int]:
         """Take one of the server's slots to answer ``reply`` (queueing for one first, or 503 when
-        ``max_queue`` are already waiting); returns the request's pace and the seconds it queued.
+        ``max_queue`` are already waiting); returns the request's pace, the seconds it queued and
+        its prompt tokens found in ``model``'s prefix cache (looked up once it has its slot, when
+        its prefill starts).
         The caller gives it back with :meth:`release_slot` in a ``finally`` (a plain pair rather
         than a context manager: this is on every request's path).  ``clock`` is the running loop's
         ``time``, which the caller already holds (each ``get_running_loop`` costs a ``getpid``)."""
@@ -212,7 +225,11 @@ class Engine:
         self.busy += 1
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
-        return pace(profile, reply, seed=self.config.seed, time_scale=self.config.time_scale), clock() - arrived
+        cache = self.prefix_caches.get(model)
+        cached = 0 if cache is None else min(cache.take(reply.blocks), reply.prompt_tokens)
+        self.cached_tokens += cached
+        request_pace = pace(profile, reply, seed=self.config.seed, time_scale=self.config.time_scale, cached=cached)
+        return request_pace, clock() - arrived, cached
 
     def release_slot(self) -> None:
         self.busy -= 1

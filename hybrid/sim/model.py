@@ -20,6 +20,7 @@ from functools import lru_cache
 import orjson
 
 from hybrid.sim.config import Faults, ModelProfile, Script
+from hybrid.sim.prefix_cache import prompt_blocks
 from hybrid.tokens import TOKEN_PATTERN, prompt_tokens
 
 #: Content chunks per streamed answer; decoding is also paced in this many steps.
@@ -102,6 +103,9 @@ class Reply:
     finish_reason: str
     key: int
     tokens: tuple[str, ...]
+    #: The prompt's cache blocks (:func:`~hybrid.sim.prefix_cache.prompt_blocks`), when its model
+    #: has a prefix cache.
+    blocks: tuple[int, ...] = ()
 
     @property
     def pieces(self) -> tuple[tuple[str, int], ...]:
@@ -146,17 +150,18 @@ class ReplyModel:
     ) -> Reply:
         key = digest(model, text, temperature, max_tokens, json_mode)
         n_prompt = prompt_tokens(text, n_messages)
+        profile = self._profiles[model]
+        blocks = prompt_blocks(model, text) if profile.prefix_cache_tokens else ()
         for pattern, scripted in self._scripts:
             if pattern.search(text):
                 tokens = cut_into_tokens(scripted)
                 if not tokens:  # nothing the token rule counts (say, only spaces): sent as it is
-                    return Reply(scripted, n_prompt, 0, "stop", key, ())
+                    return Reply(scripted, n_prompt, 0, "stop", key, (), blocks)
                 break
         else:
             if self.echo:
                 tokens = cut_into_tokens(f"Simulated echo: {last}")
             else:
-                profile = self._profiles[model]
                 seed = digest(self._seed, model, text, temperature)
                 tokens = seeded_tokens(seed, profile.min_completion_tokens, profile.max_completion_tokens)
             if json_mode:
@@ -164,7 +169,7 @@ class ReplyModel:
         finish = "stop"
         if max_tokens is not None and len(tokens) > max_tokens:
             tokens, finish = tokens[:max_tokens], "length"
-        return Reply("".join(tokens), n_prompt, len(tokens), finish, key, tuple(tokens))
+        return Reply("".join(tokens), n_prompt, len(tokens), finish, key, tuple(tokens), blocks)
 
 
 def cut_into_tokens(text: str) -> list[str]:
@@ -214,15 +219,16 @@ class Pace:
         return tokens * self.token_s * (1.0 + self.contention * max(0, sharing - 1))
 
 
-def pace(profile: ModelProfile, reply: Reply, *, seed: int, time_scale: float) -> Pace:
-    """The seeded pace of one request under ``profile``, compressed by ``time_scale``."""
+def pace(profile: ModelProfile, reply: Reply, *, seed: int, time_scale: float, cached: int = 0) -> Pace:
+    """The seeded pace of one request under ``profile``, compressed by ``time_scale``; ``cached``
+    prompt tokens came from the prefix cache and take no prefill."""
     if time_scale == 0:
         return Pace(0.0, 0.0, 0.0)
     jitter = 1.0
     if profile.jitter:
         jitter = random.Random(digest(seed, "latency", reply.key)).lognormvariate(0.0, profile.jitter)
     factor = jitter * time_scale
-    ttft = profile.ttft_s + reply.prompt_tokens / profile.prompt_tps
+    ttft = profile.ttft_s + (reply.prompt_tokens - cached) / profile.prompt_tps
     return Pace(ttft * factor, factor / profile.completion_tps, profile.contention)
 
 

@@ -253,15 +253,18 @@ class Simulator:
         if fault is not None:
             await engine.before_answer(fault)
         clock = asyncio.get_running_loop().time
-        request_pace, queued_s = await engine.take_slot(reply, profile, clock)
+        request_pace, queued_s, cached = await engine.take_slot(reply, chat.model, profile, clock)
+        cache_usage = None if not profile.prefix_cache_tokens else cached
         try:
             request_id = f"chatcmpl-sim{reply.key:016x}"
             # The server's own account of the request, as a client can read it: the queue in a
             # header, the work in llama.cpp-style ``timings`` (the stream's last chunk, or the body).
             limit_headers["x-hybrid-queue-ms"] = f"{queued_s * 1000:.3f}"  # admit's dict is new per request
-            timer = ServiceTimer(reply, clock)
+            timer = ServiceTimer(reply, clock, cached)
             if chat.stream:
-                await self._stream(sink, reply, chat, request_id, request_pace, fault, limit_headers, timer)
+                await self._stream(
+                    sink, reply, chat, request_id, request_pace, fault, limit_headers, timer, cache_usage
+                )
                 return
             if request_pace.instant:  # time scale 0: nothing to wait for, so no awaits either
                 timer.first_token()
@@ -273,7 +276,7 @@ class Simulator:
                 for _, tokens in reply.pieces:
                     await pacer.wait(request_pace.decode_s(tokens, engine.busy))
                 await pacer.settle()
-            body = completion_body(reply, chat.model, request_id, with_usage=fault != "no_usage")
+            body = completion_body(reply, chat.model, request_id, with_usage=fault != "no_usage", cached=cache_usage)
             body["timings"] = timer.timings()
             limit_headers["openai-processing-ms"] = f"{(queued_s + timer.elapsed()) * 1000:.3f}"
             payload = orjson.dumps(body)
@@ -379,6 +382,7 @@ class Simulator:
         fault: str | None,
         headers: dict[str, str],
         timer: ServiceTimer,
+        cached: int | None,
     ) -> None:
         """Send the reply as SSE chunks: role, content in up to 8 paced pieces, finish, usage (with
         the server's ``timings``, as llama.cpp sends them in its last chunk)."""
@@ -423,7 +427,7 @@ class Simulator:
                 "model": model,
                 "system_fingerprint": "hybrid-sim",
                 "choices": [],
-                "usage": _usage(reply),
+                "usage": _usage(reply, cached),
             }
             await sink.write(b"data: " + orjson.dumps(usage) + b"\n\n")
         await sink.write(b"data: [DONE]\n\n")
@@ -434,8 +438,9 @@ class ServiceTimer:
     """How long the server worked on one request, split as llama.cpp's ``timings`` split it: the
     prompt (up to the first token) and the predicted tokens after it, on the loop's clock."""
 
-    def __init__(self, reply: Reply, clock: Callable[[], float]) -> None:
+    def __init__(self, reply: Reply, clock: Callable[[], float], cached: int = 0) -> None:
         self.reply = reply
+        self.cached = cached
         self._clock = clock
         self.started = self._clock()
         self.first: float | None = None
@@ -450,7 +455,8 @@ class ServiceTimer:
         now = self._clock()
         first = self.first if self.first is not None else now
         return {
-            "prompt_n": self.reply.prompt_tokens,
+            "prompt_n": self.reply.prompt_tokens - self.cached,  # as llama.cpp: the tokens prefilled
+            "cache_n": self.cached,
             "prompt_ms": (first - self.started) * 1000.0,
             "predicted_n": self.reply.completion_tokens,
             "predicted_ms": (now - first) * 1000.0,
@@ -473,8 +479,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def completion_body(reply: Reply, model: str, request_id: str, *, with_usage: bool) -> dict[str, Any]:
-    """A ``chat.completion`` object for ``reply``."""
+def completion_body(
+    reply: Reply, model: str, request_id: str, *, with_usage: bool, cached: int | None = None
+) -> dict[str, Any]:
+    """A ``chat.completion`` object for ``reply`` (``cached``: see :func:`_usage`)."""
     body: dict[str, Any] = {
         "id": request_id,
         "object": "chat.completion",
@@ -491,13 +499,18 @@ def completion_body(reply: Reply, model: str, request_id: str, *, with_usage: bo
         ],
     }
     if with_usage:
-        body["usage"] = _usage(reply)
+        body["usage"] = _usage(reply, cached)
     return body
 
 
-def _usage(reply: Reply) -> dict[str, int]:
-    return {
+def _usage(reply: Reply, cached: int | None = None) -> dict[str, Any]:
+    """The usage object; with a prefix cache (``cached`` not None), OpenAI's
+    ``prompt_tokens_details.cached_tokens`` too."""
+    usage: dict[str, Any] = {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage

@@ -36,7 +36,7 @@ class RunRecord:
         self.run_id: int | None = None
         self.segment = 0
 
-    def open(self, queries: int, concurrency: int) -> None:
+    def open(self, queries: int, concurrency: int | None) -> None:
         """Start this run's segment in the store: from here on, what lands is written."""
         self.run_id, self.segment = self.store.begin_segment(
             self.name,

@@ -49,7 +49,7 @@ class RunLog(StoreFile):
     """Writing runs and reading them back while they go (part of :class:`~hybrid.store.Store`)."""
 
     def begin_segment(
-        self, name: str, *, mode: str, settings: dict[str, Any], queries: int, concurrency: int, resume: bool
+        self, name: str, *, mode: str, settings: dict[str, Any], queries: int, concurrency: int | None, resume: bool
     ) -> tuple[int, int]:
         """Start a segment of run ``name`` and return (run id, segment number): segment 0 of a new
         run, or with ``resume`` the next segment of the existing one (the run is marked running
@@ -70,7 +70,14 @@ class RunLog(StoreFile):
         return run_id, segment
 
     def _begin(
-        self, name: str, mode: str, settings: dict[str, Any], queries: int, concurrency: int, resume: bool, now: float
+        self,
+        name: str,
+        mode: str,
+        settings: dict[str, Any],
+        queries: int,
+        concurrency: int | None,
+        resume: bool,
+        now: float,
     ) -> tuple[int, int]:
         """:meth:`begin_segment`'s statements, inside its transaction."""
         found = self._reader.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchall()
