@@ -46,7 +46,7 @@ from hybrid.store import Store
 from hybrid.virtual_time import simulate
 
 if TYPE_CHECKING:
-    from hybrid import bench, lab, plots, real, sim, testing, view
+    from hybrid import bench, lab, plots, real, sim, testing, view, workload
 
 try:
     __version__ = version("hybrid-llm-kit")
@@ -59,7 +59,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 logging.getLogger("hybrid").addHandler(logging.NullHandler())
 
 #: Submodules loaded on first access.
-LAZY_SUBMODULES = ("bench", "lab", "plots", "real", "sim", "testing", "view")
+LAZY_SUBMODULES = ("bench", "lab", "plots", "real", "sim", "testing", "view", "workload")
 
 __all__ = [
     "AllQueriesFailed",
@@ -109,6 +109,7 @@ __all__ = [
     "simulate",
     "testing",
     "view",
+    "workload",
 ]
 
 

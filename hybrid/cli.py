@@ -18,6 +18,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hybrid import validity
 from hybrid.sim.config import ANSWER_MODES, PROFILES, Faults, SimConfig
 
 T = TypeVar("T")
@@ -150,6 +151,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             elif args.action == "show":
                 run = store.load(args.name)
                 print(run.summary())
+                for line in validity.described(run.flags):
+                    print(f"flag {line}")
                 columns = ["name", "ok", "error_kind", "total_tokens", "cost_usd", "latency_s", "origin", "text"]
                 frame = run.to_frame()[columns].assign(text=lambda f: f["text"].str[:50])
                 print(frame.to_string(index=False))

@@ -444,3 +444,56 @@ def wall(runs: Mapping[str, RunResult], *, title: str | None = None) -> Figure:
     ax.grid(axis="x", alpha=0.3)
     _legend(ax, fontsize="small")
     return fig
+
+
+def frontier(throughput: Sequence[float], latency: Sequence[float]) -> list[int]:
+    """Positions of the Pareto frontier: the points no other point beats on both counts (more
+    throughput and less latency, or as much of one and strictly better on the other), in order of
+    rising throughput.  NaN points are never on it."""
+    points = [(t, lat, i) for i, (t, lat) in enumerate(zip(throughput, latency, strict=True)) if t == t and lat == lat]
+    front = []
+    best = math.inf
+    # Highest throughput first (lowest latency among equals): a point is on the frontier when its
+    # latency is below every point's seen so far, each of which has as much throughput or more.
+    for _, lat, i in sorted(points, key=lambda p: (-p[0], p[1])):
+        if lat < best:
+            front.append(i)
+            best = lat
+    return front[::-1]
+
+
+def pareto(
+    frame: pd.DataFrame,
+    *,
+    latency: str = "p95_latency_s",
+    throughput: str = "throughput_qps",
+    by: str = "concurrency",
+    title: str | None = None,
+) -> Figure:
+    """Throughput against a latency percentile for each configuration of a sweep (the median of its
+    repeats, labelled with its ``by`` value), the Pareto frontier marked and joined: the
+    configurations worth choosing between, each the fastest for its throughput.  ``frame`` is what
+    :func:`hybrid.bench.sweep` returns, or any frame with those columns (``by="label"`` for runs
+    side by side)."""
+    medians = frame.groupby(by, sort=False)[[throughput, latency]].median()
+    xs, ys = list(medians[latency]), list(medians[throughput])
+    front = frontier(ys, xs)
+    fig, ax = _figure()
+    ax.plot(xs, ys, "o", color="lightgrey", markeredgecolor="grey", label="a configuration")
+    ax.plot(
+        [xs[i] for i in front],
+        [ys[i] for i in front],
+        "o-",
+        color=_STAGE_COLOURS[0],
+        label="Pareto frontier: none better on both",
+    )
+    for x, y, name in zip(xs, ys, medians.index, strict=True):
+        ax.annotate(_text(name), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    percentile = latency.split("_")[0]
+    ax.set_xlabel(f"{percentile} latency (s)" if percentile.startswith("p") else _text(latency))
+    ax.set_ylabel("throughput (queries/s)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or f"Throughput against {percentile} latency, by {_text(by)}")
+    _legend(ax)
+    ax.grid(alpha=0.3)
+    return fig

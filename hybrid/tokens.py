@@ -36,7 +36,12 @@ def message_text(messages: Sequence[Mapping[str, object]]) -> str:
 
 def prompt_tokens(text: str, n_messages: int) -> int:
     """Prompt tokens of a chat request whose messages hold ``text``: its tokens plus the overheads."""
-    return count_tokens(text) + MESSAGE_OVERHEAD_TOKENS * n_messages + REQUEST_OVERHEAD_TOKENS
+    return prompt_tokens_of(count_tokens(text), n_messages)
+
+
+def prompt_tokens_of(text_tokens: int, n_messages: int) -> int:
+    """Prompt tokens of a chat request of ``n_messages`` messages holding ``text_tokens`` tokens of text."""
+    return text_tokens + MESSAGE_OVERHEAD_TOKENS * n_messages + REQUEST_OVERHEAD_TOKENS
 
 
 def count_message_tokens(messages: Sequence[Mapping[str, object]]) -> int:

@@ -13,7 +13,7 @@ Each rule's threshold is a named constant below; a clean run raises none
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from hybrid.metrics import RunMetrics, percentile
 from hybrid.query import QueryResult
@@ -71,6 +71,17 @@ def flags_of(
         found.add("saturated")
     if server_in_process:
         found.add("server_in_process")
+    return ordered(found)
+
+
+def described(flags: Iterable[str]) -> list[str]:
+    """One line per flag: its name and what it means (``hybrid runs show``, the viewer)."""
+    return [f"{flag}: {FLAGS.get(flag, 'a flag this version of the kit does not know')}" for flag in flags]
+
+
+def ordered(flags: Iterable[str]) -> tuple[str, ...]:
+    """``flags`` once each, in :data:`FLAGS` order."""
+    found = set(flags)
     return tuple(flag for flag in FLAGS if flag in found)
 
 

@@ -21,6 +21,7 @@ sees exactly the sharing the trace describes.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,10 @@ class Request:
         if self.prompt is not None:
             text = f"{prefix}\n{self.prompt}" if prefix else self.prompt
         else:
-            body = _filler(f"request:{index}:{self.name}", max(1, (self.prompt_tokens or 0) - self.prefix_tokens))
-            text = f"{prefix} {body}" if prefix else body
+            # The request's own words start with its number, so no two requests share more than the
+            # prefix they name: a server's prefix cache sees exactly the sharing the trace describes.
+            body = _filler(f"request:{index}:{self.name}", max(0, (self.prompt_tokens or 0) - self.prefix_tokens - 1))
+            text = f"{prefix} {index} {body}" if prefix else f"{index} {body}"
         shared = self.prefix if self.prefix is not None else (f"session:{self.session}" if self.turn > 1 else None)
         metadata = {
             "t": self.t,
@@ -225,9 +228,20 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
+#: Seeded filler words that prompts given by size are cut from (one seeded draw, then slices: a
+#: prompt costs a join, not a draw per word).
+_POOL = tuple(random.Random(20261203).choices(_VOCABULARY, k=1 << 16))
+
+
 def _filler(seed: str, tokens: int) -> str:
-    """``tokens`` seeded filler words: the same text for the same seed on every machine."""
-    return " ".join(random.Random(seed).choices(_VOCABULARY, k=tokens))
+    """``tokens`` filler words: a slice of the pool chosen by the seed's CRC, so the same seed
+    gives the same text on every machine and different seeds different texts."""
+    text: list[str] = []
+    start = zlib.crc32(seed.encode()) % len(_POOL)
+    while len(text) < tokens:
+        text += _POOL[start : start + tokens - len(text)]
+        start = 0
+    return " ".join(text)
 
 
 # -- OpenTelemetry GenAI spans ---------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hybrid import Orchestrator, Price, Query, sim
+from hybrid import Orchestrator, Price, Query, bench, sim
 from hybrid.sim.prefix_cache import BLOCK_TOKENS, PrefixCache, prompt_blocks
 
 SHARED = " ".join(f"word{i}" for i in range(400))  # 400 tokens every query starts with
@@ -24,11 +24,11 @@ def _queries(n: int) -> list[Query]:
 
 def test_a_shared_prefix_is_found_block_by_block_and_the_least_recently_used_block_goes_first() -> None:
     cache = PrefixCache(capacity_tokens=4 * BLOCK_TOKENS)
-    first = prompt_blocks("m", " ".join(f"a{i}" for i in range(3 * BLOCK_TOKENS)))
-    same_start = prompt_blocks("m", " ".join(f"a{i}" for i in range(2 * BLOCK_TOKENS)) + " " + "b " * BLOCK_TOKENS)
+    first = prompt_blocks("m", [f"a{i}" for i in range(3 * BLOCK_TOKENS)])
+    same_start = prompt_blocks("m", [f"a{i}" for i in range(2 * BLOCK_TOKENS)] + ["b"] * BLOCK_TOKENS)
     assert cache.take(first) == 0
     assert cache.take(same_start) == 2 * BLOCK_TOKENS  # the first two blocks, not the third
-    assert cache.take(prompt_blocks("other", " ".join(f"a{i}" for i in range(3 * BLOCK_TOKENS)))) == 0  # per model
+    assert cache.take(prompt_blocks("other", [f"a{i}" for i in range(3 * BLOCK_TOKENS)])) == 0  # per model
     assert cache.take(first) == 0  # four blocks fit: the other model's three pushed the first's out
 
 
@@ -60,3 +60,17 @@ async def test_cached_tokens_the_workload_did_not_mean_to_share_flag_the_run_war
     async with Orchestrator(sim.backend(config, model="m")) as orch:
         run = await orch.run(unmarked)
     assert "warm_cache" in run.flags
+
+
+@pytest.mark.looptime
+async def test_a_sweep_without_fresh_prefixes_measures_its_own_cache_and_says_so() -> None:
+    config = sim.SimConfig(seed=1, slots=64, profiles={"m": _profile(100_000)})
+    frames = {}
+    for fresh in (False, True):
+        backend = sim.backend(config, model="m")  # a new server each time: a cold cache
+        frames[fresh] = await bench.sweep(backend, _queries(8), levels=(1, 2, 4), fresh_prefix=fresh)
+    warm, fresh = frames[False], frames[True]
+    assert list(warm["flags"]) == [(), ("warm_cache",), ("warm_cache",)]
+    assert list(fresh["flags"]) == [(), (), ()]
+    # The warm sweep's later points skip the prefill of prompts an earlier point sent: faster than new traffic.
+    assert (warm["p50_latency_s"].iloc[1:] < fresh["p50_latency_s"].iloc[1:]).all()

@@ -37,10 +37,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
+from hybrid import validity
 from hybrid.backends import Backend
 from hybrid.bench.arrivals import arrival_times, open_loop
 from hybrid.bench.comparison import Comparison, compare_runs
@@ -198,6 +200,7 @@ async def sweep(
     repeats: int = 1,
     allow_cache: bool = False,
     stop_when_saturated: bool = False,
+    fresh_prefix: bool = False,
     **orchestrator: Any,
 ) -> pd.DataFrame:
     """Run the same queries at each concurrency level; one row per (repeat, level).
@@ -213,16 +216,27 @@ async def sweep(
     median latency climbed by more than ``SATURATION_LATENCY_RISE``.
 
     A response cache in ``orchestrator`` is refused unless ``allow_cache=True`` (see :func:`compare`).
+
+    Each row's ``flags`` are its run's (:mod:`hybrid.validity`) plus the sweep's own: ``warm_cache``
+    on every point after the first, which sends the very prompts an earlier point sent (a server's
+    prefix cache answers them faster than new traffic would be), and ``saturated`` on levels above
+    ``saturated_at``.  ``fresh_prefix=True`` starts every point's prompts with words of its own
+    (``[sweep point 3]``), so no point meets another's cache: shared prefixes within a point still
+    share, as the queries mean them to.
     """
     _refuse_cache(bool(orchestrator.get("cache")), allow_cache)
     warn_if_server_shares_process(backend)
     rows: list[dict[str, Any]] = []
     previous: dict[str, float] | None = None
-    for level in levels:
-        for repeat in range(repeats):
-            async with Orchestrator(backend, max_concurrency=level, **orchestrator) as orch:
-                run = await orch.run(queries, raise_if_all_failed=False)
-            rows.append(run_row(run, concurrency=level, repeat=repeat))
+    for point, (level, repeat) in enumerate((level, repeat) for level in levels for repeat in range(repeats)):
+        sent = [salted(q, point) for q in queries] if fresh_prefix else queries
+        async with Orchestrator(backend, max_concurrency=level, **orchestrator) as orch:
+            run = await orch.run(sent, raise_if_all_failed=False)
+        repeated = point > 0 and not fresh_prefix  # these very prompts were sent before
+        flags = validity.ordered((*run.flags, "warm_cache")) if repeated else run.flags
+        rows.append(run_row(run, concurrency=level, repeat=repeat, flags=flags))
+        if repeat < repeats - 1:
+            continue
         here = pd.DataFrame(rows[-repeats:])[["throughput_qps", "p50_latency_s", "parallel_efficiency"]].median()
         if previous is not None:
             gain = _gain(here["throughput_qps"], previous["throughput_qps"])
@@ -241,8 +255,16 @@ async def sweep(
     frame["efficiency_misleading"] = frame["efficiency_misleading"].astype(bool)
     lowest = frame["concurrency"].min()
     frame["speedup"] = frame.loc[frame["concurrency"] == lowest, "wall_s"].median() / frame["wall_s"]
-    frame.attrs["saturated_at"] = saturation_point(frame)
+    saturated_at = frame.attrs["saturated_at"] = saturation_point(frame)
+    if saturated_at is not None:
+        beyond = frame["concurrency"] > saturated_at
+        frame.loc[beyond, "flags"] = frame.loc[beyond, "flags"].map(lambda f: validity.ordered((*f, "saturated")))
     return frame
+
+
+def salted(query: Query, point: int) -> Query:
+    """``query`` with words of sweep point ``point``'s own before its prompt (``fresh_prefix``)."""
+    return replace(query, prompt=f"[sweep point {point}] {query.prompt}")
 
 
 def saturation_point(frame: pd.DataFrame) -> int | None:

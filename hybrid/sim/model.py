@@ -21,7 +21,7 @@ import orjson
 
 from hybrid.sim.config import Faults, ModelProfile, Script
 from hybrid.sim.prefix_cache import prompt_blocks
-from hybrid.tokens import TOKEN_PATTERN, prompt_tokens
+from hybrid.tokens import TOKEN_PATTERN, prompt_tokens, prompt_tokens_of
 
 #: Content chunks per streamed answer; decoding is also paced in this many steps.
 STREAM_PIECES = 8
@@ -149,9 +149,12 @@ class ReplyModel:
         last: str = "",
     ) -> Reply:
         key = digest(model, text, temperature, max_tokens, json_mode)
-        n_prompt = prompt_tokens(text, n_messages)
         profile = self._profiles[model]
-        blocks = prompt_blocks(model, text) if profile.prefix_cache_tokens else ()
+        if profile.prefix_cache_tokens:  # cut the prompt once, for its count and its cache blocks
+            words = TOKEN_PATTERN.findall(text)
+            n_prompt, blocks = prompt_tokens_of(len(words), n_messages), prompt_blocks(model, words)
+        else:
+            n_prompt, blocks = prompt_tokens(text, n_messages), ()
         for pattern, scripted in self._scripts:
             if pattern.search(text):
                 tokens = cut_into_tokens(scripted)

@@ -268,7 +268,7 @@ class Simulator:
                 return
             if request_pace.instant:  # time scale 0: nothing to wait for, so no awaits either
                 timer.first_token()
-            else:
+            elif request_pace.contention:  # decoding slows with the requests sharing it, piece by piece
                 pacer = Pacer()
                 await pacer.wait(request_pace.ttft_s)
                 await pacer.settle()
@@ -276,6 +276,9 @@ class Simulator:
                 for _, tokens in reply.pieces:
                     await pacer.wait(request_pace.decode_s(tokens, engine.busy))
                 await pacer.settle()
+            else:  # nothing to follow on the way: one wait for the whole answer (a trace replay's hot path)
+                timer.first_token(after_s=request_pace.ttft_s)
+                await asyncio.sleep(request_pace.ttft_s + request_pace.decode_s(reply.completion_tokens, 1))
             body = completion_body(reply, chat.model, request_id, with_usage=fault != "no_usage", cached=cache_usage)
             body["timings"] = timer.timings()
             limit_headers["openai-processing-ms"] = f"{(queued_s + timer.elapsed()) * 1000:.3f}"
@@ -445,8 +448,9 @@ class ServiceTimer:
         self.started = self._clock()
         self.first: float | None = None
 
-    def first_token(self) -> None:
-        self.first = self._clock()
+    def first_token(self, after_s: float = 0.0) -> None:
+        """The first token is ready now, or ``after_s`` from now (known ahead when not waited for apart)."""
+        self.first = self._clock() + after_s
 
     def elapsed(self) -> float:
         return self._clock() - self.started

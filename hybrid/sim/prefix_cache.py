@@ -17,16 +17,15 @@ saved per cached token.
 from __future__ import annotations
 
 from collections import OrderedDict
-
-from hybrid.tokens import TOKEN_PATTERN
+from collections.abc import Sequence
 
 #: Tokens per cache block (vLLM's default block size): only whole blocks are cached.
 BLOCK_TOKENS = 16
 
 
-def prompt_blocks(model: str, text: str) -> tuple[int, ...]:
-    """The chained hashes of the whole blocks of ``text`` (a request's messages, joined), for ``model``."""
-    tokens = TOKEN_PATTERN.findall(text)
+def prompt_blocks(model: str, tokens: Sequence[str]) -> tuple[int, ...]:
+    """The chained hashes of the whole blocks of ``tokens`` (a request's messages, joined, cut by
+    the kit's token rule), for ``model``."""
     chain = hash(model)
     blocks = []
     for start in range(0, len(tokens) - BLOCK_TOKENS + 1, BLOCK_TOKENS):

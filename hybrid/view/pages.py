@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from hybrid import validity
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -181,10 +183,18 @@ def _figures(run: RunResult) -> str:
     m = run.metrics
     # The line the notebook printed for this run, from the same code (RunResult.summary).
     numbers = f"<p class='metrics'><b>{_escape(run.summary())}</b> · p95 latency {_duration(m.p95_latency_s)}</p>"
-    numbers += _where_the_time_went(run) + _diagnostics(run)
+    numbers += _flags(run) + _where_the_time_went(run) + _diagnostics(run)
     # Each plot draws a big run in groups of consecutive queries (plots.MAX_BARS): bounded at any size.
     figures = (plots.timeline(run), plots.decomposition(run), plots.tokens(run))
     return numbers + "<div class='figures'>" + "".join(_svg(f) for f in figures) + "</div>"
+
+
+def _flags(run: RunResult) -> str:
+    """The run's validity flags (:mod:`hybrid.validity`), each with what it means for its numbers."""
+    if not run.flags:
+        return ""
+    items = "".join(f"<li>{_escape(line)}</li>" for line in validity.described(run.flags))
+    return f"<div id='flags' class='flags'><b>Read these numbers with care</b><ul>{items}</ul></div>"
 
 
 def _diagnostics(run: RunResult) -> str:
