@@ -103,9 +103,10 @@ class Workload:
         return iter(self.requests)
 
     def __repr__(self) -> str:
+        conversations = sum(len(turns) > 1 for turns in self.sessions())
         return (
-            f"<Workload {len(self)} requests, {len(self.sessions())} sessions over {self.duration_s:.1f}s"
-            f"{' from ' + self.source if self.source else ''}>"
+            f"<Workload {len(self)} requests ({conversations} sessions of several turns) over "
+            f"{self.duration_s:.1f}s{' from ' + self.source if self.source else ''}>"
         )
 
     @property

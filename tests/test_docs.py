@@ -63,7 +63,7 @@ def test_the_readme_is_a_front_door() -> None:
     first_heading = readme.index("\n## ")
     assert "make demo" not in readme[:first_heading]  # what it is for comes first, the set-up after
     for topic in ("durable-runs", "lab", "benchmarks", "virtual-time", "scale-out", "viewer", "regression-testing",
-                  "simulator", "migrating"):  # fmt: skip
+                  "simulator", "migrating", "workloads"):  # fmt: skip
         assert f"(docs/{topic}.md)" in readme, topic
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+import hybrid
 from hybrid import Orchestrator, Query, Store, sim
 from hybrid.testing import write_large_run
 from hybrid.view import make_app, pages
@@ -230,6 +231,42 @@ async def test_a_big_run_is_shown_a_page_of_rows_at_a_time_with_whole_answers_li
     assert (await client.get("/runs/big/rows/500")).status == 404
 
 
+async def test_a_run_page_says_its_validity_flags_and_what_they_mean(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    await stored_run(path, "grid", 3)
+    assert "id='flags'" not in await (await client.get("/runs/grid")).text()
+    with sqlite3.connect(path) as db:
+        db.execute("""UPDATE segments SET flags = '["saturated", "server_in_process"]'""")
+    page = await (await client.get("/runs/grid")).text()
+    shown = page[page.index("id='flags'") :].split("</div>")[0]
+    assert "saturated: the server&#x27;s own queue held a large share of the latency" in shown
+    assert "server_in_process: " in shown and "sim.serve_process" in shown
+
+
+async def test_the_pareto_page_draws_finished_runs_and_names_the_frontier(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    assert "needs two finished runs" in await (await client.get("/pareto")).text()
+    for name, slots in (("one-slot", 1), ("four-slots", 4), ("sixteen-slots", 16)):
+        profile = sim.ModelProfile(ttft_s=1.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)
+        config = sim.SimConfig(seed=3, slots=slots, profiles={"sim-small": profile})
+        await _looptime_run(path, config, name)
+    assert "<a href='pareto'>" in await (await client.get("/")).text()
+    page = await (await client.get("/pareto")).text()
+    assert page.count("<svg") == 1
+    rows = {row.split("</a>")[0].split(">")[-1]: row for row in page.split("<tr>")[2:]}
+    assert rows.keys() == {"one-slot", "four-slots", "sixteen-slots"}
+    # 16 slots answer 16 queries at once: most throughput and least latency; it alone is on the frontier
+    assert [name for name, row in rows.items() if "<td>yes</td>" in row] == ["sixteen-slots"]
+
+
+async def _looptime_run(path: Path, config: sim.SimConfig, name: str) -> None:
+    async def study() -> None:
+        async with Orchestrator(sim.backend(config), store=path, max_concurrency=16) as orch:
+            await orch.run(grid(16), name=name)
+
+    await hybrid.simulate(study)
+
+
 async def test_every_page_links_relative_to_the_root_it_names(viewer: tuple[TestClient, Path]) -> None:
     """Under a proxy's prefix (jupyter-server-proxy's /proxy/<port>/) the viewer never sees, a page
     may link nowhere absolute: each names the root relative to itself, and links from there."""
@@ -241,6 +278,7 @@ async def test_every_page_links_relative_to_the_root_it_names(viewer: tuple[Test
         "/runs/a%2Fb": "../",
         "/runs/a%2Fb/rows/0": "../../../",
         "/compare?a=a%2Fb&b=c": "./",
+        "/pareto": "./",
         "/runs/nope": "../",
     }
     for url, base in bases.items():

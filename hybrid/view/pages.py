@@ -95,7 +95,39 @@ def runs_page(runs: pd.DataFrame) -> str:
         )
     )
     form = compare_form(list(runs["name"]))
-    return page("Runs", f"<table id='runs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{form}")
+    pareto = "<p><a href='pareto'>Throughput against p95 latency, run by run: the Pareto frontier</a></p>"
+    table = f"<table id='runs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return page("Runs", f"{table}{form}{pareto}")
+
+
+def pareto_page(runs: Mapping[str, RunResult], *, shown: int, of: int) -> str:
+    """:func:`hybrid.plots.pareto` over runs (each its own configuration), and a table of what it
+    drew: throughput, p95 latency, whether the run is on the frontier, its flags."""
+    import pandas as pd
+
+    from hybrid import plots
+
+    if len(runs) < 2:
+        return page("Pareto", "<p>The Pareto view needs two finished runs or more that answered something.</p>")
+    frame = pd.DataFrame(
+        [
+            {"run": name, "throughput_qps": r.metrics.throughput_qps, "p95_latency_s": r.metrics.p95_latency_s}
+            for name, r in runs.items()
+        ]
+    )
+    front = set(plots.frontier(list(frame["throughput_qps"]), list(frame["p95_latency_s"])))
+    rows = "".join(
+        f"<tr><td><a href='{_run_url(name)}'>{_escape(name)}</a></td><td>{_cell(row['throughput_qps'])}</td>"
+        f"<td>{_cell(row['p95_latency_s'])}</td><td>{'yes' if i in front else ''}</td>"
+        f"<td>{_escape(', '.join(runs[name].flags))}</td></tr>"
+        for i, (name, row) in enumerate(zip(frame["run"], frame.to_dict("records"), strict=True))
+    )
+    titles = ("run", "throughput (queries/s)", "p95 latency (s)", "on the frontier", "flags")
+    head = "<tr>" + "".join(f"<th>{t}</th>" for t in titles) + "</tr>"
+    note = f"<p>The latest {shown} of {of} finished runs.</p>" if shown < of else ""
+    figure = _svg(plots.pareto(frame, by="run", title="Throughput against p95 latency, run by run"))
+    table = f"<table id='pareto'><thead>{head}</thead><tbody>{rows}</tbody></table>"
+    return page("Pareto", f"{note}<div class='figures'>{figure}</div>{table}")
 
 
 def run_body(

@@ -89,6 +89,7 @@ def make_app(store: Store | Path, *, hosts: Iterable[str] = LOOPBACK, token: str
     app.router.add_get("/runs/{name:[^/]+}/events", _events)
     app.router.add_get("/runs/{name:[^/]+}/rows/{index:[0-9]+}", _answer)
     app.router.add_get("/compare", _compare)
+    app.router.add_get("/pareto", _pareto)
     app.router.add_static("/static", _STATIC)
     app.router.add_get("/favicon.ico", _favicon)  # what a browser asks for before it reads a page's icon link
     return app
@@ -210,6 +211,23 @@ async def _compare(request: web.Request) -> web.Response:
     names = list((await _read(request, Store.runs))["name"])
     runs = {a: await _read(request, Store.load, a, texts=False), b: await _read(request, Store.load, b, texts=False)}
     return _html(await asyncio.to_thread(pages.compare_page, a, b, frame, verdicts, names, runs))
+
+
+#: The pareto page loads at most this many runs (the latest finished ones): each is loaded whole.
+PARETO_RUNS = 30
+
+
+async def _pareto(request: web.Request) -> web.Response:
+    return _html(await _read(request, _pareto_body))
+
+
+def _pareto_body(store: Store) -> str:
+    """The latest finished runs that answered anything, each at its throughput and p95 latency
+    (``RunResult.metrics``, as the notebook computes them), the frontier marked."""
+    runs = store.runs()
+    finished = runs[(runs["status"] == "finished") & (runs["ok"] > 0)].tail(PARETO_RUNS)
+    loaded = {name: store.load(name, texts=False) for name in finished["name"]}
+    return pages.pareto_page(loaded, shown=len(loaded), of=int((runs["status"] == "finished").sum()))
 
 
 def _verdicts(store: Store, a: str, b: str) -> Any:
