@@ -8,7 +8,9 @@ numbers says so, since the blocked time looks like latency.
 :class:`LoopWatch` is a small thread that pings the loop a few times per blocking threshold
 (``loop.call_soon_threadsafe``).  When a ping goes unanswered past :data:`BLOCKED_S`, it reads the
 loop thread's current frame, which is where the loop is stuck; when the loop answers, the stall's
-length is known.  This has to be real time: a blocked loop is invisible on the loop's own clock,
+length is known.  A loop has one watcher, shared by the runs on it (:func:`watch` gives each
+run a :class:`Window` and its own stalls); its thread runs while any run does.  This has to be
+real time: a blocked loop is invisible on the loop's own clock,
 which is virtual in studies and tests.  Because of that, the notes go to
 ``RunResult.diagnostics`` (kept in the store, shown by the viewer) and never into ``warnings`` or a
 repr: a loaded machine must not change a checked notebook cell.
@@ -22,6 +24,7 @@ import sys
 import sysconfig
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -43,33 +46,72 @@ class Stall:
     where: str
 
 
+#: Each loop's one watcher: the runs on a loop share it (an open loop of single-query runs would
+#: otherwise start a thread per query).
+_WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWatch] = weakref.WeakKeyDictionary()
+
+
+def watch(loop: asyncio.AbstractEventLoop) -> Window:
+    """Start noting the stalls of ``loop`` for one run; :meth:`Window.stop` returns its notes."""
+    watcher = _WATCHES.get(loop)
+    if watcher is None:
+        watcher = _WATCHES[loop] = LoopWatch(loop)
+    return watcher.open()
+
+
+class Window:
+    """One run's view of its loop's watcher: the stalls between its start and :meth:`stop`."""
+
+    def __init__(self, watcher: LoopWatch) -> None:
+        self._watcher = watcher
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> tuple[str, ...]:
+        """Stop watching for this run and return its notes: one per stall that overlapped it (the
+        longest :data:`MAX_NOTES`), in order, each timed from the run's start."""
+        mine = [
+            Stall(at - self._t0, blocked, where)
+            for at, blocked, where in self._watcher.stalls
+            if at + blocked > self._t0
+        ]
+        self._watcher.close(self)
+        return notes(mine)
+
+
 class LoopWatch:
-    """Watches one loop from a daemon thread between :meth:`start` and :meth:`stop`."""
+    """Watches one loop from a daemon thread while any run on it has a :class:`Window` open."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, threshold_s: float = BLOCKED_S) -> None:
         self._loop = loop
         self._threshold = threshold_s
         self._loop_thread = threading.get_ident()
-        self._stop = threading.Event()
-        self._stalls: list[Stall] = []
-        self._t0 = time.perf_counter()
+        self._windows: set[Window] = set()
+        #: Stalls while windows were open: (when it began, seconds, where), on ``perf_counter``.
+        self.stalls: list[tuple[float, float, str]] = []
         #: The ping in flight (when it was sent) and where the loop was found stuck since.
         self._sent: float | None = None
         self._where: str | None = None
-        self._thread = threading.Thread(target=self._watch, name="hybrid-loop-watch", daemon=True)
+        self._stop = threading.Event()
 
-    def start(self) -> LoopWatch:
-        self._thread.start()
-        return self
+    def open(self) -> Window:
+        """A window for one run; the thread starts with the first open window."""
+        window = Window(self)
+        if not self._windows:
+            self._stop = threading.Event()
+            threading.Thread(target=self._watch, args=(self._stop,), name="hybrid-loop-watch", daemon=True).start()
+        self._windows.add(window)
+        return window
 
-    def stop(self) -> tuple[str, ...]:
-        """Stop watching and return the notes: one per stall (the longest :data:`MAX_NOTES`), in order."""
-        self._stop.set()
-        return notes(self._stalls)
+    def close(self, window: Window) -> None:
+        """The run of ``window`` ended; with the last one, the thread stops and the stalls are forgotten."""
+        self._windows.discard(window)
+        if not self._windows:
+            self._stop.set()
+            self.stalls.clear()
 
-    def _watch(self) -> None:
+    def _watch(self, stop: threading.Event) -> None:
         every = self._threshold / PINGS_PER_THRESHOLD
-        while not self._stop.wait(every):
+        while not stop.wait(every):
             sent = self._sent
             if sent is None:
                 self._sent = time.perf_counter()
@@ -87,8 +129,8 @@ class LoopWatch:
         if sent is None:
             return
         late = time.perf_counter() - sent
-        if late > self._threshold:
-            self._stalls.append(Stall(sent - self._t0, late, where or "an unknown place"))
+        if late > self._threshold and self._windows:
+            self.stalls.append((sent, late, where or "an unknown place"))
 
 
 def notes(stalls: list[Stall]) -> tuple[str, ...]:

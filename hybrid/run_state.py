@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hybrid import progress
+from hybrid import loop_watch, progress
 from hybrid.errors import Cancelled
 from hybrid.events import Event, QueryFinished, QueryProgress, QueryStarted
-from hybrid.loop_watch import LoopWatch
 from hybrid.metrics import BudgetState, RunMetrics
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
@@ -83,7 +82,7 @@ class RunState:
         #: What the run's warnings must say about how it was measured (:meth:`restart_clock`).
         self._notes: list[str] = []
         #: Real-time notes of a blocked loop, for ``RunResult.diagnostics`` (never its warnings).
-        self._watch = LoopWatch(asyncio.get_running_loop()).start()
+        self._watch = loop_watch.watch(loop)
 
     def restart_clock(self, note: str) -> None:
         """Start the run's clock (wall, CPU, queue times) now: for a strategy that must set up

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -74,3 +76,26 @@ def test_a_frame_caught_mid_change_is_an_unknown_place_not_an_error() -> None:
     assert _where(None) == "an unknown place"
     assert _where(half_made) == "cell.py:None in f"  # type: ignore[arg-type]
     assert _where(SimpleNamespace()) == "an unknown place"  # type: ignore[arg-type]
+
+
+async def test_runs_on_one_loop_share_one_watcher_and_each_gets_the_stalls_that_overlapped_it() -> None:
+    """A thread per run would be a thread per query for a harness that makes one run per query."""
+    backend = FakeBackend(default=Answer("fine", delay=0.2))
+
+    def watchers() -> int:
+        return sum(t.name == "hybrid-loop-watch" and t.is_alive() for t in threading.enumerate())
+
+    async with Orchestrator(backend) as orch:
+        early = asyncio.create_task(orch.run(QUERIES))
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # noqa: ASYNC251 (a stall while only the early run runs)
+        late = asyncio.create_task(orch.run(QUERIES))
+        await asyncio.sleep(0.01)
+        assert watchers() == 1  # two runs, one thread
+        first, second = await early, await late
+    assert len(first.diagnostics) == 1 and second.diagnostics == ()  # the stall ended before the late run began
+    for _ in range(100):  # the last run closed its window: the thread ends within a ping
+        if not watchers():
+            break
+        await asyncio.sleep(0.05)
+    assert watchers() == 0
