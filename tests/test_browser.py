@@ -177,13 +177,17 @@ async def test_a_run_page_reads_well_at_any_size(browser: Browser, tmp_path: Pat
         await compare.goto(urls[0] + "compare?a=big&b=again")
         await compare.screenshot(path=str(SHOTS / f"compare-{queries}-queries.png"), full_page=True, clip=top)
         compared = await compare.evaluate(OVERLAPPING_TEXT)
+        pareto = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await pareto.goto(urls[0] + "pareto")
+        await pareto.screenshot(path=str(SHOTS / f"pareto-{queries}-queries.png"), full_page=True)
+        frontier = await pareto.evaluate(OVERLAPPING_TEXT)
     finally:
         served.cancel()
         await asyncio.gather(served, return_exceptions=True)
         store.close()
     assert figures == 3
-    assert text["overlaps"] == [] and compared["overlaps"] == [], (text, compared)
-    assert text["scale"] >= 0.75 and compared["scale"] >= 0.75, (text, compared)
+    assert text["overlaps"] == [] and compared["overlaps"] == [] and frontier["overlaps"] == [], (text, compared)
+    assert text["scale"] >= 0.75 and compared["scale"] >= 0.75 and frontier["scale"] >= 0.75, (text, compared)
     assert above_table < 2_000, above_table  # the summary and three figures; the table pages itself
 
 

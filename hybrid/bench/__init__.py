@@ -119,10 +119,13 @@ def make_queries(n: int, *, prefix: str = "q", stream: bool = False, max_tokens:
 
 
 def run_row(run: RunResult, **labels: Any) -> dict[str, Any]:
-    """One raw sample: a run's metrics as a flat row, plus its per-query latencies."""
+    """One raw sample: a run's metrics as a flat row, its validity ``flags`` (``flags=`` among the
+    labels replaces them) and its per-query latencies."""
     m = run.metrics
+    flags = labels.pop("flags", run.flags)
     return {
         **labels,
+        "flags": flags,
         "queries": m.queries,
         "succeeded": m.succeeded,
         "failed": m.failed,
