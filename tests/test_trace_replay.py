@@ -51,6 +51,16 @@ def test_a_trace_loads_in_order_and_a_bad_line_names_its_file_and_line(tmp_path:
         workload.load(tmp_path / "missing.jsonl")
 
 
+async def test_replay_refuses_what_is_not_a_workload_and_a_bad_speed_before_sending() -> None:
+    backend = FakeBackend()
+    async with Orchestrator(backend) as orch:
+        with pytest.raises(ConfigError, match="takes a Workload"):
+            await bench.replay(orch, [Query("q", "hi")])  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="speed"):
+            await bench.replay(orch, workload.Workload((workload.Request(t=0, name="a", prompt="hi"),)), speed=0)
+    assert backend.calls == []
+
+
 def _day(n: int, *, seconds: float) -> workload.Workload:
     """``n`` single requests spread evenly over ``seconds``, two thirds sharing a prefix."""
     return workload.Workload(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from hybrid.errors import DependencyFailed, check_int, check_number
+from hybrid.errors import ConfigError, DependencyFailed, check_int, check_number
 from hybrid.orchestrator import Orchestrator
 from hybrid.query import Query, QueryResult
 from hybrid.results import RunResult
@@ -111,6 +111,13 @@ async def replay(
 ) -> RunResult:
     """Replay ``workload`` through ``orch`` open-loop at ``speed`` times the trace's pace; the run's
     rows are in trace order (see the module docstring).  ``name`` names the run in the orchestrator's store."""
+    from hybrid.workload import Workload
+
+    if not isinstance(workload, Workload):
+        raise ConfigError(
+            f"bench.replay takes a Workload, not a {type(workload).__name__}: read one with "
+            "hybrid.workload.load('trace.jsonl'), workload.from_otlp(path) or workload.from_run(store, name)."
+        )
     strategy = Replay(workload, speed=speed, max_sessions=max_sessions)
     return await orch.run(workload.queries(), mode=strategy, name=name, raise_if_all_failed=False)
 
