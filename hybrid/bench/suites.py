@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from hybrid import plots
+from hybrid import plots, validity
 from hybrid.backends import HTTPBackend
 from hybrid.bench import make_queries, summarize, sweep
 from hybrid.bench.peers import peers
@@ -68,7 +68,9 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         config = SimConfig(seed=1, time_scale=0.025 if quick else 0.1, slots=8, profiles=profile)
         async with serve_process(config, uvloop=uvloop) as server:
             backend = HTTPBackend(base_url=server.url, api_key=server.api_key, model="sim-small")
-            frame = await sweep(backend, make_queries(32 if quick else 64), levels=(1, 2, 4, 8, 16, 32), timeout=None)
+            frame = await sweep(
+                backend, make_queries(32 if quick else 64), levels=(1, 2, 4, 8, 16, 32), timeout=None, fresh_prefix=True
+            )
         save("sweep", frame, {"server": f"8 slots, {2.0 * config.time_scale:g} s per answer"})
         plots.efficiency(frame, title="Concurrency sweep: a server with 8 slots").savefig(
             out_dir / "sweep_efficiency.png", dpi=60
@@ -81,6 +83,10 @@ async def run_suites(names: Sequence[str], *, out_dir: Path, quick: bool = False
         table = summarize(frame, "concurrency")[columns].round(3)
         flagged = frame.groupby("concurrency", sort=False)["efficiency_misleading"].any()
         table["efficiency_misleading"] = flagged.map({True: "yes", False: "no"})
+        # each level's validity flags (hybrid.validity), over its repeats
+        table["flags"] = frame.groupby("concurrency", sort=False)["flags"].agg(
+            lambda runs: ", ".join(validity.ordered(flag for flags in runs for flag in flags)) or "-"
+        )
         print(table.to_string())
         saturated = frame.attrs["saturated_at"]
         print(
