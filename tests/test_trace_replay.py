@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import orjson
@@ -9,8 +11,11 @@ import pandas.testing
 import pytest
 
 from hybrid import ConfigError, Orchestrator, Query, Store, bench, sim, workload
+from hybrid.cli import main as cli_main
 from hybrid.errors import ServerError
 from hybrid.testing import Answer, Fail, FakeBackend
+
+from .conftest import assert_same_run
 
 
 def _trace(path: Path, lines: list[dict[str, object]]) -> Path:
@@ -162,6 +167,14 @@ async def test_sessions_beyond_the_limit_wait_for_one_to_end() -> None:
     assert [r.started_s for r in run.results] == [0.0, 0.0, 1.0]
 
 
+def _shown(store: Store, name: str) -> str:
+    """What ``hybrid runs show NAME`` prints."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["runs", "--store", str(store.path), "show", name]) == 0
+    return out.getvalue()
+
+
 def _span(start_s: float, end_s: float, conversation: str | None, tokens: int) -> dict[str, object]:
     attributes = [
         {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
@@ -219,8 +232,11 @@ async def test_opentelemetry_genai_spans_become_a_workload_that_replays(tmp_path
 @pytest.mark.looptime
 async def test_a_stored_run_becomes_a_workload_that_replays_its_schedule(tmp_path: Path) -> None:
     with Store(tmp_path / "runs.sqlite") as store:
-        async with Orchestrator(sim.backend(sim.SimConfig(seed=1)), store=store) as orch:
-            first = await bench.replay(orch, _day(30, seconds=30.0), name="day")
+        async with Orchestrator(sim.backend(sim.SimConfig(seed=1)), store=store, max_concurrency=1) as orch:
+            first = await bench.replay(orch, _day(30, seconds=3.0), name="day")
+            assert "coordinated_omission" in first.flags  # one at a time cannot keep up with ten a second
+            assert_same_run(store.load("day"), first)  # its schedule and flags kept as measured
+            assert "flag coordinated_omission: replayed requests left well after" in _shown(store, "day")
             again = workload.from_run(store, "day")
             assert [r.t for r in again] == [r.scheduled_s for r in first.results]
             assert [q.prompt for q in again.queries()] == [r.query.prompt for r in first.results]
