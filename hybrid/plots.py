@@ -492,7 +492,10 @@ def pareto(
     percentile = latency.split("_")[0]
     ax.set_xlabel(f"{percentile} latency (s)" if percentile.startswith("p") else _text(latency))
     ax.set_ylabel("throughput (queries/s)")
-    ax.set_ylim(bottom=0)
+    # Room around the points for their labels: none may reach the title, the frame or the legend.
+    ax.margins(x=0.2)
+    top = max((y for y in ys if y == y), default=0.0)
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
     ax.set_title(title or f"Throughput against {percentile} latency, by {_text(by)}")
     _legend(ax)
     ax.grid(alpha=0.3)
