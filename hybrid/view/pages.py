@@ -108,7 +108,7 @@ def pareto_page(runs: Mapping[str, RunResult], *, shown: int, of: int) -> str:
     from hybrid import plots
 
     if len(runs) < 2:
-        return page("Pareto", "<p>The Pareto view needs two finished runs or more that answered something.</p>")
+        return page("Runs on the Pareto frontier", "<p>The Pareto view needs two finished runs or more that answered something.</p>")
     frame = pd.DataFrame(
         [
             {"run": name, "throughput_qps": r.metrics.throughput_qps, "p95_latency_s": r.metrics.p95_latency_s}
@@ -127,7 +127,7 @@ def pareto_page(runs: Mapping[str, RunResult], *, shown: int, of: int) -> str:
     note = f"<p>The latest {shown} of {of} finished runs.</p>" if shown < of else ""
     figure = _svg(plots.pareto(frame, by="run", title="Throughput against p95 latency, run by run"))
     table = f"<table id='pareto'><thead>{head}</thead><tbody>{rows}</tbody></table>"
-    return page("Pareto", f"{note}<div class='figures'>{figure}</div>{table}")
+    return page("Runs on the Pareto frontier", f"{note}<div class='figures'>{figure}</div>{table}")
 
 
 def run_body(
