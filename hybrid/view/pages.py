@@ -108,7 +108,8 @@ def pareto_page(runs: Mapping[str, RunResult], *, shown: int, of: int) -> str:
     from hybrid import plots
 
     if len(runs) < 2:
-        return page("Runs on the Pareto frontier", "<p>The Pareto view needs two finished runs or more that answered something.</p>")
+        needs = "<p>The Pareto view needs two finished runs or more that answered something.</p>"
+        return page("Runs on the Pareto frontier", needs)
     frame = pd.DataFrame(
         [
             {"run": name, "throughput_qps": r.metrics.throughput_qps, "p95_latency_s": r.metrics.p95_latency_s}
