@@ -104,8 +104,9 @@ class Workload:
 
     def __repr__(self) -> str:
         conversations = sum(len(turns) > 1 for turns in self.sessions())
+        sessions = f"{conversations} session{'' if conversations == 1 else 's'} of several turns"
         return (
-            f"<Workload {len(self)} requests ({conversations} sessions of several turns) over "
+            f"<Workload {len(self)} requests ({sessions}) over "
             f"{self.duration_s:.1f}s{' from ' + self.source if self.source else ''}>"
         )
 
