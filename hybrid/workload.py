@@ -332,7 +332,7 @@ def from_run(store: Store, name: str) -> Workload:
     """What run ``name`` sent, as a workload: each query at the time it was due (a replayed run's
     schedule) or sent, with its prompt, system prompt, ``max_tokens`` and, for a run that was itself
     a replay, its session and turn."""
-    run = store.load(name)
+    run = store.load(name, texts=False)  # what was asked, not what came back
     requests = []
     for result in run.results:
         query, meta = result.query, dict(result.query.metadata or {})
