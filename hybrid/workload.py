@@ -46,6 +46,10 @@ _VOCABULARY = tuple(
 )
 
 
+#: How a later turn's ``metadata["prefix"]`` names its session: it shares the conversation so far.
+_SESSION = "session:"
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One request of a trace (``docs/workloads.md`` has each field).  ``t`` of a turn after the
@@ -74,7 +78,7 @@ class Request:
             # prefix they name: a server's prefix cache sees exactly the sharing the trace describes.
             body = _filler(f"request:{index}:{self.name}", max(0, (self.prompt_tokens or 0) - self.prefix_tokens - 1))
             text = f"{prefix} {index} {body}" if prefix else f"{index} {body}"
-        shared = self.prefix if self.prefix is not None else (f"session:{self.session}" if self.turn > 1 else None)
+        shared = self.prefix if self.prefix is not None else (f"{_SESSION}{self.session}" if self.turn > 1 else None)
         metadata = {
             "t": self.t,
             "session": self.session,
@@ -346,7 +350,7 @@ def from_run(store: Store, name: str) -> Workload:
                 session=None if session is None else str(session),
                 turn=int(meta.get("turn") or 1),
                 # the prompt holds its prefix's text already: keep only the intent to share it
-                prefix=None if prefix is None or str(prefix).startswith("session:") else str(prefix),
+                prefix=None if prefix is None or str(prefix).startswith(_SESSION) else str(prefix),
                 max_tokens=query.max_tokens,
                 think_s=float(meta.get("think_s") or 0.0),
             )
