@@ -153,6 +153,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 print(run.summary())
                 for line in validity.described(run.flags):
                     print(f"flag {line}")
+                for model, source in run.prices.items():
+                    print(f"price of {model}: {source}")
                 columns = ["name", "ok", "error_kind", "total_tokens", "cost_usd", "latency_s", "origin", "text"]
                 frame = run.to_frame()[columns].assign(text=lambda f: f["text"].str[:50])
                 print(frame.to_string(index=False))

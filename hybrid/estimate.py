@@ -7,7 +7,8 @@
 * completion tokens, from the first source that knows: the backend's own model of the answer
   (the simulator's profile), the typical answer of that model in the run store's past runs, or
   ``max_tokens``; capped by ``max_tokens`` when set; otherwise a guess of 256, flagged;
-* cost from the price table (None without a price);
+* cost from the run's prices (yours, or genai-prices' for a known provider: :mod:`hybrid.pricing`;
+  None without a price), each row naming where its price came from (``price_source``);
 * latency from the backend's model (the simulator's profile) or the median latency of that
   model's past answers in the store.
 
@@ -26,9 +27,10 @@ A backend offers its model of the answer through an optional ``forecast(query)``
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hybrid.backends.protocol import SupportsForecast
@@ -57,6 +59,11 @@ class Estimate:
     wall_s: float | None
     concurrency: int
     unknown: str = ""
+    #: Where each model's price came from (:attr:`Price.source`), for the models that have one.
+    prices: Mapping[str, str] = field(default_factory=dict)
+
+    def _prices(self) -> str:
+        return "; ".join(f"{model}: {source}" for model, source in self.prices.items())
 
     def _wall(self) -> str:
         return f"unknown ({self.unknown})" if self.wall_s is None else f"{self.wall_s:.1f} s"
@@ -69,13 +76,15 @@ class Estimate:
             f"{self.completion_tokens:,} completion tokens, cost {cost}, wall {wall} at concurrency "
             f"{self.concurrency}.</p>"
         )
+        if self.prices:
+            head += f"<p>Prices: {html.escape(self._prices())}.</p>"
         return head + self.queries.to_html(index=False, max_rows=20, na_rep="")
 
     def __repr__(self) -> str:
         cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
         return (
             f"<Estimate {len(self.queries)} queries, {self.prompt_tokens + self.completion_tokens:,} tokens, "
-            f"cost {cost}, wall {self._wall()}>"
+            f"cost {cost}, wall {self._wall()}{f', prices: {self._prices()}' if self.prices else ''}>"
         )
 
 
@@ -117,6 +126,7 @@ def estimate(
                 "prompt_tokens": prompt,
                 "completion_tokens": round(completion),
                 "cost_usd": cost,
+                "price_source": None if price is None else price.source,
                 "latency_s": latency,
                 "low_s": low,
                 "high_s": high,
@@ -147,4 +157,5 @@ def estimate(
         wall_s=wall,
         concurrency=concurrency,
         unknown=unknown,
+        prices={model: prices[model].source for model in dict.fromkeys(frame["model"]) if model in prices},
     )

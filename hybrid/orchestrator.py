@@ -62,6 +62,7 @@ from hybrid.errors import (
 )
 from hybrid.estimate import Estimate, estimate
 from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
+from hybrid.pricing import PriceBook
 from hybrid.process import IN_PROCESS_URLS
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
 from hybrid.results import RunResult
@@ -88,7 +89,9 @@ class Orchestrator:
     provider's counting window, a minute by default);
     ``progress`` shows a tqdm bar: ``"auto"`` (the default) in a Jupyter kernel with widgets, never
     under CI or with ``HYBRID_PROGRESS=0``; ``prices`` maps
-    model names to :class:`Price` for a cost column; ``seed`` makes the retry jitter reproducible.
+    model names to :class:`Price` for a cost column, overriding the prices genai-prices lists for
+    the provider the base URL names (a local server gets none: :mod:`hybrid.pricing`); ``seed`` makes
+    the retry jitter reproducible.
 
     ``store`` (a :class:`~hybrid.store.Store` or a file path) writes every result as it finishes,
     so an interrupt, a crash or a ``kill -9`` loses at most what was in flight; runs get a
@@ -145,24 +148,17 @@ class Orchestrator:
             check_int("seed", seed)
         if not isinstance(progress, bool) and progress != "auto":
             raise ConfigError(f"progress must be True, False or 'auto', got {progress!r}.")
-        for model, price in dict(prices or {}).items():
-            if not isinstance(price, Price):
-                raise ConfigError(
-                    f"prices[{model!r}] must be a Price(prompt_per_mtok=..., completion_per_mtok=...), got {price!r}."
-                )
+        self.prices = PriceBook(prices, getattr(backend, "base_url", None))
         self.store = store if isinstance(store, Store) or store is None else Store(store)
         cache_mode = _cache_mode(cache, self.store)
         if cache_max_age_s is not None:
             check_number("cache_max_age_s", cache_max_age_s, positive=True, unit="seconds")
         if budget_usd is not None:
             check_number("budget_usd", budget_usd, positive=True, unit="dollars")
-            if not prices:
-                raise ConfigError("budget_usd needs prices={model: Price(...)} to know what an attempt costs.")
         self.backend = backend
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.retry = retry if retry is not None else Retry()
-        self.prices = dict(prices or {})
         self.limits = RateLimits(rpm=rpm, tpm=tpm, window_s=rate_window_s)
         self.cache = (
             None
@@ -547,6 +543,8 @@ class Orchestrator:
                 f"they were sent; ${self.budget.spent_usd:.6f} spent so far by this orchestrator."
             )
             run = replace(run, warnings=(*run.warnings, note))
+        models = (m for r in run.results for m in (r.model, r.query.model or self.backend.model) if m)
+        run = replace(run, prices=self.prices.sources(models))
         run = _with_store_warning(run, record, status)
         progress.ended(bar, run)
         return run
@@ -563,7 +561,9 @@ class Orchestrator:
                     "so that what an attempt can cost is known before it is sent."
                 )
             if model not in self.prices:
-                raise ConfigError(f"Query {query.name!r} uses model {model!r}, which has no price in prices=.")
+                raise ConfigError(
+                    f"Query {query.name!r} cannot run under budget_usd: its {self.prices.why_none(model)}"
+                )
 
     def _begin_record(self, name: str | None, resume: bool, mode: str, queries: list[Query]) -> RunRecord | None:
         """The store's record of this run (None without a store); checks ``name`` and ``resume``,

@@ -175,12 +175,15 @@ class Price:
     """US dollars per million tokens, prompt and completion, for one model.  ``cached_prompt_per_mtok``
     prices prompt tokens the provider served from its prompt cache (default: the full prompt price),
     so a cost is not overstated when the API reports them.  ``batch_discount`` is what the
-    provider's Batch API charges relative to the live API (OpenAI and Anthropic: half)."""
+    provider's Batch API charges relative to the live API (OpenAI and Anthropic: half).  ``source``
+    says where the price came from, for estimates and reports: yours, or the table of
+    :mod:`hybrid.pricing`."""
 
     prompt_per_mtok: float
     completion_per_mtok: float
     cached_prompt_per_mtok: float | None = None
     batch_discount: float = 0.5
+    source: str = "your prices="
 
     def __post_init__(self) -> None:
         for name in ("prompt_per_mtok", "completion_per_mtok", "cached_prompt_per_mtok"):

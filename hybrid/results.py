@@ -37,6 +37,8 @@ class RunResult:
     ``flags`` name what may make the run's numbers mislead as a benchmark (a warm prefix cache, a
     client-bound run, coordinated omission, a saturated server, a server in the client's process:
     :mod:`hybrid.validity` says each rule, ``validity.FLAGS`` what each means).
+    ``prices`` says where the price of each model the run priced came from (:attr:`Price.source`:
+    your ``prices=``, or genai-prices' table, :mod:`hybrid.pricing`).
     """
 
     results: tuple[QueryResult, ...]
@@ -47,6 +49,7 @@ class RunResult:
     segments: int = 1
     diagnostics: tuple[str, ...] = field(default=(), repr=False)
     flags: tuple[str, ...] = ()
+    prices: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.results)
@@ -81,6 +84,7 @@ class RunResult:
             "warnings": list(self.warnings),
             "diagnostics": list(self.diagnostics),
             "flags": list(self.flags),
+            "prices": dict(self.prices),
             "metrics": metrics,
             "results": [{k: _finite(v) for k, v in r.as_row().items()} for r in self.results],
         }

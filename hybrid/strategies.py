@@ -71,7 +71,7 @@ class RunPort:
         self.limits = orchestrator.limits
         self.timeout = orchestrator.timeout
         self.retry = orchestrator.retry
-        self.prices = dict(orchestrator.prices)
+        self.prices = orchestrator.prices
         self.seed = orchestrator.seed
         self.progress = orchestrator.progress
         #: Land query ``index``'s row (``Orchestrator.land`` for this run: times are loop-clock

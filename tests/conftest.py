@@ -119,7 +119,7 @@ def _row(result: QueryResult) -> dict[str, Any]:
 
 
 def assert_same_run(loaded: RunResult, live: RunResult) -> None:
-    """``loaded`` equals ``live`` field by field: rows, metrics, mode, warnings, cancelled, segments, flags."""
+    """``loaded`` equals ``live`` field by field: rows, metrics, mode, warnings, cancelled, segments, flags, prices."""
     assert len(loaded.results) == len(live.results)
     for kept, measured in zip(loaded.results, live.results, strict=True):
         differ = {k: (v, _row(measured)[k]) for k, v in _row(kept).items() if not _same(v, _row(measured)[k])}
@@ -127,11 +127,12 @@ def assert_same_run(loaded: RunResult, live: RunResult) -> None:
     for field in dataclasses.fields(live.metrics):
         kept, measured = getattr(loaded.metrics, field.name), getattr(live.metrics, field.name)
         assert _same(kept, measured), f"metrics.{field.name}: stored {kept!r}, live {measured!r}"
-    assert (loaded.mode, loaded.warnings, loaded.cancelled, loaded.segments, loaded.flags) == (
+    assert (loaded.mode, loaded.warnings, loaded.cancelled, loaded.segments, loaded.flags, loaded.prices) == (
         live.mode,
         live.warnings,
         live.cancelled,
         live.segments,
         live.flags,
+        live.prices,
     )
     assert loaded.summary() == live.summary()

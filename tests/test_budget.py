@@ -105,8 +105,9 @@ async def test_the_run_states_its_budget_and_the_store_keeps_it(tmp_path: Path) 
 
 async def test_a_budget_needs_prices_and_bounded_queries_before_anything_is_sent() -> None:
     backend = sim.backend()
-    with pytest.raises(ConfigError, match="needs prices"):
-        Orchestrator(backend, budget_usd=1.0)
+    async with Orchestrator(backend, budget_usd=1.0) as orch:  # a local server: no list price to fall back on
+        with pytest.raises(ConfigError, match="model 'sim-small' has no price: pass prices="):
+            await orch.run([Query("q", "x", max_tokens=5)])
     async with Orchestrator(backend, prices={"sim-small": PRICE}, budget_usd=1.0) as orch:
         with pytest.raises(ConfigError, match="no max_tokens"):
             await orch.run([Query("q", "unbounded")])

@@ -104,7 +104,7 @@ PARTS = {
         "live_run",
     },
     "store": {"store"},
-    "model": {"query", "results", "metrics", "fingerprint", "validity"},
+    "model": {"query", "results", "metrics", "fingerprint", "validity", "pricing"},
     "backends": {"backends"},
     "sim": {"sim"},
     "base": {"errors", "tokens", "process", "provenance", "answer_sink"},

@@ -26,6 +26,8 @@ from hybrid.testing import Answer, Fail, FakeBackend
 
 pytestmark = pytest.mark.looptime
 
+PRICE = Price(prompt_per_mtok=1.0, completion_per_mtok=2.0)
+
 
 def grid(n: int, prefix: str = "q") -> list[Query]:
     return [Query(f"{prefix}{i}", f"question {i}") for i in range(n)]
@@ -478,6 +480,31 @@ async def test_a_schema_5_store_gains_leases_and_budgets_in_place(tmp_path: Path
 def _drop_schema_9_columns(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE segments DROP COLUMN flags")
     db.execute("ALTER TABLE results DROP COLUMN scheduled_s")
+    _drop_schema_10_columns(db)
+
+
+def _drop_schema_10_columns(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE segments DROP COLUMN prices")
+
+
+async def test_a_schema_9_store_gains_price_sources_in_place(tmp_path: Path) -> None:
+    """A store from before prices said where they came from loads its runs with none, then keeps them."""
+    path = tmp_path / "v9.sqlite"
+    with Store(path) as store:
+        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=store, prices={"fake": PRICE}) as orch:
+            first = await orch.run(grid(2), name="before")
+    assert first.prices == {"fake": "your prices="}
+    with sqlite3.connect(path) as db:
+        _drop_schema_10_columns(db)
+        db.execute("PRAGMA user_version = 9")
+    with Store(path) as upgraded:
+        before = upgraded.load("before")
+        assert before.prices == {} and before.summary() == first.summary()
+        async with Orchestrator(FakeBackend(default=Answer(delay=1.0)), store=upgraded, prices={"fake": PRICE}) as orch:
+            await orch.run(grid(2), name="after")
+        assert upgraded.load("after").prices == {"fake": "your prices="}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_a_schema_8_store_gains_flags_and_scheduled_times_in_place(tmp_path: Path) -> None:

@@ -156,6 +156,7 @@ class History(StoreFile):
             cancelled=cancelled,
             diagnostics=tuple(orjson.loads(info.get("diagnostics") or "[]")),
             flags=tuple(orjson.loads(info.get("flags") or "[]")),
+            prices=orjson.loads(info.get("prices") or "{}"),
         )
         return run, prints
 

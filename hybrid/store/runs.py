@@ -150,13 +150,14 @@ class RunLog(StoreFile):
 
     def end_segment(self, run_id: int, segment: int, status: str, run: RunResult) -> None:
         """Queue a segment's end: ``finished``, ``cancelled`` or ``failed``, and what the run measured
-        beyond its rows (wall, CPU, warnings, the adaptive limit's trace, the budget, diagnostics, flags), so
+        beyond its rows (wall, CPU, warnings, the adaptive limit's trace, the budget, diagnostics, flags, prices), so
         that loading it computes the same metrics with the same code (``RunMetrics.compute``)."""
         now = time.time()
         m = run.metrics
         self._enqueue(
             "UPDATE segments SET status = ?, ended_at = ?, wall_s = ?, cpu_s = ?, cancelled = ?, warnings = ?, "
-            "concurrency_trace = ?, budget = ?, diagnostics = ?, flags = ? WHERE run_id = ? AND segment = ?",
+            "concurrency_trace = ?, budget = ?, diagnostics = ?, flags = ?, prices = ? "
+            "WHERE run_id = ? AND segment = ?",
             (
                 status,
                 now,
@@ -168,6 +169,7 @@ class RunLog(StoreFile):
                 None if m.budget is None else orjson.dumps(dataclasses.astuple(m.budget)).decode(),
                 orjson.dumps(run.diagnostics).decode(),
                 orjson.dumps(run.flags).decode(),
+                orjson.dumps(run.prices).decode(),
                 run_id,
                 segment,
             ),

@@ -23,8 +23,8 @@ from hybrid.query import Query, QueryResult, Usage
 #: 6: leases (which process is writing a run) and each segment's budget as it ended; 7: scores (what
 #: scorers said of a run's answers, so a report reads the same verdicts the notebook saw); 8: each
 #: segment's diagnostics (real-time notes such as a blocked event loop); 9: each segment's validity flags
-#: and each row's scheduled send time (an open-loop replay).
-SCHEMA_VERSION = 9
+#: and each row's scheduled send time (an open-loop replay); 10: where each segment's prices came from.
+SCHEMA_VERSION = 10
 #: Stamped in every store (``PRAGMA application_id``, "HYBR"): a file without it is not the kit's.
 APPLICATION_ID = 0x48594252
 #: The tables every store of the kit has had since its first schema.
@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS segments (
     budget TEXT,
     diagnostics TEXT,
     flags TEXT,
+    prices TEXT,
     PRIMARY KEY (run_id, segment)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -219,10 +220,10 @@ def check_owned(path: Path) -> None:
         )
 
 
-#: Columns later schemas added to ``segments`` (6: budget, 8: diagnostics, 9: flags), and where in
-#: that list a store of each schema since 5 starts missing them.
-SEGMENT_COLUMNS = ("budget", "diagnostics", "flags")
-SEGMENT_COLUMNS_SINCE = {5: 0, 6: 1, 7: 1, 8: 2}
+#: Columns later schemas added to ``segments`` (6: budget, 8: diagnostics, 9: flags, 10: prices), and
+#: where in that list a store of each schema since 5 starts missing them.
+SEGMENT_COLUMNS = ("budget", "diagnostics", "flags", "prices")
+SEGMENT_COLUMNS_SINCE = {5: 0, 6: 1, 7: 1, 8: 2, 9: 3}
 
 
 def prepare(connection: sqlite3.Connection, path: Path) -> None:
@@ -245,7 +246,7 @@ def prepare(connection: sqlite3.Connection, path: Path) -> None:
         script = (
             SCHEMA
             + "".join(f"ALTER TABLE segments ADD COLUMN {column} TEXT;" for column in columns)
-            + "ALTER TABLE results ADD COLUMN scheduled_s REAL;"
+            + ("ALTER TABLE results ADD COLUMN scheduled_s REAL;" if version < 9 else "")
         )
     else:  # schema 4 added the latency decomposition's columns, schema 5 the segments
         added = "".join(f"ALTER TABLE results ADD COLUMN {c} REAL;" for c in LATENCY_PARTS)

@@ -88,6 +88,7 @@ def merge(segments: Sequence[Segment]) -> RunResult:
         segments=len(runs),
         diagnostics=tuple(note for run in runs for note in run.diagnostics),
         flags=tuple(dict.fromkeys(flag for run in runs for flag in run.flags)),  # any segment's, once each
+        prices={model: source for run in runs for model, source in run.prices.items()},  # the latest's wins
     )
 
 

@@ -216,7 +216,7 @@ def _figures(run: RunResult) -> str:
     m = run.metrics
     # The line the notebook printed for this run, from the same code (RunResult.summary).
     numbers = f"<p class='metrics'><b>{_escape(run.summary())}</b> · p95 latency {_duration(m.p95_latency_s)}</p>"
-    numbers += _flags(run) + _where_the_time_went(run) + _diagnostics(run)
+    numbers += _flags(run) + _prices(run) + _where_the_time_went(run) + _diagnostics(run)
     # Each plot draws a big run in groups of consecutive queries (plots.MAX_BARS): bounded at any size.
     figures = (plots.timeline(run), plots.decomposition(run), plots.tokens(run))
     return numbers + "<div class='figures'>" + "".join(_svg(f) for f in figures) + "</div>"
@@ -228,6 +228,14 @@ def _flags(run: RunResult) -> str:
         return ""
     items = "".join(f"<li>{_escape(line)}</li>" for line in validity.described(run.flags))
     return f"<div id='flags' class='flags'><b>Read these numbers with care</b><ul>{items}</ul></div>"
+
+
+def _prices(run: RunResult) -> str:
+    """Where the price of each model the run priced came from (yours, or genai-prices' table)."""
+    if not run.prices:
+        return ""
+    items = "".join(f"<li>{_escape(model)}: {_escape(source)}</li>" for model, source in run.prices.items())
+    return f"<div id='prices' class='prices'>Prices<ul>{items}</ul></div>"
 
 
 def _diagnostics(run: RunResult) -> str:
