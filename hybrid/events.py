@@ -1,13 +1,29 @@
 """The events of :meth:`Orchestrator.stream <hybrid.orchestrator.Orchestrator.stream>`: a query
 started, a streamed query's tokens so far, a query finished, the run finished.  Times are seconds
-since the run started."""
+since the run started.
+
+An orchestrator's ``observers`` (callables, e.g. :func:`hybrid.otel.instrument`'s) see the same
+events of every run, ``run``, ``stream`` or ``pipeline``, framed by :class:`RunStarted` and
+:class:`RunFinished`; that is how a tool watches runs while the engine knows nothing of it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hybrid.query import QueryResult
 from hybrid.results import RunResult
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """A run begins (observers only; a stream starts with its first query): its store name (None
+    without one), its mode, how many queries it has, and the backend's default model."""
+
+    name: str | None
+    mode: str
+    queries: int
+    model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +61,6 @@ class RunFinished:
 
 
 Event = QueryStarted | QueryProgress | QueryFinished | RunFinished
+#: What an orchestrator's observers see: every event of every run, framed by its start and end.
+Observed = RunStarted | Event
+Observer = Callable[[Observed], None]

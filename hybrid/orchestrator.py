@@ -61,7 +61,7 @@ from hybrid.errors import (
     check_text,
 )
 from hybrid.estimate import Estimate, estimate
-from hybrid.events import Event, QueryFinished, QueryStarted, RunFinished
+from hybrid.events import Event, Observed, Observer, QueryFinished, QueryStarted, RunFinished, RunStarted
 from hybrid.pricing import PriceBook
 from hybrid.process import IN_PROCESS_URLS
 from hybrid.query import Completion, Price, Query, QueryResult, Usage
@@ -178,6 +178,9 @@ class Orchestrator:
         # Adaptive concurrency sits next to the backend: it sees each request as it leaves and returns.
         links = (self.cache, self.budget, limits, self.adaptive)
         self.links: list[Link] = [link for link in links if link is not None]
+        #: Called with every event of every run (:mod:`hybrid.events`): how tools such as
+        #: :func:`hybrid.otel.instrument` watch runs without the engine knowing them.
+        self.observers: list[Observer] = []
         self.progress = progress
         self.last_run: RunResult | None = None
         self.seed = seed
@@ -435,7 +438,7 @@ class Orchestrator:
                 stage_of,
                 mode=label,
                 concurrency=concurrency,
-                emit=emit,
+                emit=self._observed(emit),
                 bar=bar,
                 on_finish=None if record is None else record.save,
                 on_start=None if record is None else record.started,
@@ -444,6 +447,7 @@ class Orchestrator:
                 budget=None if self.budget is None else self.budget.state,
                 server_in_process=getattr(self.backend, "base_url", None) in IN_PROCESS_URLS,
             )
+            self._tell(RunStarted(None if record is None else record.name, label, len(queries), self.backend.model))
             for result in resumed:
                 state.finish(result)
             if self.cache is not None:
@@ -547,7 +551,28 @@ class Orchestrator:
         run = replace(run, prices=self.prices.sources(models))
         run = _with_store_warning(run, record, status)
         progress.ended(bar, run)
+        self._tell(RunFinished(run))
         return run
+
+    def _observed(self, emit: Callable[[Event], None] | None) -> Callable[[Event], None] | None:
+        """``emit`` (a stream's), and the observers, told of each of a run's events."""
+        if not self.observers:
+            return emit
+
+        def both(event: Event) -> None:
+            if emit is not None:
+                emit(event)
+            self._tell(event)
+
+        return both
+
+    def _tell(self, event: Observed) -> None:
+        """Tell each observer of ``event``; an observer that fails is logged, never the run's failure."""
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception("hybrid: an observer of the orchestrator's runs failed on %s", type(event).__name__)
 
     def _check_budget(self, queries: Sequence[Query]) -> None:
         """Under a budget every query needs a bounded worst case: ``max_tokens`` and a price."""

@@ -88,6 +88,7 @@ PARTS = {
         "testing",
         "doctor",
         "workload",
+        "otel",
     },
     "scale": {"batch", "ray_shards"},
     "engine": {
