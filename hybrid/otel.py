@@ -327,7 +327,8 @@ def _input_messages(query: Query) -> dict[str, str]:
         ).decode()
     }
     if query.system is not None:
-        attributes[gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS] = orjson.dumps([{"type": "text", "content": query.system}]).decode()
+        system = [{"type": "text", "content": query.system}]
+        attributes[gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS] = orjson.dumps(system).decode()
     return attributes
 
 

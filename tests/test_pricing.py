@@ -125,6 +125,6 @@ async def test_a_budget_at_a_provider_needs_no_prices_but_refuses_an_unlisted_mo
     async with Orchestrator(backend, budget_usd=0.01) as orch:
         run = await orch.run([Query("q", "hi", max_tokens=10)])
         assert run.ok and run.metrics.budget is not None and run.metrics.budget.spent_usd > 0
-        with pytest.raises(ConfigError, match="genai-prices .* does not list it for https://api.openai.com/v1"):
+        with pytest.raises(ConfigError, match=r"genai-prices .* does not list it for https://api\.openai\.com/v1"):
             await orch.run([Query("q", "hi", max_tokens=10, model="my-finetune")])
     assert len(backend.calls) == 1
