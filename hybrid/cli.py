@@ -207,6 +207,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    """``hybrid notebooks run NOTEBOOK -p NAME V [V ...] --store F``: the notebook once per
+    combination of parameters with papermill, resumable; prints and saves the summary table."""
+    import pandas as pd
+
+    from hybrid.errors import ConfigError
+    from hybrid.notebook_grid import SUMMARY_FILE, output_folder, parse_value, run_grid
+
+    try:
+        parameters = []
+        for given in args.parameter:
+            if len(given) < 2:
+                raise ConfigError(f"-p {given[0]} has no values: -p NAME VALUE [VALUE ...].")
+            parameters.append((given[0], [parse_value(v) for v in given[1:]]))
+        table = run_grid(args.notebook, parameters, args.store, out_dir=args.out, kernel_name=args.kernel)
+    except (ConfigError, OSError) as exc:
+        print(f"hybrid notebooks run: {exc}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.fillna("").to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print("Saved", output_folder(args.store, args.out) / SUMMARY_FILE)
+    return 0 if table["notebook_error"].isna().all() else 1
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """``hybrid doctor``: one real call to the endpoint; exit 1 when something needs fixing."""
     from hybrid.doctor import examine
@@ -376,6 +400,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--min-pass", type=float, help="also gate each group at this pass rate (0-1)")
     report.add_argument("-o", "--output", help="write here instead of to standard output")
     report.set_defaults(func=cmd_report)
+
+    notebooks = sub.add_parser("notebooks", help="run a notebook over a grid of parameters (papermill), resumable")
+    notebooks_sub = notebooks.add_subparsers(dest="action", required=True)
+    notebooks_run = notebooks_sub.add_parser(
+        "run",
+        help="the notebook once per combination of -p values, every run into --store; a summary table",
+        description="Runs NOTEBOOK once per combination of the -p values with papermill, injecting hybrid_store "
+        "and hybrid_run_name (pass them to the orchestrator: store=hybrid_store, name=hybrid_run_name, "
+        "resume=True). A finished combination is not run again; a killed one resumes through the store.",
+    )
+    notebooks_run.add_argument("notebook", help="the .ipynb file; it needs a cell tagged 'parameters'")
+    notebooks_run.add_argument(
+        "-p",
+        "--parameter",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar=("NAME", "VALUE"),
+        help="a parameter and its values (JSON: 0.7, true, null; else text), e.g. -p model sim-small sim-large",
+    )
+    notebooks_run.add_argument("--store", required=True, help="the run store every combination writes to")
+    notebooks_run.add_argument(
+        "--out", help="where the executed notebooks and summary.csv go (default: beside the store)"
+    )
+    notebooks_run.add_argument("--kernel", help="the Jupyter kernel to run them on (default: the notebook's)")
+    notebooks.set_defaults(func=cmd_notebooks)
 
     doctor = sub.add_parser(
         "doctor", help="one real call to an endpoint: reachable, key (masked), model, latency, streaming, limits"

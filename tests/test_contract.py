@@ -89,6 +89,7 @@ PARTS = {
         "doctor",
         "workload",
         "otel",
+        "notebook_grid",
     },
     "scale": {"batch", "ray_shards"},
     "engine": {
