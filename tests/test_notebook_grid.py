@@ -30,7 +30,9 @@ temperature = 0.0"""
 BODY = f"""\
 from hybrid import Orchestrator, Query, sim
 
-queries = [Query(f"q{{i}}", f"Question {{i}}", model=model, temperature=temperature, max_tokens=8) for i in range({QUERIES})]
+queries = [
+    Query(f"q{{i}}", f"Question {{i}}", model=model, temperature=temperature, max_tokens=8) for i in range({QUERIES})
+]
 async with Orchestrator(sim.backend(sim.SimConfig(seed=3)), store=hybrid_store, max_concurrency=1) as orch:
     run = await orch.run(queries, name=hybrid_run_name, resume=True)
 print(run.summary())"""
