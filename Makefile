@@ -76,7 +76,7 @@ test-real: $(REAL_STAMP)
 CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
 BROWSER_STAMP := $(VENV)/.browser-installed
 $(BROWSER_STAMP): $(STAMP)
-	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev,browser]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[dev,browser,phoenix]'
 	@touch $(BROWSER_STAMP)
 
 test-browser: $(BROWSER_STAMP)
@@ -84,7 +84,7 @@ test-browser: $(BROWSER_STAMP)
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 		else echo "make test-browser needs Chromium: run 'sudo apt-get install chromium' (Debian/Ubuntu) first."; exit 1; fi; \
 	fi
-	HYBRID_PROGRESS=0 $(PY) -m pytest -m browser -o addopts="" -q tests/test_browser.py
+	HYBRID_PROGRESS=0 $(PY) -m pytest -m browser -o addopts="" -q tests/test_browser.py tests/test_phoenix.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hybrid tests benchmarks
