@@ -63,6 +63,7 @@ LAZY_SUBMODULES = ("bench", "lab", "plots", "real", "sim", "testing", "view", "w
 
 __all__ = [
     "AllQueriesFailed",
+    "AnthropicBackend",
     "AuthenticationFailed",
     "Backend",
     "BadRequest",
@@ -116,6 +117,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in LAZY_SUBMODULES:
         return importlib.import_module(f"hybrid.{name}")
+    if name == "AnthropicBackend":  # the anthropic extra: imported on first use, so it stays optional
+        return importlib.import_module("hybrid.backends.anthropic_backend").AnthropicBackend
     raise AttributeError(f"module 'hybrid' has no attribute {name!r}")
 
 

@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
-from hybrid import HTTPBackend, OpenAIBackend, Orchestrator, Retry, RunResult, sim
+from hybrid import AnthropicBackend, HTTPBackend, OpenAIBackend, Orchestrator, Retry, RunResult, sim
 from hybrid.query import QueryResult
 
 BACKENDS = {"openai": OpenAIBackend, "http": HTTPBackend}
+#: With Anthropic's Messages API (the simulator's second dialect): the backends the fault, retry and
+#: cancellation tests cross.
+ALL_BACKENDS = {**BACKENDS, "anthropic": AnthropicBackend}
 
 #: pytester: the kit's pytest plugin is tested from temporary projects.
 pytest_plugins = ["pytester"]
@@ -24,7 +27,14 @@ pytest_plugins = ["pytester"]
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend_kind(request: pytest.FixtureRequest) -> str:
-    """Each test using it runs once per backend."""
+    """Each test using it runs once per backend of OpenAI's protocol."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(params=sorted(ALL_BACKENDS))
+def any_backend_kind(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs once per backend, Anthropic's included."""
     kind: str = request.param
     return kind
 
@@ -38,7 +48,7 @@ async def orchestrated(
     orchestrator.setdefault("retry", Retry(attempts=3, base=0.001, cap=0.01))
     orchestrator.setdefault("timeout", 10.0)
     async with sim.serve(config) as server:
-        backend = BACKENDS[kind](base_url=server.url, api_key=server.api_key, model="sim-small")
+        backend = ALL_BACKENDS[kind](base_url=server.url, api_key=server.api_key, model="sim-small")
         async with Orchestrator(backend, **orchestrator) as orch:
             yield orch, server
 

@@ -13,7 +13,7 @@ from hybrid import Orchestrator, Query, sim
 from hybrid.sim import ModelProfile, SimConfig
 from hybrid.testing import Answer, FakeBackend
 
-from .conftest import BACKENDS, client_tasks, orchestrated, settled
+from .conftest import ALL_BACKENDS, client_tasks, orchestrated, settled
 
 # Answers take 20-200 ms (seeded jitter), so a cancel lands before, during or after them.
 PROFILES = {"sim-small": ModelProfile(ttft_s=0.02, prompt_tps=1e9, completion_tps=400, jitter=0.6)}
@@ -61,15 +61,15 @@ async def storm(way: str, trials: int, backend_kind: str) -> None:
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("way", ["gather", "sequential", "pipeline", "stream"])
-async def test_cancellation_storm(backend_kind: str, way: str) -> None:
-    await storm(way, trials=8, backend_kind=backend_kind)
+async def test_cancellation_storm(any_backend_kind: str, way: str) -> None:
+    await storm(way, trials=8, backend_kind=any_backend_kind)
 
 
 @pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("way", ["gather", "sequential", "pipeline", "stream"])
-async def test_cancellation_storm_100_trials(backend_kind: str, way: str) -> None:
-    await storm(way, trials=100, backend_kind=backend_kind)
+async def test_cancellation_storm_100_trials(any_backend_kind: str, way: str) -> None:
+    await storm(way, trials=100, backend_kind=any_backend_kind)
 
 
 @pytest.mark.heavy
@@ -137,15 +137,15 @@ async def test_closing_under_a_running_run_cancels_it_and_returns_the_partial_ru
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("mode", ["gather", "sequential"])
-async def test_leaving_the_block_under_running_runs_closes_their_requests(backend_kind: str, mode: str) -> None:
-    """Over the wire, with both HTTP backends: two runs in flight when the ``async with`` block is
+async def test_leaving_the_block_under_running_runs_closes_their_requests(any_backend_kind: str, mode: str) -> None:
+    """Over the wire, with every backend: two runs in flight when the ``async with`` block is
     left (from a callback of another task) end cancelled, the server sees no request left in
     flight, every connection is closed, and no task of the kit is left."""
     profiles = {"sim-small": ModelProfile(ttft_s=0.3, prompt_tps=1e9, completion_tps=1e9, jitter=0.0)}
     config = SimConfig(seed=3, time_scale=1.0, profiles=profiles)
     async with sim.serve(config) as server:
         before = client_tasks()
-        backend = BACKENDS[backend_kind](base_url=server.url, api_key=server.api_key, model="sim-small")
+        backend = ALL_BACKENDS[any_backend_kind](base_url=server.url, api_key=server.api_key, model="sim-small")
         async with Orchestrator(backend, max_concurrency=4) as orch:
             runs = [asyncio.create_task(orch.run(QUERIES, mode=mode)) for _ in range(2)]
             for _ in range(1000):  # until the server has answered some (a busy machine is slow to start)

@@ -50,10 +50,10 @@ TRANSLATION: dict[str, type[QueryError] | None] = {
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 @pytest.mark.parametrize("fault", sorted(TRANSLATION))
-async def test_each_fault_translates_to_its_error_kind(backend_kind: str, fault: str, stream: bool) -> None:
+async def test_each_fault_translates_to_its_error_kind(any_backend_kind: str, fault: str, stream: bool) -> None:
     config = SimConfig(seed=5, time_scale=0, faults=Faults(**{fault: 1.0}, retry_after_s=RETRY_AFTER_S))
     retry = Retry(attempts=2, base=0.0, jitter=0.0, retry_after_cap=0.0)
-    async with orchestrated(backend_kind, config=config, retry=retry) as (orch, server):
+    async with orchestrated(any_backend_kind, config=config, retry=retry) as (orch, server):
         run = await orch.run([Query("q", "fault question", stream=stream)], raise_if_all_failed=False)
         stats = server.stats()
     result = run.results[0]

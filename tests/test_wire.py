@@ -65,9 +65,9 @@ async def test_answers_match_between_backends_and_modes() -> None:
     assert all(t == texts[0] for t in texts)
 
 
-async def test_partial_failure_keeps_every_row_and_warns(backend_kind: str) -> None:
+async def test_partial_failure_keeps_every_row_and_warns(any_backend_kind: str) -> None:
     config = SimConfig(seed=7, time_scale=0, faults=Faults(server_error=0.5))
-    async with orchestrated(backend_kind, config=config, retry=Retry.never()) as (orch, server):
+    async with orchestrated(any_backend_kind, config=config, retry=Retry.never()) as (orch, server):
         run = await orch.run(QUERIES)
     failed = [r for r in run.results if not r.ok]
     assert 0 < len(failed) < len(QUERIES)
@@ -77,9 +77,9 @@ async def test_partial_failure_keeps_every_row_and_warns(backend_kind: str) -> N
     assert all(any(r.name in w for w in run.warnings) for r in failed)
 
 
-async def test_total_failure_raises_with_the_run(backend_kind: str) -> None:
+async def test_total_failure_raises_with_the_run(any_backend_kind: str) -> None:
     config = SimConfig(time_scale=0, faults=Faults(unavailable=1.0))
-    async with orchestrated(backend_kind, config=config, retry=Retry.never()) as (orch, _):
+    async with orchestrated(any_backend_kind, config=config, retry=Retry.never()) as (orch, _):
         with pytest.raises(AllQueriesFailed) as info:
             await orch.run(QUERIES[:3])
     assert len(info.value.run.results) == 3
@@ -87,9 +87,9 @@ async def test_total_failure_raises_with_the_run(backend_kind: str) -> None:
     assert "server_error" in str(info.value)
 
 
-async def test_retries_recover_and_are_counted(backend_kind: str) -> None:
+async def test_retries_recover_and_are_counted(any_backend_kind: str) -> None:
     config = SimConfig(time_scale=0, faults=Faults(fail_first=2))
-    async with orchestrated(backend_kind, config=config, retry=Retry(attempts=3, base=0.001)) as (orch, server):
+    async with orchestrated(any_backend_kind, config=config, retry=Retry(attempts=3, base=0.001)) as (orch, server):
         run = await orch.run(QUERIES[:4])
     assert run.ok and all(r.attempts == 3 for r in run.results)
     assert run.metrics.retries == 8 and run.metrics.attempts == 12
@@ -123,10 +123,10 @@ async def test_non_retryable_errors_are_not_retried(backend_kind: str) -> None:
     ],
 )
 async def test_each_fault_becomes_its_error_kind(
-    backend_kind: str, faults: Faults, stream: bool, error: type[Exception]
+    any_backend_kind: str, faults: Faults, stream: bool, error: type[Exception]
 ) -> None:
     config = SimConfig(time_scale=0, faults=faults)
-    async with orchestrated(backend_kind, config=config, retry=Retry(attempts=2, base=0.001)) as (orch, server):
+    async with orchestrated(any_backend_kind, config=config, retry=Retry(attempts=2, base=0.001)) as (orch, server):
         run = await orch.run([Query("a", "hello", stream=stream)], raise_if_all_failed=False)
         stats = server.stats()
     result = run.results[0]
@@ -135,25 +135,25 @@ async def test_each_fault_becomes_its_error_kind(
     assert stats["requests"] == 2
 
 
-async def test_bad_request_is_not_retried(backend_kind: str) -> None:
-    async with orchestrated(backend_kind, retry=Retry(attempts=4, base=0.001)) as (orch, server):
+async def test_bad_request_is_not_retried(any_backend_kind: str) -> None:
+    async with orchestrated(any_backend_kind, retry=Retry(attempts=4, base=0.001)) as (orch, server):
         run = await orch.run([Query("a", "hello", model="gpt-404")], raise_if_all_failed=False)
     assert isinstance(run.results[0].error, BadRequest) and run.results[0].error.status == 404
     assert run.results[0].attempts == 1 and server.stats()["requests"] == 1
 
 
-async def test_missing_usage_is_estimated_and_flagged(backend_kind: str) -> None:
+async def test_missing_usage_is_estimated_and_flagged(any_backend_kind: str) -> None:
     config = SimConfig(time_scale=0, faults=Faults(no_usage=1.0))
-    async with orchestrated(backend_kind, config=config) as (orch, _):
+    async with orchestrated(any_backend_kind, config=config) as (orch, _):
         run = await orch.run([Query("a", "hello"), Query("b", "hello", stream=True)])
     for result in run.results:
         assert result.usage.estimated and result.usage.completion_tokens > 0
     assert run.metrics.tokens_estimated
 
 
-async def test_hung_request_times_out_and_leaves_nothing_in_flight(backend_kind: str) -> None:
+async def test_hung_request_times_out_and_leaves_nothing_in_flight(any_backend_kind: str) -> None:
     config = SimConfig(time_scale=0, faults=Faults(hang=1.0))
-    async with orchestrated(backend_kind, config=config, timeout=1.0) as (orch, server):
+    async with orchestrated(any_backend_kind, config=config, timeout=1.0) as (orch, server):
         run = await orch.run(QUERIES[:5], raise_if_all_failed=False)
         stats = await settled(server, within_s=2.0)
     assert all(isinstance(r.error, QueryTimeout) for r in run.results)
@@ -162,7 +162,7 @@ async def test_hung_request_times_out_and_leaves_nothing_in_flight(backend_kind:
     assert stats["in_flight"] == 0 and stats["disconnects"] == stats["requests"] >= 1
 
 
-async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results(backend_kind: str) -> None:
+async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results(any_backend_kind: str) -> None:
     profiles = {
         "sim-small": ModelProfile(ttft_s=0.05, prompt_tps=1e9, completion_tps=1e9, jitter=0.0),
         "sim-large": ModelProfile(ttft_s=30.0, prompt_tps=1e9, completion_tps=1e9, jitter=0.0),
@@ -171,7 +171,7 @@ async def test_cancellation_closes_in_flight_requests_and_keeps_finished_results
     queries = [Query(f"fast{i}", f"f{i}") for i in range(3)] + [
         Query(f"slow{i}", f"s{i}", model="sim-large") for i in range(3)
     ]
-    async with orchestrated(backend_kind, config=config) as (orch, server):
+    async with orchestrated(any_backend_kind, config=config) as (orch, server):
         before = asyncio.all_tasks()
         task = asyncio.create_task(orch.run(queries))
         while server.stats()["by_status"].get("200", 0) < 3 or server.stats()["in_flight"] < 3:
@@ -210,9 +210,9 @@ async def test_first_requests_reach_the_server_while_later_workers_start() -> No
     assert seen_by_server[31] - seen_by_server[0] > 0
 
 
-async def test_streaming_reports_ttft_and_usage(backend_kind: str) -> None:
+async def test_streaming_reports_ttft_and_usage(any_backend_kind: str) -> None:
     config = SimConfig(time_scale=0.1, seed=3)
-    async with orchestrated(backend_kind, config=config) as (orch, _):
+    async with orchestrated(any_backend_kind, config=config) as (orch, _):
         run = await orch.run([Query("s", "stream me", stream=True), Query("p", "stream me")])
     streamed, plain = run.results
     assert streamed.text == plain.text and streamed.usage == plain.usage and not streamed.usage.estimated

@@ -86,6 +86,10 @@ class Endpoint:
     """
 
     supports_threads = False
+    #: Where a left-out setting comes from, like the provider's SDK (a backend for another provider
+    #: names its own: ``ANTHROPIC_BASE_URL``, ...), and the base URL when none is set.
+    base_url_env, api_key_env, model_env = "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"
+    default_base_url = DEFAULT_BASE_URL
 
     def __init__(
         self,
@@ -97,7 +101,7 @@ class Endpoint:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         identity: str | None = None,
     ) -> None:
-        url = _setting("base_url", base_url, "OPENAI_BASE_URL", DEFAULT_BASE_URL)
+        url = _setting("base_url", base_url, self.base_url_env, self.default_base_url)
         assert url is not None
         try:
             parts = urlsplit(url)
@@ -109,16 +113,16 @@ class Endpoint:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(
                 f"base_url {url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8000/v1 "
-                "(the simulator's server.url) or set OPENAI_BASE_URL."
+                f"(the simulator's server.url) or set {self.base_url_env}."
             )
         if parts.username or parts.password:
             raise ConfigError("base_url must not hold credentials (user:password@); pass the key as api_key=.")
         # A missing key is refused when the backend opens, not here: a replay (cache="replay") never
         # opens it, so CI replays a recording with no key in its environment.
-        key = _setting("api_key", api_key, "OPENAI_API_KEY") or ""
-        name = _setting("model", model, "OPENAI_MODEL")
+        key = _setting("api_key", api_key, self.api_key_env) or ""
+        name = _setting("model", model, self.model_env)
         if not name:
-            raise ConfigError("No model: pass model=... (e.g. 'sim-small' on the simulator) or set OPENAI_MODEL.")
+            raise ConfigError(f"No model: pass model=... (e.g. 'sim-small' on the simulator) or set {self.model_env}.")
         self.base_url = url.rstrip("/")
         self._host = parts.hostname
         self._port = port or (443 if parts.scheme == "https" else 80)
@@ -177,7 +181,8 @@ class Endpoint:
         """Remember the pool size and timeout, check the host answers, then make the client."""
         if not self._api_key:
             raise ConfigError(
-                "No API key: pass api_key=... or set OPENAI_API_KEY (for the embedded simulator use server.api_key)."
+                f"No API key: pass api_key=... or set {self.api_key_env} (for the embedded simulator use "
+                "server.api_key)."
             )
         self.max_connections = max_connections
         self.timeout = query_timeout
@@ -196,7 +201,7 @@ class Endpoint:
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
                 f"Cannot reach {self.base_url} ({exc.__class__.__name__}). Is the server running? "
-                "Start the simulator with `hybrid sim` or `sim.serve()`, or check OPENAI_BASE_URL "
+                f"Start the simulator with `hybrid sim` or `sim.serve()`, or check {self.base_url_env} "
                 "(behind a proxy the kit does not detect, pass check_reachable=False)."
             ) from None
         writer.close()

@@ -14,7 +14,6 @@ that mode a timeout or an interrupt abandons the call instead of stopping it.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from typing import Any, Literal, Unpack
@@ -23,24 +22,21 @@ import httpx2
 import openai
 import orjson
 
+from hybrid.backends import sdk_errors
 from hybrid.backends.batch_api import MAX_FILE_BYTES, SDKBatchAPI
 from hybrid.backends.endpoint import Endpoint, EndpointSettings
 from hybrid.backends.openai_wire import (
     StreamAssembler,
     completion_from_body,
-    error_for_status,
-    error_message,
     request_body,
     server_report,
     usage_from,
 )
 from hybrid.backends.response_limits import (
     httpx2_event_hooks,
-    redirect_loop,
-    undecodable,
 )
 from hybrid.backends.send_stamp import SendStamp
-from hybrid.errors import ConfigError, ConnectionFailed, InvalidResponse, QueryError, check_choice, exception_chain
+from hybrid.errors import ConfigError, QueryError, check_choice
 from hybrid.query import Completion, Query
 
 Transport = Literal["aiohttp", "httpx"]
@@ -50,48 +46,8 @@ _HTTP_TIMEOUT = httpx2.Timeout(None, connect=30.0)
 
 
 def translate(exc: Exception, endpoint: Endpoint, *, received_chunks: int = 0) -> QueryError:
-    """The kit's error for anything the SDK or its transport raised (server text with the key redacted).
-
-    A kit error raised while the SDK read the body (the response meter's) is found behind the
-    SDK's ``APIConnectionError`` wrapping, and so are httpx2's decoding and redirect errors, so
-    that both backends give the same fault the same kind.
-    """
-    for cause in exception_chain(exc):
-        if isinstance(cause, QueryError):
-            return cause
-        if isinstance(cause, httpx2.DecodingError):
-            return undecodable(str(cause))
-        if isinstance(cause, httpx2.TooManyRedirects):
-            return redirect_loop(str(cause))
-    if isinstance(exc, openai.APIStatusError):
-        try:
-            message = error_message(orjson.loads(exc.response.content), exc.status_code)
-        except (orjson.JSONDecodeError, httpx2.ResponseNotRead):
-            message = f"HTTP {exc.status_code}: {exc.message}"
-        return error_for_status(exc.status_code, endpoint.redact(message), exc.response.headers)
-    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError | orjson.JSONDecodeError | ValueError):
-        return InvalidResponse(f"The server's answer could not be parsed: {exc}")
-    if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError):
-        if received_chunks or _is_truncated_body(exc):
-            return InvalidResponse(f"The answer was cut off midway ({type(exc).__name__}).")
-        return ConnectionFailed(f"Connection failed: {endpoint.redact(_root_cause(exc))}")
-    return InvalidResponse(f"Unexpected {type(exc).__name__} from the client: {endpoint.redact(str(exc))}")
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _is_truncated_body(exc: BaseException) -> bool:
-    """Whether the chain says the headers came but the body did not (aiohttp's "payload is not
-    completed", httpx2's "peer closed connection without sending complete message body")."""
-    return any(
-        type(e).__name__ in ("ClientPayloadError", "ContentLengthError", "TransferEncodingError")
-        or "complete message body" in str(e)
-        for e in exception_chain(exc)
-    )
+    """The kit's error for anything the ``openai`` SDK or its transport raised (:func:`sdk_errors.translate`)."""
+    return sdk_errors.translate(exc, endpoint, sdk=openai, received_chunks=received_chunks)
 
 
 class OpenAIBackend(Endpoint):

@@ -1,7 +1,8 @@
 """The simulator's HTTP face: OpenAI's chat-completions protocol over aiohttp, on top of the engine.
 
 Routes: ``POST /v1/chat/completions`` (JSON, or SSE when ``stream`` is true), ``GET /v1/models``,
-``GET /sim/stats`` (the engine's counters) and ``GET /health``.
+``GET /sim/stats`` (the engine's counters) and ``GET /health``; and ``POST /v1/messages``,
+Anthropic's Messages API, answered by the same path in that dialect (:mod:`hybrid.sim.anthropic_protocol`).
 
 This module owns the wire: validating a request into a frozen :class:`ChatRequest`, shaping the
 JSON and SSE answers, and turning the engine's :class:`~hybrid.sim.engine.Rejected` into
@@ -33,6 +34,7 @@ import orjson
 from aiohttp import web
 
 from hybrid.answer_sink import Sink
+from hybrid.sim.anthropic_protocol import AnthropicSink, chat_body
 from hybrid.sim.config import SimConfig
 from hybrid.sim.engine import Drop, Engine, Pacer, Rejected
 from hybrid.sim.model import Pace, Reply
@@ -103,6 +105,7 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/messages", self.messages)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model}", self.get_model)
         app.router.add_get("/sim/stats", self.stats_endpoint)
@@ -151,6 +154,12 @@ class Simulator:
             sink.response = await handler(request)
             return sink.response.status
 
+        return await self._served(request, work, sink, sink)
+
+    async def _served(
+        self, request: web.Request, work: Callable[[], Awaitable[int]], sink: Sink, http: _HTTPSink
+    ) -> web.StreamResponse:
+        """:meth:`respond` on an aiohttp connection, whose response ``http`` holds once answered."""
         try:
             await self.respond(work, sink)
         except Drop:
@@ -159,8 +168,24 @@ class Simulator:
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError from None
-        assert sink.response is not None
-        return sink.response
+        assert http.response is not None
+        return http.response
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Messages API: checked as Anthropic checks it, answered by :meth:`answer`,
+        worded as Anthropic's answer, errors included (:mod:`hybrid.sim.anthropic_protocol`)."""
+        http = _HTTPSink(request)
+        sink = AnthropicSink(http, prompt_tokens=0)
+
+        async def work() -> int:
+            key = request.headers.get("x-api-key")
+            self.check_key(f"Bearer {key}" if key is not None else request.headers.get("Authorization"))
+            body = chat_body(parse_json_object(await request.read()))
+            sink.prompt_tokens = count_message_tokens(body["messages"])
+            await self.answer(body, sink)
+            return 200
+
+        return await self._served(request, work, sink, http)
 
     async def respond(self, work: Callable[[], Awaitable[int]], sink: Sink) -> None:
         """Run one request's ``work`` (which answers into ``sink`` and returns its status), for any
