@@ -60,6 +60,8 @@ logging.getLogger("hybrid").addHandler(logging.NullHandler())
 
 #: Submodules loaded on first access.
 LAZY_SUBMODULES = ("bench", "lab", "plots", "real", "sim", "testing", "view", "workload")
+#: Classes that need an optional extra, imported on first use (``hybrid.AnthropicBackend``: ``anthropic``).
+LAZY_NAMES = {"AnthropicBackend": "hybrid.backends.anthropic_backend"}
 
 __all__ = [
     "AllQueriesFailed",
@@ -117,8 +119,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in LAZY_SUBMODULES:
         return importlib.import_module(f"hybrid.{name}")
-    if name == "AnthropicBackend":  # the anthropic extra: imported on first use, so it stays optional
-        return importlib.import_module("hybrid.backends.anthropic_backend").AnthropicBackend
+    if name in LAZY_NAMES:
+        return getattr(importlib.import_module(LAZY_NAMES[name]), name)
     raise AttributeError(f"module 'hybrid' has no attribute {name!r}")
 
 

@@ -59,12 +59,15 @@ def grid_command(nb: Path, store: Path) -> list[str]:
 def rows_kept(store: Path, run_name: str) -> int:
     if not store.exists():
         return 0
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        return int(
-            db.execute(
-                "SELECT COUNT(*) FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ?", (run_name,)
-            ).fetchone()[0]
-        )
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            return int(
+                db.execute(
+                    "SELECT COUNT(*) FROM results r JOIN runs ON runs.id = r.run_id WHERE runs.name = ?", (run_name,)
+                ).fetchone()[0]
+            )
+    except sqlite3.OperationalError:  # the store is being made: no tables yet
+        return 0
 
 
 def test_a_grid_killed_mid_way_ends_with_every_run_and_no_query_sent_twice(tmp_path: Path) -> None:
