@@ -127,4 +127,8 @@ async def test_a_budget_at_a_provider_needs_no_prices_but_refuses_an_unlisted_mo
         assert run.ok and run.metrics.budget is not None and run.metrics.budget.spent_usd > 0
         with pytest.raises(ConfigError, match=r"genai-prices .* does not list it for https://api\.openai\.com/v1"):
             await orch.run([Query("q", "hi", max_tokens=10, model="my-finetune")])
+        over = await orch.run([Query("big", "hi", max_tokens=100_000)], raise_if_all_failed=False)
     assert len(backend.calls) == 1
+    error = over.results[0].error
+    assert error is not None and error.kind == "budget"
+    assert f"priced from {PriceBook(None, OPENAI)[MINI].source}" in str(error)

@@ -243,6 +243,17 @@ async def test_a_run_page_says_its_validity_flags_and_what_they_mean(viewer: tup
     assert "server_in_process: " in shown and "sim.serve_process" in shown
 
 
+async def test_a_run_page_says_where_each_price_came_from(viewer: tuple[TestClient, Path]) -> None:
+    client, path = viewer
+    await stored_run(path, "grid", 3)  # the simulator: a local server, no price
+    assert "id='prices'" not in await (await client.get("/runs/grid")).text()
+    source = "genai-prices 0.2.3: openai gpt-4o-mini, as of 2026-12-03"
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE segments SET prices = ?", (f'{{"gpt-4o-mini": "{source}"}}',))
+    page = await (await client.get("/runs/grid")).text()
+    assert f"<li>gpt-4o-mini: {source}</li>" in page[page.index("id='prices'") :].split("</div>")[0]
+
+
 async def test_the_pareto_page_draws_finished_runs_and_names_the_frontier(viewer: tuple[TestClient, Path]) -> None:
     client, path = viewer
     assert "needs two finished runs" in await (await client.get("/pareto")).text()

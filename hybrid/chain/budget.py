@@ -65,13 +65,15 @@ class Budget:
         """Whether an attempt costing up to ``worst`` fits beside what is spent and ``held`` in reservations."""
         return self.spent_usd + held + worst <= self.limit_usd + _ROUNDING
 
-    def reserve(self, worst: float) -> None:
-        """Reserve ``worst`` (an attempt's worst case); :class:`BudgetExceeded` when it does not fit now."""
+    def reserve(self, worst: float, price: Price) -> None:
+        """Reserve ``worst`` (an attempt's worst case at ``price``); :class:`BudgetExceeded`, naming
+        where the price came from, when it does not fit now."""
         if not self._fits(worst, held=self.reserved_usd):
             self.refused += 1
             raise BudgetExceeded(
-                f"Not sent: this attempt could cost up to ${worst:.6f}, and ${self.spent_usd:.6f} of the "
-                f"${self.limit_usd:.6f} budget is spent (${self.reserved_usd:.6f} reserved by attempts in flight)."
+                f"Not sent: this attempt could cost up to ${worst:.6f} (priced from {price.source}), and "
+                f"${self.spent_usd:.6f} of the ${self.limit_usd:.6f} budget is spent (${self.reserved_usd:.6f} "
+                "reserved by attempts in flight)."
             )
         self.reserved_usd += worst
 
@@ -94,11 +96,11 @@ class Budget:
             await self._settled.wait()
 
     async def __call__(self, query: Query, attempt: Attempt, call_next: Next) -> Completion:
-        discount = self.prices[query.model or self.default_model].batch_discount if attempt.batch else 1.0
-        worst = self.worst_case(query) * discount  # counts the prompt's tokens: once per attempt
+        asked = self.prices[query.model or self.default_model]
+        worst = self.worst_case(query) * (asked.batch_discount if attempt.batch else 1.0)  # once per attempt
         if not attempt.batch:
             await self._room(worst)
-        self.reserve(worst)
+        self.reserve(worst, asked)
         try:
             completion = await call_next(query, attempt)
         except BaseException as exc:
