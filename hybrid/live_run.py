@@ -67,7 +67,7 @@ class Tally:
         self.failed: Counter[str] = Counter()
         self.in_flight = 0
         self.tokens = 0
-        #: None until a priced answer lands (no ``prices=``: no cost to show).
+        #: None until a priced answer lands (a model with no price: no cost to show).
         self.cost_usd: float | None = None
         self._size = max(1, -(-total // LANES))  # queries per lane
         self.lanes = [Lane(count=min(self._size, total - first)) for first in range(0, total, self._size)]
