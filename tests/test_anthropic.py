@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hybrid import AnthropicBackend, ConfigError, Orchestrator, Price, Query, otel, sim
+from hybrid.backends.anthropic_backend import report
 from hybrid.pricing import PriceBook
 from hybrid.sim import Faults, ModelProfile, SimConfig
 
@@ -176,3 +177,14 @@ async def test_spans_name_anthropic_as_the_provider(server: sim.SimServer) -> No
     [attempt] = [s for s in exporter.get_finished_spans() if s.name == "chat sim-small"]
     assert attempt.attributes["gen_ai.provider.name"] == "anthropic"
     assert attempt.attributes["gen_ai.usage.output_tokens"] > 0
+
+
+async def test_the_rate_limit_headers_give_the_adaptive_limit_its_room(server: sim.SimServer) -> None:
+    async with sdk(server) as client:
+        raw = await client.messages.with_raw_response.create(
+            model="sim-small", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    said = report(raw.headers)
+    assert said is not None and said.remaining_requests == 1000 - 1 and said.remaining_tokens is not None
+    assert said.reset_requests_s is not None and 0 <= said.reset_requests_s < 60
+    assert said.queue_s is not None  # the simulator's own queue header passes through the dialect
