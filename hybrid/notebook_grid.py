@@ -171,6 +171,7 @@ def run_grid(
                 str(combo.output),
                 parameters={**combo.values, "hybrid_store": str(store), "hybrid_run_name": combo.run_name},
                 kernel_name=kernel_name,
+                kernel_manager_class=_local_kernels(),
                 cwd=str(notebook.parent),
                 progress_bar=False,
             )
@@ -180,6 +181,21 @@ def run_grid(
     table = summary(store, grid, failures)
     table.to_csv(out / SUMMARY_FILE, index=False)
     return table
+
+
+def _local_kernels() -> type:
+    """A kernel manager whose kernels talk over Unix sockets (``ipc``), not TCP: a grid's kernels
+    are on this machine, so no port need open, and the kernel does not warn, once per combination,
+    that its TCP traffic is unencrypted."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class LocalKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+    return LocalKernelManager
 
 
 def summary(store: Path, grid: Sequence[Combination], failures: dict[str, str] | None = None) -> pd.DataFrame:
@@ -203,4 +219,5 @@ def summary(store: Path, grid: Sequence[Combination], failures: dict[str, str] |
             row["status"] = "notebook failed" if combo.run_name in failures else "no run of this name"
         row["notebook_error"] = failures.get(combo.run_name)
         rows.append(row)
-    return pd.DataFrame(rows)
+    names = list(grid[0].values) if grid else []
+    return pd.DataFrame(rows, columns=[*names, "run", *SUMMARY_COLUMNS, "notebook_error"])

@@ -150,3 +150,21 @@ def test_values_are_read_as_papermill_reads_them() -> None:
         "0",
         "gpt-4o-mini",
     ]
+
+
+def test_a_combination_whose_notebook_fails_is_reported_and_the_others_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nb = notebook(tmp_path)
+    cells = nbformat.read(nb, 4)
+    # cell 3 of the executed notebook: papermill's injected parameters are cell 2
+    cells.cells.insert(1, nbformat.v4.new_code_cell('assert model != "broken", "no such model here"'))
+    nbformat.write(cells, nb)
+    store = tmp_path / "runs.sqlite"
+    args = ["notebooks", "run", str(nb), "-p", "model", "broken", "sim-small", "--store", str(store)]
+    assert cli_main(args) == 1
+    out = capsys.readouterr().out
+    assert "[1/2] study[model=broken]: failed in cell 3 (AssertionError: no such model here)" in out
+    summary = pd.read_csv(tmp_path / "runs-notebooks" / "summary.csv")
+    assert summary["status"].tolist() == ["notebook failed", "finished"]
+    assert summary["notebook_error"].tolist()[0] == "AssertionError: no such model here"
