@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import math
 import os
 import signal
 import sys
@@ -226,9 +227,18 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
         print(f"hybrid notebooks run: {exc}", file=sys.stderr)
         return 2
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(table.fillna("").to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        print(table.map(_cell).to_string(index=False))
     print("Saved", output_folder(args.store, args.out) / SUMMARY_FILE)
     return 0 if table["notebook_error"].isna().all() else 1
+
+
+def _cell(value: object) -> object:
+    """A summary cell as a person reads it: blank when unknown, a count without ``.0``, 3 digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.3g}"
+    return value
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
