@@ -1,14 +1,12 @@
 """End to end: a run's spans reach a real OpenTelemetry receiver, Arize Phoenix started on this
-machine (the ``phoenix`` extra, installed by ``make test-browser``), and read back from its API
-carry the GenAI conventions' attributes and no prompt, answer or key."""
+machine (from ``.venv-phoenix``, which ``make test-browser`` makes: a server in a virtualenv of its
+own), and read back from its API carry the GenAI conventions' attributes and no prompt, answer or key."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +22,10 @@ from hybrid.process import free_port
 pytestmark = pytest.mark.browser  # the tier of heavy, real front ends: make test-browser
 
 PROJECT = "hybrid-e2e"
+#: Phoenix's own interpreter (``make test-browser`` makes its virtualenv); HYBRID_PHOENIX_PYTHON names another.
+PHOENIX_PYTHON = Path(
+    os.environ.get("HYBRID_PHOENIX_PYTHON") or Path(__file__).resolve().parent.parent / ".venv-phoenix/bin/python"
+)
 PROMPT = "Name the largest moon of Saturn."
 
 
@@ -38,7 +40,8 @@ def _get(url: str) -> bytes | None:
 @pytest.fixture(scope="module")
 def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Phoenix server on loopback, on free ports, with its own working folder; its base URL."""
-    assert importlib.util.find_spec("phoenix"), "Phoenix is missing: make test-browser installs the phoenix extra"
+    python = PHOENIX_PYTHON
+    assert python.exists(), f"Phoenix is missing: make test-browser installs it into {python.parent.parent}"
     port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -51,7 +54,7 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = Path(env["PHOENIX_WORKING_DIR"]) / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "phoenix.server.main", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [str(python), "-m", "phoenix.server.main", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:
