@@ -27,6 +27,7 @@ Prices come from genai-prices' Anthropic table when the base URL is api.anthropi
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Unpack
 
@@ -35,10 +36,10 @@ import orjson
 
 from hybrid.backends import sdk_errors
 from hybrid.backends.endpoint import Endpoint, EndpointSettings
-from hybrid.backends.openai_wire import StreamAssembler, estimated_usage, server_report
+from hybrid.backends.openai_wire import StreamAssembler, estimated_usage, header_count, server_report
 from hybrid.backends.response_limits import httpx2_event_hooks
 from hybrid.backends.send_stamp import SendStamp
-from hybrid.errors import BadRequest, ConfigError, InvalidResponse, QueryError, check_int
+from hybrid.errors import BadRequest, ConfigError, InvalidResponse, check_int
 from hybrid.query import Completion, Query, ServerReport, Usage
 
 try:
@@ -127,9 +128,7 @@ class AnthropicBackend(Endpoint):
                 async with await stream.parse() as parsed:
                     async for event in parsed:
                         events.feed(event)
-            except QueryError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # a kit error (a bad answer) comes back from translate as it is
                 raise sdk_errors.translate(exc, self, sdk=anthropic, received_chunks=assembler.chunks) from None
             return self.scrubbed(assembler.result(left_at=stamp.left_at, server=report(response.headers)))
 
@@ -158,20 +157,14 @@ def usage_of(usage: Any) -> Usage | None:
 def report(headers: Any) -> ServerReport | None:
     """What the server said of itself: the simulator's queue, and the ``anthropic-ratelimit-*``
     room left, with the seconds until each limit's reset time."""
-    base = server_report(headers) or ServerReport()
-    found = ServerReport(
-        queue_s=base.queue_s,
-        service_s=base.service_s,
-        remaining_requests=_count(headers.get("anthropic-ratelimit-requests-remaining")),
-        remaining_tokens=_count(headers.get("anthropic-ratelimit-tokens-remaining")),
+    found = replace(
+        server_report(headers) or ServerReport(),
+        remaining_requests=header_count(headers.get("anthropic-ratelimit-requests-remaining")),
+        remaining_tokens=header_count(headers.get("anthropic-ratelimit-tokens-remaining")),
         reset_requests_s=_until(headers.get("anthropic-ratelimit-requests-reset")),
         reset_tokens_s=_until(headers.get("anthropic-ratelimit-tokens-reset")),
     )
     return None if found == ServerReport() else found
-
-
-def _count(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isdigit() else None
 
 
 def _until(value: str | None) -> float | None:
@@ -189,9 +182,13 @@ def _whole(query: Query, body: object, headers: Any, stamp: SendStamp) -> Comple
     """A whole answer: its text blocks joined, its stop reason and usage (estimated when absent)."""
     if not isinstance(body, dict) or not isinstance(body.get("content"), list):
         raise InvalidResponse("The answer is not a Messages API message (no content list).")
-    text = "".join(b.get("text", "") for b in body["content"] if isinstance(b, dict) and b.get("type") == "text")
-    if not isinstance(text, str):
-        raise InvalidResponse("A text block's text is not a string.")
+    parts: list[str] = []
+    for block in body["content"]:
+        if isinstance(block, dict) and block.get("type") == "text":
+            if not isinstance(block.get("text"), str):
+                raise InvalidResponse("A text block's text is not a string.")
+            parts.append(block["text"])
+    text = "".join(parts)
     return Completion(
         text=text,
         usage=usage_of(body.get("usage")) or estimated_usage(query, text),

@@ -109,7 +109,8 @@ def _millis(value: object) -> float | None:
     return float(value) / 1000.0
 
 
-def _count(value: str | None) -> int | None:
+def header_count(value: str | None) -> int | None:
+    """A rate-limit header's count (requests or tokens left); None when absent, negative or not a number."""
     try:
         number = int(value) if value is not None else None
     except ValueError:
@@ -142,8 +143,8 @@ def server_report(headers: Mapping[str, str], timings: object = None) -> ServerR
     report = ServerReport(
         queue_s=queue,
         service_s=service,
-        remaining_requests=_count(headers.get("x-ratelimit-remaining-requests")),
-        remaining_tokens=_count(headers.get("x-ratelimit-remaining-tokens")),
+        remaining_requests=header_count(headers.get("x-ratelimit-remaining-requests")),
+        remaining_tokens=header_count(headers.get("x-ratelimit-remaining-tokens")),
         reset_requests_s=duration_seconds(headers.get("x-ratelimit-reset-requests")),
         reset_tokens_s=duration_seconds(headers.get("x-ratelimit-reset-tokens")),
     )
