@@ -217,11 +217,7 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     from hybrid.notebook_grid import SUMMARY_FILE, output_folder, parse_value, run_grid
 
     try:
-        parameters = []
-        for given in args.parameter:
-            if len(given) < 2:
-                raise ConfigError(f"-p {given[0]} has no values: -p NAME VALUE [VALUE ...].")
-            parameters.append((given[0], [parse_value(v) for v in given[1:]]))
+        parameters = [(name, [parse_value(v) for v in values]) for name, *values in args.parameter]
         table = run_grid(args.notebook, parameters, args.store, out_dir=args.out, kernel_name=args.kernel)
     except (ConfigError, OSError) as exc:
         print(f"hybrid notebooks run: {exc}", file=sys.stderr)

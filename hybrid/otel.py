@@ -253,7 +253,8 @@ class Instrumentation:
             return await call_next(query, attempt)
         loop = asyncio.get_running_loop()
         model = query.model or self.orch.backend.model
-        attributes = self._base(model) | _request(query) | {"hybrid.attempt": attempt.number}
+        metric = self._base(model)  # the metrics' attributes: the span's, less the request's settings
+        attributes = metric | _request(query) | {"hybrid.attempt": attempt.number}
         if self.capture_content:
             attributes |= _input_messages(query)
         parent = self._query_span(run, attempt.index, query.name)
@@ -268,7 +269,6 @@ class Instrumentation:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            metric = self._base(model)
             try:
                 completion = await call_next(query, attempt)
             except BaseException as exc:
