@@ -46,15 +46,15 @@ class PriceBook(Mapping[str, Price]):
     A mapping of the models priced so far: ``model in book`` and ``book[model]`` look ``model`` up
     (``KeyError`` when it has no price), iteration lists the models given or found."""
 
-    def __init__(self, given: Mapping[str, Price] | None, base_url: str | None, *, table: bool = True) -> None:
-        for model, price in dict(given or {}).items():
+    def __init__(self, given: Mapping[str, Price] | None, base_url: str | None) -> None:
+        self._found: dict[str, Price | None] = dict(given or {})
+        for model, price in self._found.items():
             if not isinstance(price, Price):
                 raise ConfigError(
                     f"prices[{model!r}] must be a Price(prompt_per_mtok=..., completion_per_mtok=...), got {price!r}."
                 )
-        self._found: dict[str, Price | None] = dict(given or {})
         #: The base URL a table lookup matches providers against; None: no lookup (a local server).
-        self.provider_url = base_url if table and base_url is not None and not is_local(base_url) else None
+        self.provider_url = base_url if base_url is not None and not is_local(base_url) else None
 
     def __getitem__(self, model: str) -> Price:
         if model not in self._found:
