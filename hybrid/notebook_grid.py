@@ -159,6 +159,7 @@ def run_grid(
     out.mkdir(parents=True, exist_ok=True)
     grid = combinations(notebook, parameters, out)
     failures: dict[str, str] = {}
+    kernels = _local_kernels()
     for number, combo in enumerate(grid, 1):
         head = f"[{number}/{len(grid)}] {combo.run_name}"
         if finished(combo.output):
@@ -171,7 +172,7 @@ def run_grid(
                 str(combo.output),
                 parameters={**combo.values, "hybrid_store": str(store), "hybrid_run_name": combo.run_name},
                 kernel_name=kernel_name,
-                kernel_manager_class=_local_kernels(),
+                kernel_manager_class=kernels,
                 cwd=str(notebook.parent),
                 progress_bar=False,
             )
