@@ -31,13 +31,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Unpack
 
-import httpx2
 import orjson
 
 from hybrid.backends import sdk_errors
 from hybrid.backends.endpoint import Endpoint, EndpointSettings
 from hybrid.backends.openai_wire import StreamAssembler, estimated_usage, header_count, server_report
-from hybrid.backends.response_limits import httpx2_event_hooks
+from hybrid.backends.response_limits import sdk_client_settings
 from hybrid.backends.send_stamp import SendStamp
 from hybrid.errors import BadRequest, ConfigError, InvalidResponse, check_int
 from hybrid.query import Completion, Query, ServerReport, Usage
@@ -58,7 +57,6 @@ FINISH_REASONS = {
 }
 #: ``max_tokens`` for a query that names none: the Messages API requires one.
 DEFAULT_MAX_TOKENS = 1024
-_HTTP_TIMEOUT = httpx2.Timeout(None, connect=30.0)
 
 
 class AnthropicBackend(Endpoint):
@@ -78,10 +76,8 @@ class AnthropicBackend(Endpoint):
     async def _connect(self) -> None:
         if self._client is not None:
             return
-        limits = httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
-        http_client = anthropic.DefaultAsyncHttpxClient(
-            limits=limits, timeout=_HTTP_TIMEOUT, event_hooks=httpx2_event_hooks(self.max_response_bytes)
-        )
+        settings = sdk_client_settings(self.max_connections, self.max_response_bytes)
+        http_client = anthropic.DefaultAsyncHttpxClient(**settings)
         self._client = anthropic.AsyncAnthropic(
             base_url=self.base_url.removesuffix("/v1"), api_key=self._api_key, max_retries=0, http_client=http_client
         )

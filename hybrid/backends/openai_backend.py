@@ -34,15 +34,13 @@ from hybrid.backends.openai_wire import (
 )
 from hybrid.backends.response_limits import (
     httpx2_event_hooks,
+    sdk_client_settings,
 )
 from hybrid.backends.send_stamp import SendStamp
 from hybrid.errors import ConfigError, QueryError, check_choice
 from hybrid.query import Completion, Query
 
 Transport = Literal["aiohttp", "httpx"]
-
-#: Only the connect phase has an HTTP-level timeout; the per-query timeout is the orchestrator's scope.
-_HTTP_TIMEOUT = httpx2.Timeout(None, connect=30.0)
 
 
 def translate(exc: Exception, endpoint: Endpoint, *, received_chunks: int = 0) -> QueryError:
@@ -71,12 +69,11 @@ class OpenAIBackend(Endpoint):
     async def _connect(self) -> None:
         if self._client is not None:
             return
-        limits = httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
-        hooks = httpx2_event_hooks(self.max_response_bytes)
+        settings = sdk_client_settings(self.max_connections, self.max_response_bytes)
         http_client: httpx2.AsyncClient = (
-            openai.DefaultAioHttpClient(limits=limits, timeout=_HTTP_TIMEOUT, event_hooks=hooks)
+            openai.DefaultAioHttpClient(**settings)
             if self.transport == "aiohttp"
-            else openai.DefaultAsyncHttpxClient(limits=limits, timeout=_HTTP_TIMEOUT, event_hooks=hooks)
+            else openai.DefaultAsyncHttpxClient(**settings)
         )
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url, api_key=self._api_key, max_retries=0, http_client=http_client

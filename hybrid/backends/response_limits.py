@@ -108,6 +108,20 @@ class _MeteredSyncStream(httpx2.SyncByteStream):
         self._inner.close()
 
 
+#: Only the connect phase has an HTTP-level timeout; the per-query timeout is the orchestrator's scope.
+SDK_HTTP_TIMEOUT = httpx2.Timeout(None, connect=30.0)
+
+
+def sdk_client_settings(max_connections: int, max_response_bytes: int) -> dict[str, Any]:
+    """What an official SDK's async httpx2 client is made with (OpenAI's and Anthropic's take the
+    same): a pool of ``max_connections`` kept alive, only a connect timeout, the metering hooks."""
+    return {
+        "limits": httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        "timeout": SDK_HTTP_TIMEOUT,
+        "event_hooks": httpx2_event_hooks(max_response_bytes),
+    }
+
+
 def httpx2_event_hooks(max_bytes: int, *, blocking: bool = False) -> dict[str, list[Any]]:
     """``event_hooks=`` for an httpx2 client: each response's body stream is metered before anyone
     reads it, and each request's :class:`SendStamp` is stamped as it leaves."""
