@@ -114,12 +114,14 @@ def virtual_clock_loop() -> asyncio.AbstractEventLoop:
     """A new event loop whose clock is virtual (``looptime``), starting at 0: when nothing is
     ready, it jumps to the next timer.  The loop :func:`hybrid.simulate` runs studies on.
 
-    It jumps after one idle turn of the loop, not looptime's default 42: with nothing ready
-    there is nothing more to run before the next timer, and a trace replay, whose every arrival is
-    a jump of its own, runs four times faster (``benchmarks/replay_day.py``)."""
+    It jumps on the first turn that finds nothing ready (``noop_cycles=0``), not after looptime's
+    default 42 empty turns: the turn before a jump has already polled for I/O and found none, so
+    there is nothing more to run before the next timer, and a trace replay, whose every arrival and
+    answer is a jump of its own, spends its time on requests rather than on empty turns
+    (``benchmarks/replay_day.py``)."""
     import looptime
 
-    loop: asyncio.AbstractEventLoop = looptime.new_event_loop(start=0.0, noop_cycles=1)
+    loop: asyncio.AbstractEventLoop = looptime.new_event_loop(start=0.0, noop_cycles=0)
     return loop
 
 
