@@ -125,14 +125,19 @@ class Workload:
         earlier turns' answers: :func:`hybrid.bench.replay` adds them as it goes)."""
         return [request.query(i) for i, request in enumerate(self.requests)]
 
-    def sessions(self) -> list[list[int]]:
+    def sessions(self) -> list[tuple[int, ...]]:
         """Indices of each session's requests in turn order, sessions by their first arrival; a
-        request without a session is a session of one."""
+        request without a session is a session of one.  Tuples, not lists: a tuple of ints drops
+        out of the garbage collector's sight, and a replay holds one per session for its whole run."""
+        requests = self.requests
         grouped: dict[object, list[int]] = {}
-        for i, request in enumerate(self.requests):
+        for i, request in enumerate(requests):
             grouped.setdefault(request.session if request.session is not None else ("alone", i), []).append(i)
-        turns = [sorted(indices, key=lambda i: self.requests[i].turn) for indices in grouped.values()]
-        return sorted(turns, key=lambda indices: self.requests[indices[0]].t)
+        turns = [
+            (indices[0],) if len(indices) == 1 else tuple(sorted(indices, key=lambda i: requests[i].turn))
+            for indices in grouped.values()
+        ]
+        return sorted(turns, key=lambda indices: requests[indices[0]].t)
 
     def save(self, path: str | Path) -> Path:
         """Write the workload as a JSONL trace that :func:`load` reads back."""

@@ -35,7 +35,7 @@ def test_a_trace_loads_in_order_and_a_bad_line_names_its_file_and_line(tmp_path:
     )
     loaded = workload.load(trace)
     assert [r.name for r in loaded] == ["r0", "r1", "s1/2", "s1/1"] and loaded.requests[1].max_tokens == 12
-    assert loaded.sessions() == [[0], [3, 2], [1]]  # by first arrival; a session's turns in order
+    assert loaded.sessions() == [(0,), (3, 2), (1,)]  # by first arrival; a session's turns in order
     queries = loaded.queries()
     assert len(queries[1].prompt.split()) == 40  # the size asked, under the kit's token rule
     assert queries[1].metadata["prefix"] == "sys"

@@ -62,7 +62,7 @@ class Replay(Strategy):
             if wait > 0:
                 await asyncio.sleep(wait)
 
-        async def play(indices: list[int], due: float) -> None:
+        async def play(indices: tuple[int, ...], due: float) -> None:
             history: tuple[tuple[str, str], ...] = ()
             try:
                 for turn, index in enumerate(indices):
@@ -93,7 +93,7 @@ class Replay(Strategy):
                 group.create_task(play(indices, due))
 
 
-def _skip_rest(state: RunState, todo: dict[int, Query], rest: list[int], failed: str) -> None:
+def _skip_rest(state: RunState, todo: dict[int, Query], rest: tuple[int, ...], failed: str) -> None:
     """Land the turns after a failed one as not sent: they have no answer to continue from."""
     for index in rest:
         if index in todo:
