@@ -4,6 +4,7 @@ machine with no model, no server, no key and every network socket blocked, to th
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest_socket
 
 from hybrid import real
 from hybrid.scenarios import regression_suite
+from hybrid.store.schema import SCHEMA_VERSION
 
 RECORDING = Path(__file__).resolve().parent.parent / "notebooks" / "recordings" / "gemma_suite.sqlite"
 
@@ -29,6 +31,18 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_the_suite_names_the_model_the_real_server_answers_to() -> None:
     assert regression_suite.MODEL == real.MODEL_ALIAS
+
+
+def test_the_committed_recording_is_at_the_stores_schema_so_reading_it_leaves_it_as_committed() -> None:
+    """Opening a store upgrades an older schema in place, and ``docs/durable-runs.md`` lists this
+    recording's runs (a block ``tests/test_docs.py`` runs in the repository): a recording left at an
+    older schema is rewritten by every ``make test``, and a fresh clone is no longer clean."""
+    with sqlite3.connect(f"file:{RECORDING}?immutable=1", uri=True) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION, (
+        f"the recording is at schema {version}, the store at {SCHEMA_VERSION}: upgrade it with "
+        f"`.venv/bin/hybrid runs --store notebooks/recordings/{RECORDING.name} list` and commit it"
+    )
 
 
 async def test_the_committed_gemma_recording_replays_offline_to_its_verdicts(offline: None) -> None:
